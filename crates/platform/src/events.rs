@@ -1,0 +1,269 @@
+//! The event contract between the services: every event type, its payload, and where it is published.
+
+use crate::envelope::{Envelope, EnvelopeError, TraceContext};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Why an order failed. Stock reasons come from inventory, payment reasons from payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureReason {
+    OutOfStock,
+    UnknownProduct,
+    PaymentDeclined,
+    InsufficientFunds,
+    UnknownAccount,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 5] = [
+        FailureReason::OutOfStock,
+        FailureReason::UnknownProduct,
+        FailureReason::PaymentDeclined,
+        FailureReason::InsufficientFunds,
+        FailureReason::UnknownAccount,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::OutOfStock => "OUT_OF_STOCK",
+            FailureReason::UnknownProduct => "UNKNOWN_PRODUCT",
+            FailureReason::PaymentDeclined => "PAYMENT_DECLINED",
+            FailureReason::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            FailureReason::UnknownAccount => "UNKNOWN_ACCOUNT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: Uuid,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    pub order_id: Uuid,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRejected {
+    pub order_id: Uuid,
+    pub product_id: i64,
+    pub reason: FailureReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReleased {
+    pub order_id: Uuid,
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCompleted {
+    pub order_id: Uuid,
+    pub user_id: i64,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub order_id: Uuid,
+    pub user_id: i64,
+    pub amount_cents: i64,
+    pub reason: FailureReason,
+}
+
+/// The service whose outbox publishes an event; each has its own stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Order,
+    Inventory,
+    Payment,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Order, Source::Inventory, Source::Payment];
+
+    pub fn token(self) -> &'static str {
+        match self {
+            Source::Order => "order",
+            Source::Inventory => "inventory",
+            Source::Payment => "payment",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    OrderCreated(OrderCreated),
+    StockReserved(StockReserved),
+    StockRejected(StockRejected),
+    StockReleased(StockReleased),
+    PaymentCompleted(PaymentCompleted),
+    PaymentFailed(PaymentFailed),
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::OrderCreated(_) => "OrderCreated",
+            Event::StockReserved(_) => "StockReserved",
+            Event::StockRejected(_) => "StockRejected",
+            Event::StockReleased(_) => "StockReleased",
+            Event::PaymentCompleted(_) => "PaymentCompleted",
+            Event::PaymentFailed(_) => "PaymentFailed",
+        }
+    }
+
+    pub fn order_id(&self) -> Uuid {
+        match self {
+            Event::OrderCreated(e) => e.order_id,
+            Event::StockReserved(e) => e.order_id,
+            Event::StockRejected(e) => e.order_id,
+            Event::StockReleased(e) => e.order_id,
+            Event::PaymentCompleted(e) => e.order_id,
+            Event::PaymentFailed(e) => e.order_id,
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Event::OrderCreated(_) => Source::Order,
+            Event::StockReserved(_) | Event::StockRejected(_) | Event::StockReleased(_) => {
+                Source::Inventory
+            }
+            Event::PaymentCompleted(_) | Event::PaymentFailed(_) => Source::Payment,
+        }
+    }
+
+    /// The subject below the deployment prefix, e.g. `inventory.stock_reserved`.
+    pub fn subject_suffix(&self) -> &'static str {
+        match self {
+            Event::OrderCreated(_) => "order.created",
+            Event::StockReserved(_) => "inventory.stock_reserved",
+            Event::StockRejected(_) => "inventory.stock_rejected",
+            Event::StockReleased(_) => "inventory.stock_released",
+            Event::PaymentCompleted(_) => "payment.completed",
+            Event::PaymentFailed(_) => "payment.failed",
+        }
+    }
+
+    fn payload_json(&self) -> Result<Box<RawValue>, serde_json::Error> {
+        let json = match self {
+            Event::OrderCreated(e) => serde_json::to_string(e),
+            Event::StockReserved(e) => serde_json::to_string(e),
+            Event::StockRejected(e) => serde_json::to_string(e),
+            Event::StockReleased(e) => serde_json::to_string(e),
+            Event::PaymentCompleted(e) => serde_json::to_string(e),
+            Event::PaymentFailed(e) => serde_json::to_string(e),
+        }?;
+        RawValue::from_string(json)
+    }
+
+    /// Wraps the event in a new envelope with a fresh, time-ordered id.
+    pub fn into_envelope(&self, trace: TraceContext) -> Result<Envelope, EnvelopeError> {
+        Ok(Envelope {
+            id: Uuid::now_v7(),
+            event_type: self.type_name().to_owned(),
+            aggregate_id: self.order_id(),
+            occurred_at: Utc::now(),
+            trace,
+            payload: self.payload_json().map_err(EnvelopeError::Encode)?,
+        })
+    }
+
+    pub fn from_envelope(envelope: &Envelope) -> Result<Event, EnvelopeError> {
+        fn parse<T: serde::de::DeserializeOwned>(env: &Envelope) -> Result<T, EnvelopeError> {
+            serde_json::from_str(env.payload.get()).map_err(|source| EnvelopeError::BadPayload {
+                event_type: env.event_type.clone(),
+                source,
+            })
+        }
+        Ok(match envelope.event_type.as_str() {
+            "OrderCreated" => Event::OrderCreated(parse(envelope)?),
+            "StockReserved" => Event::StockReserved(parse(envelope)?),
+            "StockRejected" => Event::StockRejected(parse(envelope)?),
+            "StockReleased" => Event::StockReleased(parse(envelope)?),
+            "PaymentCompleted" => Event::PaymentCompleted(parse(envelope)?),
+            "PaymentFailed" => Event::PaymentFailed(parse(envelope)?),
+            other => return Err(EnvelopeError::UnknownType(other.to_owned())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Event> {
+        let order_id = Uuid::now_v7();
+        vec![
+            Event::OrderCreated(OrderCreated { order_id, user_id: 1, product_id: 2, quantity: 3 }),
+            Event::StockReserved(StockReserved {
+                order_id,
+                user_id: 1,
+                product_id: 2,
+                quantity: 3,
+                amount_cents: 300,
+            }),
+            Event::StockRejected(StockRejected {
+                order_id,
+                product_id: 2,
+                reason: FailureReason::OutOfStock,
+            }),
+            Event::StockReleased(StockReleased { order_id, product_id: 2, quantity: 3 }),
+            Event::PaymentCompleted(PaymentCompleted { order_id, user_id: 1, amount_cents: 300 }),
+            Event::PaymentFailed(PaymentFailed {
+                order_id,
+                user_id: 1,
+                amount_cents: 300,
+                reason: FailureReason::PaymentDeclined,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_event_survives_the_envelope_round_trip() {
+        for event in samples() {
+            let trace = TraceContext { request_id: Some("r-1".into()), traceparent: None };
+            let bytes = event.into_envelope(trace.clone()).unwrap().encode().unwrap();
+            let envelope = Envelope::decode(&bytes).unwrap();
+            assert_eq!(envelope.trace, trace);
+            assert_eq!(envelope.aggregate_id, event.order_id());
+            assert_eq!(Event::from_envelope(&envelope).unwrap(), event);
+            assert!(event.subject_suffix().starts_with(event.source().token()));
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_bad_payloads_are_told_apart() {
+        let mut envelope = samples()[0].into_envelope(TraceContext::default()).unwrap();
+        envelope.event_type = "OrderExploded".into();
+        assert!(matches!(Event::from_envelope(&envelope), Err(EnvelopeError::UnknownType(_))));
+        envelope.event_type = "StockReserved".into();
+        assert!(matches!(Event::from_envelope(&envelope), Err(EnvelopeError::BadPayload { .. })));
+        assert!(matches!(Envelope::decode(b"{not json"), Err(EnvelopeError::Malformed(_))));
+    }
+
+    #[test]
+    fn failure_reasons_round_trip_through_their_names() {
+        for reason in FailureReason::ALL {
+            assert_eq!(FailureReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(FailureReason::parse("NOPE"), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! HTTP plumbing shared by the services: RFC 9457 problem responses, extractors whose rejections
+//! are problems, request context (request id, trace), metrics, and health/ready/metrics routes.
+
+use crate::envelope::TraceContext;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// An RFC 9457 problem detail, sent as `application/problem+json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    /// `slug` names the problem type (`/problems/{slug}`); `title` is its short human summary.
+    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+        Problem {
+            problem_type: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn internal() -> Self {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
+    }
+
+    pub fn unavailable(detail: &str) -> Self {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable").with_detail(detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(self)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response
+    }
+}
+
+/// `Json<T>` whose rejections are problems: malformed JSON 400, wrong shape 422, wrong content
+/// type 415, too large 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    let detail = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonDataError(_) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Request body does not match the schema")
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Request body is not valid JSON")
+        }
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Expected Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body is too large")
+        }
+        other => Problem::new(other.status(), "bad-request", "Request body could not be read"),
+    }
+    .with_detail(detail)
+}
+
+/// `Path<T>` whose rejections are problems (400 for an id that does not parse).
+pub struct PathParam<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParam<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(path_problem(rejection)),
+        }
+    }
+}
+
+fn path_problem(rejection: PathRejection) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid-path", "Invalid path parameter").with_detail(rejection.body_text())
+}
+
+/// The request's trace context, set by the request-context middleware.
+pub struct RequestTrace(pub TraceContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestTrace(parts.extensions.get::<TraceContext>().cloned().unwrap_or_default()))
+    }
+}
+
+fn header_token(parts: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    parts
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+}
+
+/// Gives every request an id (the client's `x-request-id` if sane), a span, a metrics sample,
+/// and echoes the id back.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let request_id = header_token(req.headers(), "x-request-id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let traceparent = header_token(req.headers(), "traceparent");
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let method = req.method().to_string();
+    req.extensions_mut().insert(TraceContext { request_id: Some(request_id.clone()), traceparent });
+    let span = tracing::info_span!("http", %method, %route, %request_id);
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The process-wide Prometheus recorder (installed once, even with several services in one test).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (not ours): render an empty registry.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// What `/ready` checks: the database answers and the broker connection is up.
+#[derive(Clone)]
+pub struct Readiness {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(readiness): State<Readiness>) -> Result<Json<serde_json::Value>, Problem> {
+    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&readiness.pool)).await;
+    if !matches!(db, Ok(Ok(_))) {
+        return Err(Problem::unavailable("database unreachable"));
+    }
+    if readiness.nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(Problem::unavailable("broker unreachable"));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn render_metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render())
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource")
+}
+
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed").into_response();
+    }
+    response
+}
+
+/// Wraps a service's routes with the operational endpoints, request context, body limit and
+/// problem responses for unknown routes.
+pub fn service_router(routes: Router, readiness: Readiness, max_body_bytes: usize) -> Router {
+    let ops = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(readiness)
+        .route("/metrics", get(render_metrics));
+    routes
+        .merge(ops)
+        .route_layer(middleware::from_fn(request_context))
+        .fallback(not_found)
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// Resolves on Ctrl-C or SIGTERM, for graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

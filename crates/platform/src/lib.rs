@@ -1,0 +1,15 @@
+//! Mechanisms shared by the three services: configuration, telemetry, the event contract,
+//! the transactional outbox and its relay, the inbox-backed consumer loop, and HTTP plumbing.
+//! Each mechanism exists once, here; services only supply their domain logic.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod envelope;
+pub mod events;
+pub mod http;
+pub mod outbox;
+pub mod telemetry;
+pub mod testing;
