@@ -49,12 +49,33 @@ admin_token = "dev-admin-token"
 batch_size = 500
 poll_interval_ms = 250
 
+[workers]
+enabled = true
+
 [consumer]
 batch_size = 256
 max_deliveries = 20
 ack_wait_secs = 30
 max_ack_pending = 20000
 "#;
+
+/// The sections every service has.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonSettings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub nats: NatsSettings,
+    pub auth: AuthSettings,
+    pub outbox: OutboxSettings,
+    pub consumer: ConsumerSettings,
+    pub workers: WorkerSettings,
+}
+
+/// Whether the relay and consumers run inside the process. Tests turn them off and drive them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {

@@ -145,7 +145,7 @@ impl<H: EventHandler> EventConsumer<H> {
 
     /// Runs until the task is dropped. A broken message stream (broker restart, consumer
     /// deleted) is re-created after a pause rather than ending the loop.
-    pub async fn run(self) {
+    pub async fn run(&self) {
         let mut pause = Duration::from_millis(200);
         let mut last_prune = tokio::time::Instant::now();
         loop {
@@ -388,5 +388,27 @@ mod tests {
         assert_eq!(retry_delay(4), Duration::from_millis(800));
         assert_eq!(retry_delay(50), Duration::from_secs(30));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
+    }
+}
+
+/// A consumer seen without its handler type, so an application can hold several and tests can
+/// drive them.
+pub trait BackgroundConsumer: Send + Sync {
+    fn name(&self) -> &str;
+    fn process_available(&self) -> futures::future::BoxFuture<'_, Result<usize, ConsumerError>>;
+    fn run(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()>;
+}
+
+impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn process_available(&self) -> futures::future::BoxFuture<'_, Result<usize, ConsumerError>> {
+        Box::pin(EventConsumer::process_available(self))
+    }
+
+    fn run(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { EventConsumer::run(&self).await })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::envelope::TraceContext;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -254,4 +254,87 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// The deployment's admin credential, taken from the router state with `FromRef`.
+#[derive(Clone)]
+pub struct AdminToken(pub std::sync::Arc<str>);
+
+/// The secret that signs buyers' tokens, taken from the router state with `FromRef`.
+#[derive(Clone)]
+pub struct JwtSecret(pub std::sync::Arc<str>);
+
+fn unauthorized(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid credentials").with_detail(detail)
+}
+
+fn authorization(parts: &Parts) -> Option<&str> {
+    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// Proof that the request carries the admin credential (setup operations).
+pub struct Admin;
+
+impl<S> FromRequestParts<S> for Admin
+where
+    AdminToken: axum::extract::FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let AdminToken(expected) = AdminToken::from_ref(state);
+        let token = crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
+        if crate::auth::is_admin(&expected, token) {
+            Ok(Admin)
+        } else {
+            Err(unauthorized("not an admin credential"))
+        }
+    }
+}
+
+/// The authenticated buyer: the `sub` of a valid bearer token. Never taken from the body.
+pub struct Buyer(pub i64);
+
+impl<S> FromRequestParts<S> for Buyer
+where
+    JwtSecret: axum::extract::FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let JwtSecret(secret) = JwtSecret::from_ref(state);
+        let token = crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
+        crate::auth::verify_token(&secret, token).map(Buyer).map_err(|e| unauthorized(&e.to_string()))
+    }
+}
+
+#[derive(Clone)]
+struct DeadLetterState {
+    pool: PgPool,
+    admin: AdminToken,
+}
+
+impl FromRef<DeadLetterState> for AdminToken {
+    fn from_ref(state: &DeadLetterState) -> Self {
+        state.admin.clone()
+    }
+}
+
+async fn dead_letters(
+    _: Admin,
+    State(state): State<DeadLetterState>,
+) -> Result<Json<Vec<crate::consumer::DeadLetter>>, Problem> {
+    crate::consumer::list_dead_letters(&state.pool, 1000).await.map(Json).map_err(|error| {
+        tracing::error!(%error, "cannot list dead letters");
+        Problem::internal()
+    })
+}
+
+/// `GET /admin/dead-letters`: what every service's consumers parked, newest first (admin only).
+pub fn dead_letter_routes(pool: PgPool, admin: AdminToken) -> Router {
+    Router::new()
+        .route("/admin/dead-letters", get(dead_letters))
+        .with_state(DeadLetterState { pool, admin })
 }

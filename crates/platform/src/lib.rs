@@ -2,6 +2,7 @@
 //! the transactional outbox and its relay, the inbox-backed consumer loop, and HTTP plumbing.
 //! Each mechanism exists once, here; services only supply their domain logic.
 
+pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;

@@ -1,0 +1,77 @@
+//! The order service's errors and their one mapping to problem+json responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use platform::http::Problem;
+use platform::outbox::OutboxError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("order not found")]
+    NotFound,
+    #[error("Idempotency-Key is malformed: {0}")]
+    BadIdempotencyKey(&'static str),
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyInProgress,
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+impl IntoResponse for OrderError {
+    fn into_response(self) -> Response {
+        let problem = match &self {
+            OrderError::Invalid(detail) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order", "The order is not valid").with_detail(detail)
+            }
+            OrderError::NotFound => Problem::new(StatusCode::NOT_FOUND, "order-not-found", "No such order"),
+            OrderError::BadIdempotencyKey(why) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key").with_detail(*why)
+            }
+            OrderError::IdempotencyInProgress => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-progress",
+                "A request with this Idempotency-Key is in progress",
+            ),
+            OrderError::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "This Idempotency-Key was used with a different request",
+            ),
+            OrderError::Database(error) => match constraint_problem(error) {
+                Some(problem) => problem,
+                None => {
+                    tracing::error!(%error, "database error");
+                    Problem::internal()
+                }
+            },
+            OrderError::Outbox(error) => {
+                tracing::error!(%error, "outbox error");
+                Problem::internal()
+            }
+        };
+        problem.into_response()
+    }
+}
+
+/// Constraint violations are the client's doing: name them instead of answering 500.
+fn constraint_problem(error: &sqlx::Error) -> Option<Problem> {
+    let constraint = error.as_database_error()?.constraint()?;
+    let detail = match constraint {
+        "orders_quantity_check" => "quantity must be positive",
+        "idempotency_keys_pkey" => {
+            return Some(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-progress",
+                "A request with this Idempotency-Key is in progress",
+            ))
+        }
+        _ => return None,
+    };
+    Some(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order", "The order is not valid").with_detail(detail))
+}

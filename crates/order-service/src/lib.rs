@@ -1,0 +1,10 @@
+//! Order service: accepts orders over HTTP (order + `OrderCreated` in one transaction) and moves
+//! each order to its final status as the outcome events arrive.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod orders;
+pub mod routes;
+pub mod startup;

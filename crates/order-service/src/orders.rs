@@ -1,0 +1,127 @@
+//! Orders in the database. Query functions take a connection; callers own the transaction.
+
+use crate::domain::{OrderStatus, Outcome};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    #[schema(value_type = OrderStatus)]
+    pub status: String,
+    /// Set when the status is FAILED: OUT_OF_STOCK, UNKNOWN_PRODUCT, PAYMENT_DECLINED,
+    /// INSUFFICIENT_FUNDS or UNKNOWN_ACCOUNT.
+    pub failure_reason: Option<String>,
+    /// Known once stock is reserved.
+    pub amount_cents: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str =
+    "id, user_id, product_id, quantity, status, failure_reason, amount_cents, created_at, updated_at, finalized_at";
+
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    user_id: i64,
+    product_id: i64,
+    quantity: i32,
+) -> Result<Order, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO orders (id, user_id, product_id, quantity, status)
+         VALUES ($1, $2, $3, $4, 'PENDING') RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(product_id)
+    .bind(quantity)
+    .fetch_one(conn)
+    .await
+}
+
+/// The order, if it exists and belongs to `user_id` (another user's order is not found).
+pub async fn find_order(conn: &mut PgConnection, id: Uuid, user_id: i64) -> Result<Option<Order>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Applies an outcome if the order's current status allows it; the check and the write are one
+/// statement, so concurrent consumers cannot move an order backwards. Returns the new status.
+pub async fn apply_outcome(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    outcome: Outcome,
+) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let target = outcome.target();
+    let allowed: Vec<&str> = outcome.allowed_from().iter().map(|s| s.as_str()).collect();
+    let updated: Option<String> = sqlx::query_scalar(
+        "UPDATE orders
+         SET status = $2, failure_reason = $3, amount_cents = COALESCE($4, amount_cents), updated_at = now(),
+             finalized_at = CASE WHEN $5 THEN now() ELSE NULL END
+         WHERE id = $1 AND status = ANY($6)
+         RETURNING status",
+    )
+    .bind(order_id)
+    .bind(target.as_str())
+    .bind(outcome.failure_reason().map(|r| r.as_str()))
+    .bind(outcome.amount_cents())
+    .bind(target.is_final())
+    .bind(&allowed)
+    .fetch_optional(conn)
+    .await?;
+    Ok(updated.as_deref().and_then(OrderStatus::parse))
+}
+
+pub async fn current_status(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1").bind(order_id).fetch_optional(conn).await
+}
+
+/// A stored Idempotency-Key: what it was first used for.
+#[derive(Debug, sqlx::FromRow)]
+pub struct IdempotencyRecord {
+    pub product_id: i64,
+    pub quantity: i32,
+    pub order_id: Uuid,
+}
+
+/// Takes a transaction-scoped lock on the (user, key) pair; false if another request holds it.
+pub async fn try_lock_idempotency_key(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(user_id.to_string())
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
+pub async fn find_idempotency_key(
+    conn: &mut PgConnection,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT product_id, quantity, order_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn insert_idempotency_key(conn: &mut PgConnection, user_id: i64, key: &str, order: &Order) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO idempotency_keys (user_id, key, product_id, quantity, order_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(user_id)
+        .bind(key)
+        .bind(order.product_id)
+        .bind(order.quantity)
+        .bind(order.id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

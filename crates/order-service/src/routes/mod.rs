@@ -1,0 +1,50 @@
+mod openapi;
+mod orders;
+
+use crate::config::Settings;
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use axum::Router;
+use platform::app::Infrastructure;
+use platform::broker::Topology;
+use platform::http::JwtSecret;
+use platform::outbox::OutboxSignal;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+pub use openapi::ApiDoc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub topology: Topology,
+    pub outbox_signal: OutboxSignal,
+    pub jwt_secret: JwtSecret,
+    pub max_quantity: i32,
+}
+
+impl AppState {
+    pub fn new(infra: &Infrastructure, settings: &Settings) -> Self {
+        AppState {
+            pool: infra.pool.clone(),
+            topology: infra.topology.clone(),
+            outbox_signal: infra.outbox_signal.clone(),
+            jwt_secret: JwtSecret(Arc::from(settings.common.auth.jwt_secret.as_str())),
+            max_quantity: settings.orders.max_quantity,
+        }
+    }
+}
+
+impl FromRef<AppState> for JwtSecret {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt_secret.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/orders", post(orders::create_order))
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/openapi.json", get(openapi::serve))
+        .with_state(state)
+}

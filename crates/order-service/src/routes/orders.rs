@@ -1,0 +1,133 @@
+use super::AppState;
+use crate::error::OrderError;
+use crate::orders::{self, Order};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use platform::events::{Event, OrderCreated};
+use platform::http::{Buyer, JsonBody, PathParam, RequestTrace};
+use platform::outbox;
+use serde::Deserialize;
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub product_id: i64,
+    /// Units to buy: 1 up to the deployment's maximum (100 by default).
+    pub quantity: i64,
+}
+
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, OrderError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| OrderError::BadIdempotencyKey("must be visible ASCII"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(OrderError::BadIdempotencyKey("must be 1 to 255 characters"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(OrderError::BadIdempotencyKey("must be visible ASCII"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn accepted(order: &Order, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(order)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/orders/{}", order.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Place an order. The order and its `OrderCreated` event commit in one transaction; the
+/// outcome arrives asynchronously (poll `GET /orders/{id}`).
+#[utoipa::path(
+    post,
+    path = "/orders",
+    request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body returns the original order")),
+    responses(
+        (status = 202, description = "Order accepted", body = Order),
+        (status = 400, description = "Malformed JSON or Idempotency-Key"),
+        (status = 401, description = "Missing or invalid bearer token"),
+        (status = 409, description = "Same Idempotency-Key in progress"),
+        (status = 413, description = "Body too large"),
+        (status = 422, description = "Invalid quantity or product, or Idempotency-Key reused with another body"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_order(
+    State(state): State<AppState>,
+    Buyer(user_id): Buyer,
+    RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CreateOrder>,
+) -> Result<Response, OrderError> {
+    if request.product_id <= 0 {
+        return Err(OrderError::Invalid("product_id must be a positive integer".into()));
+    }
+    if request.quantity < 1 || request.quantity > i64::from(state.max_quantity) {
+        return Err(OrderError::Invalid(format!("quantity must be between 1 and {}", state.max_quantity)));
+    }
+    let quantity = request.quantity as i32;
+    let key = idempotency_key(&headers)?;
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(key) = &key {
+        if !orders::try_lock_idempotency_key(&mut tx, user_id, key).await? {
+            return Err(OrderError::IdempotencyInProgress);
+        }
+        if let Some(previous) = orders::find_idempotency_key(&mut tx, user_id, key).await? {
+            if previous.product_id != request.product_id || previous.quantity != quantity {
+                return Err(OrderError::IdempotencyKeyReused);
+            }
+            let order = orders::find_order(&mut tx, previous.order_id, user_id).await?.ok_or(OrderError::NotFound)?;
+            return Ok(accepted(&order, true));
+        }
+    }
+    let order = orders::insert_order(&mut tx, user_id, request.product_id, quantity).await?;
+    let event = Event::OrderCreated(OrderCreated {
+        order_id: order.id,
+        user_id,
+        product_id: order.product_id,
+        quantity: order.quantity,
+    });
+    outbox::enqueue(&mut tx, &state.topology, &event, &trace).await?;
+    if let Some(key) = &key {
+        orders::insert_idempotency_key(&mut tx, user_id, key, &order).await?;
+    }
+    tx.commit().await?;
+    state.outbox_signal.notify();
+    tracing::info!(order_id = %order.id, user_id, product_id = order.product_id, quantity, "order created");
+    Ok(accepted(&order, false))
+}
+
+/// An order of the authenticated buyer (another buyer's order is 404).
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 400, description = "Malformed id"),
+        (status = 401, description = "Missing or invalid bearer token"),
+        (status = 404, description = "No such order for this buyer"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_order(
+    State(state): State<AppState>,
+    Buyer(user_id): Buyer,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<Json<Order>, OrderError> {
+    let mut conn = state.pool.acquire().await?;
+    let order = orders::find_order(&mut conn, id, user_id).await?.ok_or(OrderError::NotFound)?;
+    Ok(Json(order))
+}

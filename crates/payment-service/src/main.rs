@@ -1,0 +1,12 @@
+use payment_service::config::Settings;
+use payment_service::startup::build;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::telemetry::init("info,sqlx=warn,async_nats=warn");
+    let settings = Settings::load()?;
+    let app = build(&settings).await?;
+    tracing::info!(port = app.port(), "payment service listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}
