@@ -132,6 +132,8 @@ impl Application {
         consumers: Vec<Arc<dyn BackgroundConsumer>>,
     ) -> Result<Self, StartupError> {
         let settings = &infra.settings;
+        // Install the recorder before any request or message is counted.
+        let _ = http::metrics_handle();
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port)).await?;
         let port = listener.local_addr()?.port();
         let readiness = Readiness { pool: infra.pool.clone(), nats: infra.nats.clone() };

@@ -28,7 +28,17 @@ fn now_secs() -> u64 {
 /// Mints a token for a user (the load-test CLI and tests use it; a real deployment's identity
 /// provider would).
 pub fn mint_token(secret: &str, user_id: i64, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
-    let iat = now_secs();
+    mint_token_at(secret, user_id, ttl, 0)
+}
+
+/// Like [`mint_token`], issued `offset_secs` from now (negative: in the past, for expiry tests).
+pub fn mint_token_at(
+    secret: &str,
+    user_id: i64,
+    ttl: Duration,
+    offset_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let iat = now_secs().saturating_add_signed(offset_secs);
     let claims = Claims { sub: user_id.to_string(), iat, exp: iat + ttl.as_secs() };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
