@@ -17,23 +17,35 @@ pub enum InventoryError {
 impl IntoResponse for InventoryError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            InventoryError::Invalid(detail) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-product", "The product is not valid").with_detail(detail)
-            }
-            InventoryError::NotFound => Problem::new(StatusCode::NOT_FOUND, "product-not-found", "No such product"),
+            InventoryError::Invalid(detail) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-product",
+                "The product is not valid",
+            )
+            .with_detail(detail),
+            InventoryError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "product-not-found",
+                "No such product",
+            ),
             InventoryError::Database(error) => {
                 match error.as_database_error().and_then(|e| e.constraint()) {
-                    Some("products_pkey") => {
-                        Problem::new(StatusCode::CONFLICT, "product-exists", "A product with this id already exists")
-                    }
-                    Some(name @ ("products_stock_check" | "products_price_cents_check" | "products_received_check")) => {
-                        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-product", "The product is not valid")
-                            .with_detail(format!("violates {name}"))
-                    }
-                    _ => {
-                        tracing::error!(%error, "database error");
-                        Problem::internal()
-                    }
+                    Some("products_pkey") => Problem::new(
+                        StatusCode::CONFLICT,
+                        "product-exists",
+                        "A product with this id already exists",
+                    ),
+                    Some(
+                        name @ ("products_stock_check"
+                        | "products_price_cents_check"
+                        | "products_received_check"),
+                    ) => Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid-product",
+                        "The product is not valid",
+                    )
+                    .with_detail(format!("violates {name}")),
+                    _ => platform::http::database_problem(error),
                 }
             }
         };

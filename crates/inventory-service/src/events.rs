@@ -36,7 +36,15 @@ impl EventHandler for StockKeeper {
     ) -> Result<(), HandlerError> {
         let reply = match event {
             Event::OrderCreated(order) => {
-                match stock::reserve_stock(tx, order.order_id, order.user_id, order.product_id, order.quantity).await? {
+                match stock::reserve_stock(
+                    tx,
+                    order.order_id,
+                    order.user_id,
+                    order.product_id,
+                    order.quantity,
+                )
+                .await?
+                {
                     Reservation::Reserved { amount_cents } => {
                         tracing::info!(order_id = %order.order_id, product_id = order.product_id, quantity = order.quantity, "stock reserved");
                         Event::StockReserved(StockReserved {
@@ -54,22 +62,35 @@ impl EventHandler for StockKeeper {
                             FailureReason::UnknownProduct
                         };
                         tracing::info!(order_id = %order.order_id, reason = reason.as_str(), "stock rejected");
-                        Event::StockRejected(StockRejected { order_id: order.order_id, product_id: order.product_id, reason })
+                        Event::StockRejected(StockRejected {
+                            order_id: order.order_id,
+                            product_id: order.product_id,
+                            reason,
+                        })
                     }
                 }
             }
-            Event::PaymentFailed(failed) => match stock::release_reservation(tx, failed.order_id).await? {
-                Some((product_id, quantity)) => {
-                    tracing::info!(order_id = %failed.order_id, product_id, quantity, "stock released (compensation)");
-                    Event::StockReleased(StockReleased { order_id: failed.order_id, product_id, quantity })
+            Event::PaymentFailed(failed) => {
+                match stock::release_reservation(tx, failed.order_id).await? {
+                    Some((product_id, quantity)) => {
+                        tracing::info!(order_id = %failed.order_id, product_id, quantity, "stock released (compensation)");
+                        Event::StockReleased(StockReleased {
+                            order_id: failed.order_id,
+                            product_id,
+                            quantity,
+                        })
+                    }
+                    None => {
+                        tracing::warn!(order_id = %failed.order_id, "payment failed for an order with no active reservation");
+                        return Ok(());
+                    }
                 }
-                None => {
-                    tracing::warn!(order_id = %failed.order_id, "payment failed for an order with no active reservation");
-                    return Ok(());
-                }
-            },
+            }
             _ => {
-                return Err(HandlerError::Permanent(format!("inventory does not handle {}", envelope.event_type)));
+                return Err(HandlerError::Permanent(format!(
+                    "inventory does not handle {}",
+                    envelope.event_type
+                )));
             }
         };
         outbox::enqueue(tx, &self.topology, &reply, &envelope.trace).await?;

@@ -48,14 +48,31 @@ async fn create_product(
         ));
     }
     let mut conn = state.pool.acquire().await?;
-    let product = stock::create_product(&mut conn, new.id, new.name.trim(), new.price_cents, new.stock).await?;
-    tracing::info!(product_id = product.id, stock = product.stock, "product created");
+    let product = stock::create_product(
+        &mut conn,
+        new.id,
+        new.name.trim(),
+        new.price_cents,
+        new.stock,
+    )
+    .await?;
+    tracing::info!(
+        product_id = product.id,
+        stock = product.stock,
+        "product created"
+    );
     Ok((StatusCode::CREATED, Json(product)))
 }
 
-async fn get_product(State(state): State<AppState>, PathParam(id): PathParam<i64>) -> Result<Json<Product>, InventoryError> {
+async fn get_product(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<i64>,
+) -> Result<Json<Product>, InventoryError> {
     let mut conn = state.pool.acquire().await?;
-    stock::find_product(&mut conn, id).await?.map(Json).ok_or(InventoryError::NotFound)
+    stock::find_product(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or(InventoryError::NotFound)
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,5 +91,8 @@ async fn restock(
         return Err(InventoryError::Invalid("units must be positive".into()));
     }
     let mut conn = state.pool.acquire().await?;
-    stock::restock(&mut conn, id, body.units).await?.map(Json).ok_or(InventoryError::NotFound)
+    stock::restock(&mut conn, id, body.units)
+        .await?
+        .map(Json)
+        .ok_or(InventoryError::NotFound)
 }

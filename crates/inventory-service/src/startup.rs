@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
-    let handler = Arc::new(StockKeeper { topology: infra.topology.clone() });
+    let handler = Arc::new(StockKeeper {
+        topology: infra.topology.clone(),
+    });
     let mut consumers = Vec::new();
     for subscription in subscriptions() {
         consumers.push(infra.consumer(&subscription, handler.clone()).await?);

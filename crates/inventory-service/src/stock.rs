@@ -33,7 +33,10 @@ pub async fn create_product(
     .await
 }
 
-pub async fn find_product(conn: &mut PgConnection, id: i64) -> Result<Option<Product>, sqlx::Error> {
+pub async fn find_product(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<Product>, sqlx::Error> {
     sqlx::query_as("SELECT id, name, price_cents, stock, received FROM products WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
@@ -41,7 +44,11 @@ pub async fn find_product(conn: &mut PgConnection, id: i64) -> Result<Option<Pro
 }
 
 /// Adds units to a product (a delivery); both the stock and the audit total grow.
-pub async fn restock(conn: &mut PgConnection, id: i64, units: i64) -> Result<Option<Product>, sqlx::Error> {
+pub async fn restock(
+    conn: &mut PgConnection,
+    id: i64,
+    units: i64,
+) -> Result<Option<Product>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE products SET stock = stock + $2, received = received + $2 WHERE id = $1
          RETURNING id, name, price_cents, stock, received",
@@ -77,11 +84,16 @@ pub async fn reserve_stock(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(price) = price else {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM products WHERE id = $1)")
-            .bind(product_id)
-            .fetch_one(&mut *conn)
-            .await?;
-        return Ok(if exists { Reservation::OutOfStock } else { Reservation::UnknownProduct });
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM products WHERE id = $1)")
+                .bind(product_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok(if exists {
+            Reservation::OutOfStock
+        } else {
+            Reservation::UnknownProduct
+        });
     };
     let amount_cents = price * i64::from(quantity);
     // The primary key on order_id makes a second reservation for one order impossible.
@@ -102,7 +114,10 @@ pub async fn reserve_stock(
 /// Releases an order's active reservation and returns its units to stock. Returns the product
 /// and quantity released, or `None` if there was nothing active (already released, or never
 /// reserved): the ACTIVE -> RELEASED transition happens at most once.
-pub async fn release_reservation(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<(i64, i32)>, sqlx::Error> {
+pub async fn release_reservation(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<(i64, i32)>, sqlx::Error> {
     let released: Option<(i64, i32)> = sqlx::query_as(
         "UPDATE reservations SET status = 'RELEASED', released_at = now()
          WHERE order_id = $1 AND status = 'ACTIVE' RETURNING product_id, quantity",

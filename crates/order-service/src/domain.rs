@@ -26,9 +26,14 @@ impl OrderStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [OrderStatus::Pending, OrderStatus::Reserved, OrderStatus::Completed, OrderStatus::Failed]
-            .into_iter()
-            .find(|status| status.as_str() == s)
+        [
+            OrderStatus::Pending,
+            OrderStatus::Reserved,
+            OrderStatus::Completed,
+            OrderStatus::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
     }
 
     pub fn is_final(self) -> bool {
@@ -73,14 +78,17 @@ impl Outcome {
 
     pub fn amount_cents(self) -> Option<i64> {
         match self {
-            Outcome::StockReserved { amount_cents } | Outcome::PaymentCompleted { amount_cents } => Some(amount_cents),
+            Outcome::StockReserved { amount_cents }
+            | Outcome::PaymentCompleted { amount_cents } => Some(amount_cents),
             _ => None,
         }
     }
 
     /// The status after applying this outcome to `current`, or `None` if it does not apply.
     pub fn apply(self, current: OrderStatus) -> Option<OrderStatus> {
-        self.allowed_from().contains(&current).then(|| self.target())
+        self.allowed_from()
+            .contains(&current)
+            .then(|| self.target())
     }
 }
 
@@ -102,7 +110,10 @@ mod tests {
     fn the_happy_path_moves_forward() {
         let reserved = Outcome::StockReserved { amount_cents: 10 }.apply(Pending);
         assert_eq!(reserved, Some(Reserved));
-        assert_eq!(Outcome::PaymentCompleted { amount_cents: 10 }.apply(Reserved), Some(Completed));
+        assert_eq!(
+            Outcome::PaymentCompleted { amount_cents: 10 }.apply(Reserved),
+            Some(Completed)
+        );
     }
 
     #[test]
@@ -115,17 +126,28 @@ mod tests {
 
     #[test]
     fn a_late_reservation_does_not_undo_a_payment_outcome() {
-        let done = Outcome::PaymentCompleted { amount_cents: 10 }.apply(Pending).unwrap();
+        let done = Outcome::PaymentCompleted { amount_cents: 10 }
+            .apply(Pending)
+            .unwrap();
         assert_eq!(done, Completed);
-        assert_eq!(Outcome::StockReserved { amount_cents: 10 }.apply(done), None);
+        assert_eq!(
+            Outcome::StockReserved { amount_cents: 10 }.apply(done),
+            None
+        );
     }
 
     #[test]
     fn every_order_of_outcomes_ends_in_a_final_status_that_never_moves_back() {
         // All permutations of a payment path: the last applicable outcome wins only if forward.
         let paths = [
-            vec![Outcome::StockReserved { amount_cents: 1 }, Outcome::PaymentCompleted { amount_cents: 1 }],
-            vec![Outcome::StockReserved { amount_cents: 1 }, Outcome::PaymentFailed(FailureReason::PaymentDeclined)],
+            vec![
+                Outcome::StockReserved { amount_cents: 1 },
+                Outcome::PaymentCompleted { amount_cents: 1 },
+            ],
+            vec![
+                Outcome::StockReserved { amount_cents: 1 },
+                Outcome::PaymentFailed(FailureReason::PaymentDeclined),
+            ],
         ];
         for path in paths {
             for reversed in [false, true] {

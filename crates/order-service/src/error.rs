@@ -26,13 +26,21 @@ pub enum OrderError {
 impl IntoResponse for OrderError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            OrderError::Invalid(detail) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order", "The order is not valid").with_detail(detail)
+            OrderError::Invalid(detail) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-order",
+                "The order is not valid",
+            )
+            .with_detail(detail),
+            OrderError::NotFound => {
+                Problem::new(StatusCode::NOT_FOUND, "order-not-found", "No such order")
             }
-            OrderError::NotFound => Problem::new(StatusCode::NOT_FOUND, "order-not-found", "No such order"),
-            OrderError::BadIdempotencyKey(why) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key").with_detail(*why)
-            }
+            OrderError::BadIdempotencyKey(why) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+            )
+            .with_detail(*why),
             OrderError::IdempotencyInProgress => Problem::new(
                 StatusCode::CONFLICT,
                 "idempotency-key-in-progress",
@@ -45,10 +53,7 @@ impl IntoResponse for OrderError {
             ),
             OrderError::Database(error) => match constraint_problem(error) {
                 Some(problem) => problem,
-                None => {
-                    tracing::error!(%error, "database error");
-                    Problem::internal()
-                }
+                None => platform::http::database_problem(error),
             },
             OrderError::Outbox(error) => {
                 tracing::error!(%error, "outbox error");
@@ -73,5 +78,12 @@ fn constraint_problem(error: &sqlx::Error) -> Option<Problem> {
         }
         _ => return None,
     };
-    Some(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order", "The order is not valid").with_detail(detail))
+    Some(
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+            "The order is not valid",
+        )
+        .with_detail(detail),
+    )
 }

@@ -46,12 +46,18 @@ pub async fn insert_order(
 }
 
 /// The order, if it exists and belongs to `user_id` (another user's order is not found).
-pub async fn find_order(conn: &mut PgConnection, id: Uuid, user_id: i64) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"))
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
+pub async fn find_order(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_id: i64,
+) -> Result<Option<Order>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Applies an outcome if the order's current status allows it; the check and the write are one
@@ -81,8 +87,14 @@ pub async fn apply_outcome(
     Ok(updated.as_deref().and_then(OrderStatus::parse))
 }
 
-pub async fn current_status(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1").bind(order_id).fetch_optional(conn).await
+pub async fn current_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// A stored Idempotency-Key: what it was first used for.
@@ -94,7 +106,11 @@ pub struct IdempotencyRecord {
 }
 
 /// Takes a transaction-scoped lock on the (user, key) pair; false if another request holds it.
-pub async fn try_lock_idempotency_key(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<bool, sqlx::Error> {
+pub async fn try_lock_idempotency_key(
+    conn: &mut PgConnection,
+    user_id: i64,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
         .bind(user_id.to_string())
         .bind(key)
@@ -114,7 +130,12 @@ pub async fn find_idempotency_key(
         .await
 }
 
-pub async fn insert_idempotency_key(conn: &mut PgConnection, user_id: i64, key: &str, order: &Order) -> Result<(), sqlx::Error> {
+pub async fn insert_idempotency_key(
+    conn: &mut PgConnection,
+    user_id: i64,
+    key: &str,
+    order: &Order,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO idempotency_keys (user_id, key, product_id, quantity, order_id) VALUES ($1, $2, $3, $4, $5)")
         .bind(user_id)
         .bind(key)

@@ -4,7 +4,11 @@ use uuid::Uuid;
 
 /// FNV-1a over the id's bytes: stable across runs and platforms, spread well enough here.
 fn stable_hash(id: Uuid) -> u64 {
-    id.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+    id.as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// Whether the card network declines this order's charge at the given rate.

@@ -17,23 +17,35 @@ pub enum PaymentError {
 impl IntoResponse for PaymentError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            PaymentError::Invalid(detail) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-account", "The account is not valid").with_detail(detail)
+            PaymentError::Invalid(detail) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-account",
+                "The account is not valid",
+            )
+            .with_detail(detail),
+            PaymentError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "account-not-found",
+                "No such account",
+            ),
+            PaymentError::Database(error) => {
+                match error.as_database_error().and_then(|e| e.constraint()) {
+                    Some("accounts_pkey") => Problem::new(
+                        StatusCode::CONFLICT,
+                        "account-exists",
+                        "An account for this user already exists",
+                    ),
+                    Some(
+                        name @ ("accounts_balance_cents_check" | "accounts_deposited_cents_check"),
+                    ) => Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid-account",
+                        "The account is not valid",
+                    )
+                    .with_detail(format!("violates {name}")),
+                    _ => platform::http::database_problem(error),
+                }
             }
-            PaymentError::NotFound => Problem::new(StatusCode::NOT_FOUND, "account-not-found", "No such account"),
-            PaymentError::Database(error) => match error.as_database_error().and_then(|e| e.constraint()) {
-                Some("accounts_pkey") => {
-                    Problem::new(StatusCode::CONFLICT, "account-exists", "An account for this user already exists")
-                }
-                Some(name @ ("accounts_balance_cents_check" | "accounts_deposited_cents_check")) => {
-                    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-account", "The account is not valid")
-                        .with_detail(format!("violates {name}"))
-                }
-                _ => {
-                    tracing::error!(%error, "database error");
-                    Problem::internal()
-                }
-            },
         };
         problem.into_response()
     }

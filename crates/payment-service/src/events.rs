@@ -30,14 +30,24 @@ impl EventHandler for Cashier {
         event: Event,
     ) -> Result<(), HandlerError> {
         let Event::StockReserved(reserved) = event else {
-            return Err(HandlerError::Permanent(format!("payment does not handle {}", envelope.event_type)));
+            return Err(HandlerError::Permanent(format!(
+                "payment does not handle {}",
+                envelope.event_type
+            )));
         };
         let result = if is_declined(reserved.order_id, self.decline_rate) {
             ChargeResult::Failed(FailureReason::PaymentDeclined)
         } else {
             ledger::debit(tx, reserved.user_id, reserved.amount_cents).await?
         };
-        ledger::record_charge(tx, reserved.order_id, reserved.user_id, reserved.amount_cents, result).await?;
+        ledger::record_charge(
+            tx,
+            reserved.order_id,
+            reserved.user_id,
+            reserved.amount_cents,
+            result,
+        )
+        .await?;
         let reply = match result {
             ChargeResult::Succeeded => {
                 tracing::info!(order_id = %reserved.order_id, user_id = reserved.user_id, amount_cents = reserved.amount_cents, "payment completed");

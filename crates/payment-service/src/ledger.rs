@@ -13,7 +13,11 @@ pub struct Account {
     pub deposited_cents: i64,
 }
 
-pub async fn open_account(conn: &mut PgConnection, user_id: i64, balance_cents: i64) -> Result<Account, sqlx::Error> {
+pub async fn open_account(
+    conn: &mut PgConnection,
+    user_id: i64,
+    balance_cents: i64,
+) -> Result<Account, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO accounts (user_id, balance_cents, deposited_cents) VALUES ($1, $2, $2)
          RETURNING user_id, balance_cents, deposited_cents",
@@ -24,7 +28,11 @@ pub async fn open_account(conn: &mut PgConnection, user_id: i64, balance_cents: 
     .await
 }
 
-pub async fn deposit(conn: &mut PgConnection, user_id: i64, cents: i64) -> Result<Option<Account>, sqlx::Error> {
+pub async fn deposit(
+    conn: &mut PgConnection,
+    user_id: i64,
+    cents: i64,
+) -> Result<Option<Account>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE accounts SET balance_cents = balance_cents + $2, deposited_cents = deposited_cents + $2
          WHERE user_id = $1 RETURNING user_id, balance_cents, deposited_cents",
@@ -35,11 +43,16 @@ pub async fn deposit(conn: &mut PgConnection, user_id: i64, cents: i64) -> Resul
     .await
 }
 
-pub async fn find_account(conn: &mut PgConnection, user_id: i64) -> Result<Option<Account>, sqlx::Error> {
-    sqlx::query_as("SELECT user_id, balance_cents, deposited_cents FROM accounts WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
+pub async fn find_account(
+    conn: &mut PgConnection,
+    user_id: i64,
+) -> Result<Option<Account>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, balance_cents, deposited_cents FROM accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +63,11 @@ pub enum ChargeResult {
 
 /// Debits the user's balance if it covers the amount (a conditional UPDATE: never negative,
 /// no read-then-write race).
-pub async fn debit(conn: &mut PgConnection, user_id: i64, amount_cents: i64) -> Result<ChargeResult, sqlx::Error> {
+pub async fn debit(
+    conn: &mut PgConnection,
+    user_id: i64,
+    amount_cents: i64,
+) -> Result<ChargeResult, sqlx::Error> {
     let debited = sqlx::query("UPDATE accounts SET balance_cents = balance_cents - $2 WHERE user_id = $1 AND balance_cents >= $2")
         .bind(user_id)
         .bind(amount_cents)
@@ -59,11 +76,16 @@ pub async fn debit(conn: &mut PgConnection, user_id: i64, amount_cents: i64) -> 
     if debited.rows_affected() == 1 {
         return Ok(ChargeResult::Succeeded);
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
-        .bind(user_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(ChargeResult::Failed(if exists { FailureReason::InsufficientFunds } else { FailureReason::UnknownAccount }))
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
+            .bind(user_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(ChargeResult::Failed(if exists {
+        FailureReason::InsufficientFunds
+    } else {
+        FailureReason::UnknownAccount
+    }))
 }
 
 /// Records the one charge attempt an order may have. The primary key on `order_id` rejects a

@@ -41,7 +41,9 @@ async fn open_account(
     JsonBody(new): JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<Account>), PaymentError> {
     if new.user_id <= 0 || new.balance_cents < 0 {
-        return Err(PaymentError::Invalid("user_id must be positive and balance_cents non-negative".into()));
+        return Err(PaymentError::Invalid(
+            "user_id must be positive and balance_cents non-negative".into(),
+        ));
     }
     let mut conn = state.pool.acquire().await?;
     let account = ledger::open_account(&mut conn, new.user_id, new.balance_cents).await?;
@@ -54,7 +56,10 @@ async fn get_account(
     PathParam(user_id): PathParam<i64>,
 ) -> Result<Json<Account>, PaymentError> {
     let mut conn = state.pool.acquire().await?;
-    ledger::find_account(&mut conn, user_id).await?.map(Json).ok_or(PaymentError::NotFound)
+    ledger::find_account(&mut conn, user_id)
+        .await?
+        .map(Json)
+        .ok_or(PaymentError::NotFound)
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,5 +78,8 @@ async fn deposit(
         return Err(PaymentError::Invalid("cents must be positive".into()));
     }
     let mut conn = state.pool.acquire().await?;
-    ledger::deposit(&mut conn, user_id, body.cents).await?.map(Json).ok_or(PaymentError::NotFound)
+    ledger::deposit(&mut conn, user_id, body.cents)
+        .await?
+        .map(Json)
+        .ok_or(PaymentError::NotFound)
 }

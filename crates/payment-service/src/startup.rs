@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
-    let handler = Arc::new(Cashier { topology: infra.topology.clone(), decline_rate: settings.payment.decline_rate });
+    let handler = Arc::new(Cashier {
+        topology: infra.topology.clone(),
+        decline_rate: settings.payment.decline_rate,
+    });
     let mut consumers = Vec::new();
     for subscription in subscriptions() {
         consumers.push(infra.consumer(&subscription, handler.clone()).await?);

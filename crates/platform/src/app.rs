@@ -3,7 +3,9 @@
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::CommonSettings;
-use crate::consumer::{BackgroundConsumer, ConsumerError, EventConsumer, EventHandler, Subscription};
+use crate::consumer::{
+    BackgroundConsumer, ConsumerError, EventConsumer, EventHandler, Subscription,
+};
 use crate::db;
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
@@ -42,7 +44,10 @@ pub struct Infrastructure {
 
 impl Infrastructure {
     /// Connects to PostgreSQL (migrating it) and NATS (creating the streams).
-    pub async fn connect(settings: &CommonSettings, migrator: Migrator) -> Result<Self, StartupError> {
+    pub async fn connect(
+        settings: &CommonSettings,
+        migrator: Migrator,
+    ) -> Result<Self, StartupError> {
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool, migrator).await?;
         let nats = broker::connect(&settings.nats).await?;
@@ -136,7 +141,10 @@ impl Application {
         let _ = http::metrics_handle();
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port)).await?;
         let port = listener.local_addr()?.port();
-        let readiness = Readiness { pool: infra.pool.clone(), nats: infra.nats.clone() };
+        let readiness = Readiness {
+            pool: infra.pool.clone(),
+            nats: infra.nats.clone(),
+        };
         let admin = http::AdminToken(Arc::from(settings.auth.admin_token.as_str()));
         let routes = routes.merge(http::dead_letter_routes(infra.pool.clone(), admin));
         let router = http::service_router(routes, readiness, settings.http.max_body_bytes);
@@ -144,7 +152,10 @@ impl Application {
             listener,
             port,
             router,
-            driver: Driver { relay: infra.relay(), consumers },
+            driver: Driver {
+                relay: infra.relay(),
+                consumers,
+            },
             workers_enabled: settings.workers.enabled,
         })
     }

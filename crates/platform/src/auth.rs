@@ -22,12 +22,19 @@ pub enum AuthError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Mints a token for a user (the load-test CLI and tests use it; a real deployment's identity
 /// provider would).
-pub fn mint_token(secret: &str, user_id: i64, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_token(
+    secret: &str,
+    user_id: i64,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
     mint_token_at(secret, user_id, ttl, 0)
 }
 
@@ -39,19 +46,30 @@ pub fn mint_token_at(
     offset_secs: i64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let iat = now_secs().saturating_add_signed(offset_secs);
-    let claims = Claims { sub: user_id.to_string(), iat, exp: iat + ttl.as_secs() };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+    let claims = Claims {
+        sub: user_id.to_string(),
+        iat,
+        exp: iat + ttl.as_secs(),
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 /// Verifies signature and expiry and returns the user id.
 pub fn verify_token(secret: &str, token: &str) -> Result<i64, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 5;
-    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid,
-        }
+    let data = decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+        _ => AuthError::Invalid,
     })?;
     data.claims.sub.parse().map_err(|_| AuthError::Invalid)
 }
@@ -91,8 +109,17 @@ mod tests {
         let token = mint_token("other", 42, Duration::from_secs(60)).unwrap();
         assert_eq!(verify_token("s3cret", &token), Err(AuthError::Invalid));
         let iat = now_secs() - 3600;
-        let claims = Claims { sub: "1".into(), iat, exp: iat + 60 };
-        let expired = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let claims = Claims {
+            sub: "1".into(),
+            iat,
+            exp: iat + 60,
+        };
+        let expired = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert_eq!(verify_token("s3cret", &expired), Err(AuthError::Expired));
         assert_eq!(verify_token("s3cret", "not.a.jwt"), Err(AuthError::Invalid));
     }

@@ -13,7 +13,9 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Topology { prefix: prefix.into() }
+        Topology {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -71,7 +73,10 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Brok
         .request_timeout(Some(Duration::from_secs(10)))
         .connect(&settings.url)
         .await
-        .map_err(|source| BrokerError::Connect { url: settings.url.clone(), source })
+        .map_err(|source| BrokerError::Connect {
+            url: settings.url.clone(),
+            source,
+        })
 }
 
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
@@ -83,7 +88,10 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
 }
 
 /// Creates every stream of the topology if missing (idempotent; each service calls it at start).
-pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Result<(), BrokerError> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    topology: &Topology,
+) -> Result<(), BrokerError> {
     for source in Source::ALL {
         let config = topology.stream_config(source);
         let name = config.name.clone();
@@ -110,6 +118,9 @@ mod tests {
             quantity: 1,
         });
         assert_eq!(t.subject_of(&e), "t_ab.order.created");
-        assert_eq!(t.stream_config(Source::Order).subjects, vec!["t_ab.order.>".to_string()]);
+        assert_eq!(
+            t.stream_config(Source::Order).subjects,
+            vec!["t_ab.order.>".to_string()]
+        );
     }
 }

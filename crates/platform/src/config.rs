@@ -11,8 +11,14 @@ use std::time::Duration;
 /// with the service's own keys, e.g. its HTTP port), then the file, then the environment.
 pub fn load<T: DeserializeOwned>(service_defaults: &str) -> Result<T, config::ConfigError> {
     let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(COMMON_DEFAULTS, config::FileFormat::Toml))
-        .add_source(config::File::from_str(service_defaults, config::FileFormat::Toml));
+        .add_source(config::File::from_str(
+            COMMON_DEFAULTS,
+            config::FileFormat::Toml,
+        ))
+        .add_source(config::File::from_str(
+            service_defaults,
+            config::FileFormat::Toml,
+        ));
     if let Ok(path) = std::env::var("APP_CONFIG_FILE") {
         builder = builder.add_source(config::File::with_name(&path).required(true));
     }

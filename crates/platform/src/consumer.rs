@@ -95,7 +95,11 @@ impl<H: EventHandler> EventConsumer<H> {
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
         let config = pull::Config {
             durable_name: Some(subscription.durable_name.clone()),
-            filter_subjects: subscription.subject_suffixes.iter().map(|s| topology.subject(s)).collect(),
+            filter_subjects: subscription
+                .subject_suffixes
+                .iter()
+                .map(|s| topology.subject(s))
+                .collect(),
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(settings.ack_wait_secs),
             max_ack_pending: settings.max_ack_pending,
@@ -188,7 +192,9 @@ impl<H: EventHandler> EventConsumer<H> {
                 }
                 if last_prune.elapsed() > Duration::from_secs(600) {
                     last_prune = tokio::time::Instant::now();
-                    if let Err(error) = prune_inbox(&self.pool, Duration::from_secs(7 * 24 * 3600)).await {
+                    if let Err(error) =
+                        prune_inbox(&self.pool, Duration::from_secs(7 * 24 * 3600)).await
+                    {
                         tracing::warn!(%error, "inbox pruning failed");
                     }
                 }
@@ -205,7 +211,11 @@ impl<H: EventHandler> EventConsumer<H> {
             match Envelope::decode(&message.payload)
                 .and_then(|envelope| Event::from_envelope(&envelope).map(|event| (envelope, event)))
             {
-                Ok((envelope, event)) => decoded.push(Decoded { message, envelope, event }),
+                Ok((envelope, event)) => decoded.push(Decoded {
+                    message,
+                    envelope,
+                    event,
+                }),
                 Err(error) => self.dead_letter(&message, &error.to_string()).await,
             }
         }
@@ -248,7 +258,8 @@ impl<H: EventHandler> EventConsumer<H> {
         for item in batch {
             let id = item.envelope.id;
             if !fresh.contains(&id) || !applied.insert(id) {
-                metrics::counter!("consumer_duplicates_total", "consumer" => self.name.clone()).increment(1);
+                metrics::counter!("consumer_duplicates_total", "consumer" => self.name.clone())
+                    .increment(1);
                 tracing::debug!(consumer = %self.name, event_id = %id, "duplicate event ignored");
                 continue;
             }
@@ -266,14 +277,16 @@ impl<H: EventHandler> EventConsumer<H> {
         }
         tx.commit().await?;
         self.signal.notify();
-        metrics::counter!("consumer_processed_total", "consumer" => self.name.clone()).increment(batch.len() as u64);
+        metrics::counter!("consumer_processed_total", "consumer" => self.name.clone())
+            .increment(batch.len() as u64);
         Ok(())
     }
 
     async fn ack_all(&self, batch: &[Decoded]) {
         for item in batch {
             if item.message.info().is_ok_and(|info| info.delivered > 1) {
-                metrics::counter!("consumer_redelivered_total", "consumer" => self.name.clone()).increment(1);
+                metrics::counter!("consumer_redelivered_total", "consumer" => self.name.clone())
+                    .increment(1);
             }
             // A lost ack only causes a redelivery, which the inbox absorbs.
             if let Err(error) = item.message.ack().await {
@@ -285,7 +298,10 @@ impl<H: EventHandler> EventConsumer<H> {
     async fn failed(&self, item: &Decoded, error: HandlerError) {
         let deliveries = item.message.info().map(|i| i.delivered).unwrap_or(1);
         if error.is_permanent() || deliveries >= self.settings.max_deliveries {
-            let reason = format!("{} (after {deliveries} deliveries): {error}", item.envelope.event_type);
+            let reason = format!(
+                "{} (after {deliveries} deliveries): {error}",
+                item.envelope.event_type
+            );
             self.dead_letter(&item.message, &reason).await;
         } else {
             let delay = retry_delay(deliveries);
@@ -319,7 +335,8 @@ impl<H: EventHandler> EventConsumer<H> {
         .await;
         match recorded {
             Ok(_) => {
-                metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone()).increment(1);
+                metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone())
+                    .increment(1);
                 tracing::error!(consumer = %self.name, subject = %message.subject, reason, "message dead-lettered");
                 if let Err(error) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(consumer = %self.name, %error, "term ack failed");
@@ -327,7 +344,9 @@ impl<H: EventHandler> EventConsumer<H> {
             }
             Err(error) => {
                 tracing::warn!(consumer = %self.name, %error, "cannot record dead letter; message will be redelivered");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
         }
     }
@@ -348,10 +367,11 @@ pub fn retry_delay(deliveries: i64) -> Duration {
 /// Inbox rows must outlive the broker's duplicate window and any redelivery; after that they go.
 pub async fn prune_inbox(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
     let seconds = older_than.as_secs_f64();
-    let done = sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
-        .bind(seconds)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
+            .bind(seconds)
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }
 

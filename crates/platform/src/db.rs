@@ -18,7 +18,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error>
 
 /// Applies the shared messaging migrations, then the service's own (`sqlx::migrate!()` in the
 /// service crate). Both share the `_sqlx_migrations` table, so each ignores the other's versions.
-pub async fn migrate(pool: &PgPool, mut service: Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(
+    pool: &PgPool,
+    mut service: Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
     let mut messaging = sqlx::migrate!("./migrations");
     messaging.set_ignore_missing(true);
     messaging.run(pool).await?;

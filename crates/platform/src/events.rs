@@ -212,7 +212,12 @@ mod tests {
     fn samples() -> Vec<Event> {
         let order_id = Uuid::now_v7();
         vec![
-            Event::OrderCreated(OrderCreated { order_id, user_id: 1, product_id: 2, quantity: 3 }),
+            Event::OrderCreated(OrderCreated {
+                order_id,
+                user_id: 1,
+                product_id: 2,
+                quantity: 3,
+            }),
             Event::StockReserved(StockReserved {
                 order_id,
                 user_id: 1,
@@ -225,8 +230,16 @@ mod tests {
                 product_id: 2,
                 reason: FailureReason::OutOfStock,
             }),
-            Event::StockReleased(StockReleased { order_id, product_id: 2, quantity: 3 }),
-            Event::PaymentCompleted(PaymentCompleted { order_id, user_id: 1, amount_cents: 300 }),
+            Event::StockReleased(StockReleased {
+                order_id,
+                product_id: 2,
+                quantity: 3,
+            }),
+            Event::PaymentCompleted(PaymentCompleted {
+                order_id,
+                user_id: 1,
+                amount_cents: 300,
+            }),
             Event::PaymentFailed(PaymentFailed {
                 order_id,
                 user_id: 1,
@@ -239,8 +252,15 @@ mod tests {
     #[test]
     fn every_event_survives_the_envelope_round_trip() {
         for event in samples() {
-            let trace = TraceContext { request_id: Some("r-1".into()), traceparent: None };
-            let bytes = event.into_envelope(trace.clone()).unwrap().encode().unwrap();
+            let trace = TraceContext {
+                request_id: Some("r-1".into()),
+                traceparent: None,
+            };
+            let bytes = event
+                .into_envelope(trace.clone())
+                .unwrap()
+                .encode()
+                .unwrap();
             let envelope = Envelope::decode(&bytes).unwrap();
             assert_eq!(envelope.trace, trace);
             assert_eq!(envelope.aggregate_id, event.order_id());
@@ -253,10 +273,19 @@ mod tests {
     fn unknown_types_and_bad_payloads_are_told_apart() {
         let mut envelope = samples()[0].into_envelope(TraceContext::default()).unwrap();
         envelope.event_type = "OrderExploded".into();
-        assert!(matches!(Event::from_envelope(&envelope), Err(EnvelopeError::UnknownType(_))));
+        assert!(matches!(
+            Event::from_envelope(&envelope),
+            Err(EnvelopeError::UnknownType(_))
+        ));
         envelope.event_type = "StockReserved".into();
-        assert!(matches!(Event::from_envelope(&envelope), Err(EnvelopeError::BadPayload { .. })));
-        assert!(matches!(Envelope::decode(b"{not json"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            Event::from_envelope(&envelope),
+            Err(EnvelopeError::BadPayload { .. })
+        ));
+        assert!(matches!(
+            Envelope::decode(b"{not json"),
+            Err(EnvelopeError::Malformed(_))
+        ));
     }
 
     #[test]

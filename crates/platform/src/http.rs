@@ -49,11 +49,20 @@ impl Problem {
     }
 
     pub fn internal() -> Self {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        )
     }
 
     pub fn unavailable(detail: &str) -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable").with_detail(detail)
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .with_detail(detail)
     }
 }
 
@@ -61,9 +70,10 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, Json(self)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         response
     }
 }
@@ -86,21 +96,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 fn json_problem(rejection: JsonRejection) -> Problem {
     let detail = rejection.body_text();
     match rejection {
-        JsonRejection::JsonDataError(_) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Request body does not match the schema")
-        }
-        JsonRejection::JsonSyntaxError(_) => {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Request body is not valid JSON")
-        }
+        JsonRejection::JsonDataError(_) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "Request body does not match the schema",
+        ),
+        JsonRejection::JsonSyntaxError(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Request body is not valid JSON",
+        ),
         JsonRejection::MissingJsonContentType(_) => Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Expected Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body is too large")
-        }
-        other => Problem::new(other.status(), "bad-request", "Request body could not be read"),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body is too large",
+        ),
+        other => Problem::new(
+            other.status(),
+            "bad-request",
+            "Request body could not be read",
+        ),
     }
     .with_detail(detail)
 }
@@ -120,7 +140,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
 }
 
 fn path_problem(rejection: PathRejection) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "invalid-path", "Invalid path parameter").with_detail(rejection.body_text())
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-path",
+        "Invalid path parameter",
+    )
+    .with_detail(rejection.body_text())
 }
 
 /// The request's trace context, set by the request-context middleware.
@@ -130,7 +155,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(RequestTrace(parts.extensions.get::<TraceContext>().cloned().unwrap_or_default()))
+        Ok(RequestTrace(
+            parts
+                .extensions
+                .get::<TraceContext>()
+                .cloned()
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -145,11 +176,19 @@ fn header_token(parts: &axum::http::HeaderMap, name: &str) -> Option<String> {
 /// Gives every request an id (the client's `x-request-id` if sane), a span, a metrics sample,
 /// and echoes the id back.
 async fn request_context(mut req: Request, next: Next) -> Response {
-    let request_id = header_token(req.headers(), "x-request-id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let request_id = header_token(req.headers(), "x-request-id")
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let traceparent = header_token(req.headers(), "traceparent");
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     let method = req.method().to_string();
-    req.extensions_mut().insert(TraceContext { request_id: Some(request_id.clone()), traceparent });
+    req.extensions_mut().insert(TraceContext {
+        request_id: Some(request_id.clone()),
+        traceparent,
+    });
     let span = tracing::info_span!("http", %method, %route, %request_id);
     let started = Instant::now();
     let mut response = next.run(req).instrument(span).await;
@@ -171,7 +210,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("http_request_duration_seconds".into()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+                    ],
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
@@ -195,7 +236,11 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(readiness): State<Readiness>) -> Result<Json<serde_json::Value>, Problem> {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&readiness.pool)).await;
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&readiness.pool),
+    )
+    .await;
     if !matches!(db, Ok(Ok(_))) {
         return Err(Problem::unavailable("database unreachable"));
     }
@@ -206,7 +251,10 @@ async fn ready(State(readiness): State<Readiness>) -> Result<Json<serde_json::Va
 }
 
 async fn render_metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
 }
 
 async fn not_found() -> Problem {
@@ -216,7 +264,12 @@ async fn not_found() -> Problem {
 async fn method_not_allowed(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        return Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed").into_response();
+        return Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        )
+        .into_response();
     }
     response
 }
@@ -265,11 +318,19 @@ pub struct AdminToken(pub std::sync::Arc<str>);
 pub struct JwtSecret(pub std::sync::Arc<str>);
 
 fn unauthorized(detail: &str) -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid credentials").with_detail(detail)
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Missing or invalid credentials",
+    )
+    .with_detail(detail)
 }
 
 fn authorization(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Proof that the request carries the admin credential (setup operations).
@@ -284,7 +345,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let AdminToken(expected) = AdminToken::from_ref(state);
-        let token = crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
+        let token =
+            crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
         if crate::auth::is_admin(&expected, token) {
             Ok(Admin)
         } else {
@@ -305,8 +367,11 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let JwtSecret(secret) = JwtSecret::from_ref(state);
-        let token = crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
-        crate::auth::verify_token(&secret, token).map(Buyer).map_err(|e| unauthorized(&e.to_string()))
+        let token =
+            crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
+        crate::auth::verify_token(&secret, token)
+            .map(Buyer)
+            .map_err(|e| unauthorized(&e.to_string()))
     }
 }
 
@@ -326,10 +391,13 @@ async fn dead_letters(
     _: Admin,
     State(state): State<DeadLetterState>,
 ) -> Result<Json<Vec<crate::consumer::DeadLetter>>, Problem> {
-    crate::consumer::list_dead_letters(&state.pool, 1000).await.map(Json).map_err(|error| {
-        tracing::error!(%error, "cannot list dead letters");
-        Problem::internal()
-    })
+    crate::consumer::list_dead_letters(&state.pool, 1000)
+        .await
+        .map(Json)
+        .map_err(|error| {
+            tracing::error!(%error, "cannot list dead letters");
+            Problem::internal()
+        })
 }
 
 /// `GET /admin/dead-letters`: what every service's consumers parked, newest first (admin only).
@@ -337,4 +405,27 @@ pub fn dead_letter_routes(pool: PgPool, admin: AdminToken) -> Router {
     Router::new()
         .route("/admin/dead-letters", get(dead_letters))
         .with_state(DeadLetterState { pool, admin })
+}
+
+/// The answer for a database error that is not the client's doing: 503 while the database is
+/// unreachable (the client may retry), 500 otherwise. The error text is logged, never sent.
+pub fn database_problem(error: &sqlx::Error) -> Problem {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::warn!(%error, "database unavailable");
+            Problem::unavailable("database unavailable, retry later")
+        }
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+        {
+            tracing::warn!(%error, "database unavailable");
+            Problem::unavailable("database unavailable, retry later")
+        }
+        _ => {
+            tracing::error!(%error, "database error");
+            Problem::internal()
+        }
+    }
 }

@@ -9,8 +9,8 @@ use crate::envelope::{EnvelopeError, TraceContext};
 use crate::events::Event;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::future::try_join_all;
-use std::future::IntoFuture;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -78,7 +78,13 @@ impl OutboxRelay {
         batch_size: i64,
         poll_interval: Duration,
     ) -> Self {
-        OutboxRelay { pool, jetstream, signal, batch_size, poll_interval }
+        OutboxRelay {
+            pool,
+            jetstream,
+            signal,
+            batch_size,
+            poll_interval,
+        }
     }
 
     /// Claims one batch, publishes it with all acks awaited together, then deletes it.
@@ -108,7 +114,9 @@ impl OutboxRelay {
             acks.push(ack.into_future());
         }
         // Dropping the transaction on error rolls back: the rows stay and are published again.
-        let acked = try_join_all(acks).await.map_err(|e| OutboxError::Publish(e.to_string()))?;
+        let acked = try_join_all(acks)
+            .await
+            .map_err(|e| OutboxError::Publish(e.to_string()))?;
         let duplicates = acked.iter().filter(|a| a.duplicate).count();
         let seqs: Vec<i64> = rows.iter().map(|(seq, ..)| *seq).collect();
         sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
@@ -136,7 +144,9 @@ impl OutboxRelay {
     }
 
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Runs until the task is dropped: publish while there is work, sleep until signalled or
@@ -155,7 +165,8 @@ impl OutboxRelay {
                         last_gauge = tokio::time::Instant::now();
                     }
                     if (n as i64) < self.batch_size {
-                        let _ = tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
+                        let _ =
+                            tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
                     }
                 }
                 Err(error) => {

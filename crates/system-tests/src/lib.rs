@@ -5,8 +5,8 @@
 use platform::app::Driver;
 use platform::auth::mint_token;
 use platform::config::{
-    AuthSettings, CommonSettings, ConsumerSettings, DatabaseSettings, HttpSettings, NatsSettings, OutboxSettings,
-    WorkerSettings,
+    AuthSettings, CommonSettings, ConsumerSettings, DatabaseSettings, HttpSettings, NatsSettings,
+    OutboxSettings, WorkerSettings,
 };
 use platform::testing::{fresh_database, nats_url, unique_token};
 use serde_json::{json, Value};
@@ -38,18 +38,42 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { decline_rate: 0.0, max_quantity: 100 }
+        Options {
+            decline_rate: 0.0,
+            max_quantity: 100,
+        }
     }
 }
 
 fn common_settings(database_url: String, prefix: &str) -> CommonSettings {
     CommonSettings {
-        http: HttpSettings { host: "127.0.0.1".into(), port: 0, max_body_bytes: 16 * 1024 },
-        database: DatabaseSettings { url: database_url, max_connections: 8 },
-        nats: NatsSettings { url: nats_url(), prefix: prefix.into() },
-        auth: AuthSettings { jwt_secret: JWT_SECRET.into(), admin_token: ADMIN_TOKEN.into() },
-        outbox: OutboxSettings { batch_size: 500, poll_interval_ms: 250 },
-        consumer: ConsumerSettings { batch_size: 256, max_deliveries: 5, ack_wait_secs: 30, max_ack_pending: 20_000 },
+        http: HttpSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            max_body_bytes: 16 * 1024,
+        },
+        database: DatabaseSettings {
+            url: database_url,
+            max_connections: 8,
+        },
+        nats: NatsSettings {
+            url: nats_url(),
+            prefix: prefix.into(),
+        },
+        auth: AuthSettings {
+            jwt_secret: JWT_SECRET.into(),
+            admin_token: ADMIN_TOKEN.into(),
+        },
+        outbox: OutboxSettings {
+            batch_size: 500,
+            poll_interval_ms: 250,
+        },
+        consumer: ConsumerSettings {
+            batch_size: 256,
+            max_deliveries: 5,
+            ack_wait_secs: 30,
+            max_ack_pending: 20_000,
+        },
         workers: WorkerSettings { enabled: false },
     }
 }
@@ -58,8 +82,14 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
     let base_url = format!("http://127.0.0.1:{}", app.port());
     let driver = app.driver();
     tokio::spawn(app.run_until_stopped());
-    let pool = PgPool::connect(database_url).await.expect("connect to service database");
-    Service { base_url, driver, pool }
+    let pool = PgPool::connect(database_url)
+        .await
+        .expect("connect to service database");
+    Service {
+        base_url,
+        driver,
+        pool,
+    }
 }
 
 impl TestSystem {
@@ -71,17 +101,28 @@ impl TestSystem {
 
         let order_settings = order_service::config::Settings {
             common: common_settings(order_db.clone(), &prefix),
-            orders: order_service::config::OrderSettings { max_quantity: options.max_quantity },
+            orders: order_service::config::OrderSettings {
+                max_quantity: options.max_quantity,
+            },
         };
-        let inventory_settings =
-            inventory_service::config::Settings { common: common_settings(inventory_db.clone(), &prefix) };
+        let inventory_settings = inventory_service::config::Settings {
+            common: common_settings(inventory_db.clone(), &prefix),
+        };
         let payment_settings = payment_service::config::Settings {
             common: common_settings(payment_db.clone(), &prefix),
-            payment: payment_service::config::PaymentSettings { decline_rate: options.decline_rate },
+            payment: payment_service::config::PaymentSettings {
+                decline_rate: options.decline_rate,
+            },
         };
-        let order = order_service::startup::build(&order_settings).await.expect("order service starts");
-        let inventory = inventory_service::startup::build(&inventory_settings).await.expect("inventory starts");
-        let payment = payment_service::startup::build(&payment_settings).await.expect("payment starts");
+        let order = order_service::startup::build(&order_settings)
+            .await
+            .expect("order service starts");
+        let inventory = inventory_service::startup::build(&inventory_settings)
+            .await
+            .expect("inventory starts");
+        let payment = payment_service::startup::build(&payment_settings)
+            .await
+            .expect("payment starts");
         TestSystem {
             prefix,
             order: launch(order, &order_db).await,
@@ -92,7 +133,11 @@ impl TestSystem {
     }
 
     fn drivers(&self) -> [&Driver; 3] {
-        [&self.order.driver, &self.inventory.driver, &self.payment.driver]
+        [
+            &self.order.driver,
+            &self.inventory.driver,
+            &self.payment.driver,
+        ]
     }
 
     /// Runs relays and consumers until two consecutive rounds find nothing to do.
@@ -100,7 +145,10 @@ impl TestSystem {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut quiet_rounds = 0;
         while quiet_rounds < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "system did not settle within 60 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "system did not settle within 60 s"
+            );
             let mut work = 0;
             for driver in self.drivers() {
                 work += driver.step().await.expect("background step");
@@ -122,7 +170,12 @@ impl TestSystem {
             .send()
             .await
             .expect("create product");
-        assert_eq!(response.status(), 201, "create product: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            201,
+            "create product: {:?}",
+            response.text().await
+        );
     }
 
     pub async fn open_account(&self, user_id: i64, balance_cents: i64) {
@@ -134,10 +187,20 @@ impl TestSystem {
             .send()
             .await
             .expect("open account");
-        assert_eq!(response.status(), 201, "open account: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            201,
+            "open account: {:?}",
+            response.text().await
+        );
     }
 
-    pub async fn place_order(&self, user_id: i64, product_id: i64, quantity: i64) -> reqwest::Response {
+    pub async fn place_order(
+        &self,
+        user_id: i64,
+        product_id: i64,
+        quantity: i64,
+    ) -> reqwest::Response {
         self.http
             .post(format!("{}/orders", self.order.base_url))
             .bearer_auth(self.token(user_id))
@@ -184,12 +247,17 @@ impl TestSystem {
     }
 
     pub async fn count(pool: &PgPool, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(pool).await.expect("count query")
+        sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await
+            .expect("count query")
     }
 
     /// A JetStream context on the test's NATS, for injecting messages.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(nats_url()).await.expect("connect to NATS");
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("connect to NATS");
         async_nats::jetstream::new(client)
     }
 

@@ -10,7 +10,12 @@ use uuid::Uuid;
 async fn publish(system: &TestSystem, subject: &str, msg_id: &str, payload: Vec<u8>) {
     let js = system.jetstream().await;
     let ack = js
-        .send_publish(system.subject(subject), PublishMessage::build().payload(payload.into()).message_id(msg_id))
+        .send_publish(
+            system.subject(subject),
+            PublishMessage::build()
+                .payload(payload.into())
+                .message_id(msg_id),
+        )
         .await
         .expect("publish");
     ack.await.expect("publish ack");
@@ -18,7 +23,10 @@ async fn publish(system: &TestSystem, subject: &str, msg_id: &str, payload: Vec<
 
 async fn pending_outbox(system: &TestSystem, pool: &sqlx::PgPool) -> Vec<(String, Vec<u8>)> {
     let _ = system;
-    sqlx::query_as("SELECT subject, envelope FROM outbox ORDER BY seq").fetch_all(pool).await.unwrap()
+    sqlx::query_as("SELECT subject, envelope FROM outbox ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -33,13 +41,25 @@ async fn the_same_event_delivered_twice_has_one_effect() {
     assert_eq!(rows.len(), 1);
     system.settle().await;
     // A re-publish after the broker's dedupe window: new Nats-Msg-Id, same event id.
-    publish(&system, "order.created", &Uuid::new_v4().to_string(), rows[0].1.clone()).await;
+    publish(
+        &system,
+        "order.created",
+        &Uuid::new_v4().to_string(),
+        rows[0].1.clone(),
+    )
+    .await;
     system.settle().await;
 
     assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
     assert_eq!(system.stock(1).await, 9, "stock deducted once");
-    assert_eq!(TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM reservations").await, 1);
-    assert_eq!(TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await, 1);
+    assert_eq!(
+        TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM reservations").await,
+        1
+    );
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
     assert_eq!(system.balance(7).await, 99_000);
 }
 
@@ -52,18 +72,33 @@ async fn a_relay_crash_between_publish_and_delete_republishes_without_a_second_e
 
     // The relay published the row (same Nats-Msg-Id it always uses) and died before deleting it.
     let (event_id, subject, envelope): (Uuid, String, Vec<u8>) =
-        sqlx::query_as("SELECT event_id, subject, envelope FROM outbox").fetch_one(&system.order.pool).await.unwrap();
-    let suffix = subject.strip_prefix(&format!("{}.", system.prefix)).unwrap().to_owned();
+        sqlx::query_as("SELECT event_id, subject, envelope FROM outbox")
+            .fetch_one(&system.order.pool)
+            .await
+            .unwrap();
+    let suffix = subject
+        .strip_prefix(&format!("{}.", system.prefix))
+        .unwrap()
+        .to_owned();
     publish(&system, &suffix, &event_id.to_string(), envelope).await;
-    assert_eq!(TestSystem::count(&system.order.pool, "SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        TestSystem::count(&system.order.pool, "SELECT count(*) FROM outbox").await,
+        1
+    );
 
     // The restarted relay publishes it again; the broker reports the duplicate, the inbox absorbs any.
     system.settle().await;
 
     assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
     assert_eq!(system.stock(1).await, 9);
-    assert_eq!(TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await, 1);
-    assert_eq!(TestSystem::count(&system.order.pool, "SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
+    assert_eq!(
+        TestSystem::count(&system.order.pool, "SELECT count(*) FROM outbox").await,
+        0
+    );
 }
 
 fn envelope_bytes(event: &Event) -> (String, Vec<u8>) {
@@ -80,7 +115,11 @@ async fn outcome_events_out_of_order_still_give_the_right_final_status() {
     let order_uuid = |s: &str| Uuid::parse_str(s).unwrap();
 
     // Payment outcomes first, the reservations they depend on after.
-    let completed = Event::PaymentCompleted(PaymentCompleted { order_id: order_uuid(&paid), user_id: 7, amount_cents: 1_000 });
+    let completed = Event::PaymentCompleted(PaymentCompleted {
+        order_id: order_uuid(&paid),
+        user_id: 7,
+        amount_cents: 1_000,
+    });
     let failed = Event::PaymentFailed(PaymentFailed {
         order_id: order_uuid(&declined),
         user_id: 7,
@@ -121,16 +160,38 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_the_ones_behind() {
     system.create_product(1, 1_000, 10).await;
     system.open_account(7, 100_000).await;
 
-    publish(&system, "order.created", "garbage-1", b"{ not json".to_vec()).await;
-    let mut unknown = Event::PaymentCompleted(PaymentCompleted { order_id: Uuid::now_v7(), user_id: 7, amount_cents: 1 })
-        .into_envelope(TraceContext::default())
-        .unwrap();
+    publish(
+        &system,
+        "order.created",
+        "garbage-1",
+        b"{ not json".to_vec(),
+    )
+    .await;
+    let mut unknown = Event::PaymentCompleted(PaymentCompleted {
+        order_id: Uuid::now_v7(),
+        user_id: 7,
+        amount_cents: 1,
+    })
+    .into_envelope(TraceContext::default())
+    .unwrap();
     unknown.event_type = "OrderTeleported".into();
-    publish(&system, "order.created", "unknown-1", unknown.encode().unwrap()).await;
+    publish(
+        &system,
+        "order.created",
+        "unknown-1",
+        unknown.encode().unwrap(),
+    )
+    .await;
     let mut wrong_shape: Envelope = unknown.clone();
     wrong_shape.id = Uuid::now_v7();
     wrong_shape.event_type = "OrderCreated".into();
-    publish(&system, "order.created", "bad-payload-1", wrong_shape.encode().unwrap()).await;
+    publish(
+        &system,
+        "order.created",
+        "bad-payload-1",
+        wrong_shape.encode().unwrap(),
+    )
+    .await;
     let id = system.accepted_order(7, 1, 1).await;
     system.settle().await;
 
@@ -144,12 +205,25 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_the_ones_behind() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let letters: serde_json::Value = response.json().await.unwrap();
-    let reasons: Vec<&str> = letters.as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("not a valid event envelope")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("not a valid event envelope")));
     assert!(reasons.iter().any(|r| r.contains("unknown event type")));
-    assert!(reasons.iter().any(|r| r.contains("does not match its schema")));
-    let anonymous =
-        system.http.get(format!("{}/admin/dead-letters", system.inventory.base_url)).send().await.unwrap();
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("does not match its schema")));
+    let anonymous = system
+        .http
+        .get(format!("{}/admin/dead-letters", system.inventory.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 401);
 }

@@ -18,10 +18,22 @@ async fn an_order_completes_and_is_charged_once() {
     assert!(order["finalized_at"].is_string());
     assert_eq!(system.stock(1).await, 8);
     assert_eq!(system.balance(7).await, 98_000);
-    let charges = TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges WHERE status = 'SUCCEEDED'").await;
+    let charges = TestSystem::count(
+        &system.payment.pool,
+        "SELECT count(*) FROM charges WHERE status = 'SUCCEEDED'",
+    )
+    .await;
     assert_eq!(charges, 1);
-    for pool in [&system.order.pool, &system.inventory.pool, &system.payment.pool] {
-        assert_eq!(TestSystem::count(pool, "SELECT count(*) FROM outbox").await, 0, "outbox drained");
+    for pool in [
+        &system.order.pool,
+        &system.inventory.pool,
+        &system.payment.pool,
+    ] {
+        assert_eq!(
+            TestSystem::count(pool, "SELECT count(*) FROM outbox").await,
+            0,
+            "outbox drained"
+        );
     }
 }
 
@@ -42,13 +54,23 @@ async fn a_sold_out_order_fails_cleanly_and_leaves_stock_alone() {
     assert_eq!(order["failure_reason"], "UNKNOWN_PRODUCT");
     assert_eq!(system.stock(1).await, 1);
     assert_eq!(system.balance(7).await, 100_000);
-    assert_eq!(TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await, 0);
-    assert_eq!(TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM reservations").await, 0);
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        0
+    );
+    assert_eq!(
+        TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM reservations").await,
+        0
+    );
 }
 
 #[tokio::test]
 async fn a_declined_payment_restores_the_stock_and_charges_nothing() {
-    let system = TestSystem::start(Options { decline_rate: 1.0, ..Options::default() }).await;
+    let system = TestSystem::start(Options {
+        decline_rate: 1.0,
+        ..Options::default()
+    })
+    .await;
     system.create_product(1, 1_000, 10).await;
     system.open_account(7, 100_000).await;
 
@@ -60,10 +82,17 @@ async fn a_declined_payment_restores_the_stock_and_charges_nothing() {
     assert_eq!(order["failure_reason"], "PAYMENT_DECLINED");
     assert_eq!(system.stock(1).await, 10, "compensation put the units back");
     assert_eq!(system.balance(7).await, 100_000);
-    let released =
-        TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM reservations WHERE status = 'RELEASED'").await;
+    let released = TestSystem::count(
+        &system.inventory.pool,
+        "SELECT count(*) FROM reservations WHERE status = 'RELEASED'",
+    )
+    .await;
     assert_eq!(released, 1);
-    let failed = TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges WHERE status = 'FAILED'").await;
+    let failed = TestSystem::count(
+        &system.payment.pool,
+        "SELECT count(*) FROM charges WHERE status = 'FAILED'",
+    )
+    .await;
     assert_eq!(failed, 1);
 }
 
@@ -77,8 +106,14 @@ async fn insufficient_funds_and_unknown_accounts_fail_with_their_reason() {
     let stranger = system.accepted_order(8, 1, 1).await;
     system.settle().await;
 
-    assert_eq!(system.order(7, &poor).await["failure_reason"], "INSUFFICIENT_FUNDS");
-    assert_eq!(system.order(8, &stranger).await["failure_reason"], "UNKNOWN_ACCOUNT");
+    assert_eq!(
+        system.order(7, &poor).await["failure_reason"],
+        "INSUFFICIENT_FUNDS"
+    );
+    assert_eq!(
+        system.order(8, &stranger).await["failure_reason"],
+        "UNKNOWN_ACCOUNT"
+    );
     assert_eq!(system.stock(1).await, 10);
     assert_eq!(system.balance(7).await, 500);
 }
@@ -96,7 +131,13 @@ async fn a_storm_of_orders_sells_exactly_the_stock() {
     let responses = futures::future::join_all(requests).await;
     assert!(responses.iter().all(|r| r.status() == 202));
 
-    system.order.driver.relay.publish_all_pending().await.unwrap();
+    system
+        .order
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
     let consumer = &system.inventory.driver.consumers[0];
     let racers = (0..3).map(|_| consumer.process_available());
     for result in futures::future::join_all(racers).await {
@@ -109,9 +150,19 @@ async fn a_storm_of_orders_sells_exactly_the_stock() {
             .fetch_all(&system.order.pool)
             .await
             .unwrap();
-    assert_eq!(by_status, vec![("COMPLETED".to_string(), 10), ("FAILED:OUT_OF_STOCK".to_string(), 490)]);
+    assert_eq!(
+        by_status,
+        vec![
+            ("COMPLETED".to_string(), 10),
+            ("FAILED:OUT_OF_STOCK".to_string(), 490)
+        ]
+    );
     assert_eq!(system.stock(1).await, 0);
-    let charges = TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges WHERE status = 'SUCCEEDED'").await;
+    let charges = TestSystem::count(
+        &system.payment.pool,
+        "SELECT count(*) FROM charges WHERE status = 'SUCCEEDED'",
+    )
+    .await;
     assert_eq!(charges, 10);
     let total: i64 = sqlx::query_scalar("SELECT sum(balance_cents)::bigint FROM accounts")
         .fetch_one(&system.payment.pool)

@@ -25,7 +25,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, OrderError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().map_err(|_| OrderError::BadIdempotencyKey("must be visible ASCII"))?;
+    let key = value
+        .to_str()
+        .map_err(|_| OrderError::BadIdempotencyKey("must be visible ASCII"))?;
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(OrderError::BadIdempotencyKey("must be 1 to 255 characters"));
     }
@@ -41,7 +43,9 @@ fn accepted(order: &Order, replayed: bool) -> Response {
         response.headers_mut().insert(header::LOCATION, location);
     }
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }
@@ -71,10 +75,15 @@ pub async fn create_order(
     JsonBody(request): JsonBody<CreateOrder>,
 ) -> Result<Response, OrderError> {
     if request.product_id <= 0 {
-        return Err(OrderError::Invalid("product_id must be a positive integer".into()));
+        return Err(OrderError::Invalid(
+            "product_id must be a positive integer".into(),
+        ));
     }
     if request.quantity < 1 || request.quantity > i64::from(state.max_quantity) {
-        return Err(OrderError::Invalid(format!("quantity must be between 1 and {}", state.max_quantity)));
+        return Err(OrderError::Invalid(format!(
+            "quantity must be between 1 and {}",
+            state.max_quantity
+        )));
     }
     let quantity = request.quantity as i32;
     let key = idempotency_key(&headers)?;
@@ -88,7 +97,9 @@ pub async fn create_order(
             if previous.product_id != request.product_id || previous.quantity != quantity {
                 return Err(OrderError::IdempotencyKeyReused);
             }
-            let order = orders::find_order(&mut tx, previous.order_id, user_id).await?.ok_or(OrderError::NotFound)?;
+            let order = orders::find_order(&mut tx, previous.order_id, user_id)
+                .await?
+                .ok_or(OrderError::NotFound)?;
             return Ok(accepted(&order, true));
         }
     }
@@ -128,6 +139,8 @@ pub async fn get_order(
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Order>, OrderError> {
     let mut conn = state.pool.acquire().await?;
-    let order = orders::find_order(&mut conn, id, user_id).await?.ok_or(OrderError::NotFound)?;
+    let order = orders::find_order(&mut conn, id, user_id)
+        .await?
+        .ok_or(OrderError::NotFound)?;
     Ok(Json(order))
 }
