@@ -1,0 +1,12 @@
+pub mod deploy;
+pub mod drain;
+pub mod driver;
+pub mod monitor;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod schedule;
+pub mod seed;
+pub mod stack;
+pub mod stats;
+pub mod verify;

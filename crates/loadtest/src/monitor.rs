@@ -1,0 +1,409 @@
+//! Once a second during the run and the drain: sample progress from the databases and CPU/memory
+//! of our processes, and show a live status (a rewritten block on a terminal, a plain line every
+//! five seconds otherwise).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::drain::DrainStatus;
+use crate::driver::LoadState;
+use crate::report::{ProcessSample, ProcessUsage};
+use crate::scenario::format_duration;
+use crate::schedule::Schedule;
+use crate::stack;
+use crate::verify::{self, Databases, Progress};
+
+/// How long one progress query may take before the sample is skipped.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Plain output (not a terminal): one line this often.
+const PLAIN_EVERY: u64 = 5;
+
+/// A process to watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    pub name: String,
+    pub pid: u32,
+    /// Include the children (PostgreSQL: the postmaster and its backends).
+    pub with_children: bool,
+}
+
+/// The phase the run is in, for the display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    Load,
+    Drain { since: Instant, timeout: Duration },
+}
+
+/// One progress sample, taken `at` seconds after the run started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressSample {
+    pub at_s: f64,
+    pub progress: Progress,
+}
+
+/// Everything the monitor collected.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub progress: Vec<ProgressSample>,
+    pub processes: Vec<ProcessUsage>,
+}
+
+/// What the monitor needs.
+pub struct MonitorContext {
+    pub dbs: Databases,
+    pub load: Arc<LoadState>,
+    pub schedule: Schedule,
+    pub start: Instant,
+    pub phase: Arc<Mutex<Phase>>,
+    pub drain_status: Arc<Mutex<DrainStatus>>,
+    pub processes: Vec<Tracked>,
+    /// Shown in the status line: the stock of this product.
+    pub watched_product: i64,
+    /// Rewrite a block on a terminal instead of printing plain lines.
+    pub terminal: bool,
+}
+
+/// Runs until `stop` turns true; returns the samples.
+pub fn spawn(context: MonitorContext, mut stop: watch::Receiver<bool>) -> JoinHandle<Samples> {
+    tokio::spawn(async move {
+        let mut monitor = Monitor::new(context);
+        let mut ticks = tokio::time::interval_at(monitor.context.start, Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => monitor.tick().await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        monitor.finish()
+    })
+}
+
+struct ProcessSeries {
+    tracked: Tracked,
+    first_cpu_s: Option<f64>,
+    last: Option<(f64, f64)>, // (at_s, cpu_s)
+    peak_rss_mib: f64,
+    samples: Vec<ProcessSample>,
+}
+
+struct Monitor {
+    context: MonitorContext,
+    progress: Vec<ProgressSample>,
+    processes: Vec<ProcessSeries>,
+    last_started: (f64, u64),
+    lines_shown: usize,
+    ticks: u64,
+}
+
+impl Monitor {
+    fn new(context: MonitorContext) -> Monitor {
+        let processes = context
+            .processes
+            .iter()
+            .map(|tracked| ProcessSeries {
+                tracked: tracked.clone(),
+                first_cpu_s: None,
+                last: None,
+                peak_rss_mib: 0.0,
+                samples: Vec::new(),
+            })
+            .collect();
+        Monitor {
+            context,
+            progress: Vec::new(),
+            processes,
+            last_started: (0.0, 0),
+            lines_shown: 0,
+            ticks: 0,
+        }
+    }
+
+    async fn tick(&mut self) {
+        let at = self.context.start.elapsed().as_secs_f64();
+        let second = at.floor() as u64;
+        for series in &mut self.processes {
+            let usage = if series.tracked.with_children {
+                tree_usage(series.tracked.pid)
+            } else {
+                stack::process_usage(series.tracked.pid)
+            };
+            let Some((cpu_s, rss_mib)) = usage else {
+                continue;
+            };
+            let cpu_pct = match series.last {
+                Some((last_at, last_cpu)) if at > last_at => {
+                    ((cpu_s - last_cpu) / (at - last_at) * 100.0).max(0.0)
+                }
+                _ => 0.0,
+            };
+            series.first_cpu_s.get_or_insert(cpu_s);
+            series.last = Some((at, cpu_s));
+            series.peak_rss_mib = series.peak_rss_mib.max(rss_mib);
+            series.samples.push(ProcessSample {
+                second,
+                cpu_pct,
+                rss_mib,
+            });
+        }
+        let progress =
+            tokio::time::timeout(PROGRESS_TIMEOUT, verify::progress(&self.context.dbs)).await;
+        if let Ok(Ok(progress)) = progress {
+            self.progress.push(ProgressSample { at_s: at, progress });
+        }
+        self.show(at);
+        self.ticks += 1;
+    }
+
+    fn show(&mut self, at: f64) {
+        let lines = self.status_lines(at);
+        let mut out = std::io::stdout().lock();
+        if self.context.terminal {
+            let mut text = String::new();
+            if self.lines_shown > 0 {
+                // Back to the first line of the previous block.
+                let _ = write!(text, "\x1b[{}F", self.lines_shown);
+            }
+            for line in &lines {
+                let _ = writeln!(text, "\x1b[2K{line}");
+            }
+            let _ = out.write_all(text.as_bytes());
+            self.lines_shown = lines.len();
+        } else if self.ticks.is_multiple_of(PLAIN_EVERY) {
+            let _ = writeln!(out, "{}", lines.join(" | "));
+        }
+        let _ = out.flush();
+    }
+
+    fn status_lines(&mut self, at: f64) -> Vec<String> {
+        let load = &self.context.load;
+        // Read the counter and the clock together: sampling before this took a while.
+        let started = load.started.load(Ordering::Relaxed);
+        let now = self.context.start.elapsed().as_secs_f64();
+        let (last_at, last_started) = self.last_started;
+        let achieved = if now > last_at {
+            (started - last_started) as f64 / (now - last_at)
+        } else {
+            0.0
+        };
+        self.last_started = (now, started);
+        let (p95, sent, errors, dropped) = {
+            let stats = load.stats.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                stats.summary().p95_ms,
+                stats.sent(),
+                stats.errors(),
+                stats.dropped(),
+            )
+        };
+        let elapsed = Duration::from_secs_f64(at);
+        let schedule = &self.context.schedule;
+        let phase = *self.context.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let head = match phase {
+            Phase::Load => {
+                let stage = schedule
+                    .stage_at(elapsed)
+                    .map_or("end".to_string(), |i| format!("{}", i + 1));
+                format!(
+                    "stage {stage}/{}  {} / {}  target {:.0}/s  achieved {:.0}/s  in flight {}",
+                    self.context.schedule_stages(),
+                    clock(elapsed),
+                    clock(schedule.total_duration()),
+                    // Over the last second, like the achieved rate next to it.
+                    schedule.expected_requests_between(
+                        elapsed.saturating_sub(Duration::from_secs(1)),
+                        elapsed
+                    ),
+                    achieved,
+                    load.in_flight()
+                )
+            }
+            Phase::Drain { since, timeout } => {
+                let status = self
+                    .context
+                    .drain_status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut text = format!(
+                    "draining {} / timeout {}",
+                    clock(since.elapsed()),
+                    format_duration(timeout)
+                );
+                if let Some(b) = status.backlog {
+                    let _ = write!(
+                        text,
+                        "  consumers: {} pending, {} unacked",
+                        b.pending, b.ack_pending
+                    );
+                }
+                if load.in_flight() > 0 {
+                    let _ = write!(text, "  in flight {}", load.in_flight());
+                }
+                text
+            }
+        };
+        let requests =
+            format!("requests {sent}  p95 {p95:.1} ms  errors {errors}  dropped {dropped}");
+        let orders = match self.progress.last() {
+            Some(sample) => {
+                let p = &sample.progress;
+                let stock = p
+                    .stock
+                    .get(&self.context.watched_product)
+                    .map_or("?".to_string(), |s| s.to_string());
+                format!(
+                    "orders {}  stock {stock}  outbox {}",
+                    counts(&p.orders_by_status),
+                    p.outbox_backlog
+                )
+            }
+            None => "orders (no sample yet)".to_string(),
+        };
+        vec![head, requests, orders]
+    }
+
+    fn finish(mut self) -> Samples {
+        if self.context.terminal && self.lines_shown > 0 {
+            println!();
+        }
+        let processes = self
+            .processes
+            .drain(..)
+            .map(|series| ProcessUsage {
+                name: series.tracked.name,
+                peak_rss_mib: series.peak_rss_mib,
+                cpu_seconds: match (series.first_cpu_s, series.last) {
+                    (Some(first), Some((_, last))) => (last - first).max(0.0),
+                    _ => 0.0,
+                },
+                series: series.samples,
+            })
+            .collect();
+        Samples {
+            progress: self.progress,
+            processes,
+        }
+    }
+}
+
+impl MonitorContext {
+    fn schedule_stages(&self) -> usize {
+        let mut count = 0;
+        while self.schedule.stage_window(count).is_some() {
+            count += 1;
+        }
+        count
+    }
+}
+
+fn clock(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    format!("{}:{:02}", seconds / 60, seconds % 60)
+}
+
+fn counts(map: &BTreeMap<String, i64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `(ppid, own cpu ticks, reaped children's cpu ticks)` from `/proc/<pid>/stat`.
+fn stat_fields(stat: &str) -> Option<(u32, u64, u64)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let ppid = u32::try_from(number(1)?).ok()?;
+    Some((ppid, number(11)? + number(12)?, number(13)? + number(14)?))
+}
+
+/// Proportional set size in KiB (shared pages split between the processes sharing them).
+fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds and memory of a process and its children: CPU is the parent's own time, the
+/// time of children it has reaped, and the live children's time; memory is the sum of PSS (so
+/// shared buffers count once), falling back to RSS.
+fn tree_usage(root: u32) -> Option<(f64, f64)> {
+    let root_stat = std::fs::read_to_string(format!("/proc/{root}/stat")).ok()?;
+    let (_, own, reaped) = stat_fields(&root_stat)?;
+    let mut ticks = own + reaped;
+    let mut pids = vec![root];
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((ppid, own, _)) = stat_fields(&stat) {
+            if ppid == root {
+                ticks += own;
+                pids.push(pid);
+            }
+        }
+    }
+    let memory_kib: u64 = pids
+        .iter()
+        .map(|&pid| {
+            pss_kib(pid).unwrap_or_else(|| {
+                stack::process_usage(pid)
+                    .map(|(_, rss_mib)| (rss_mib * 1024.0) as u64)
+                    .unwrap_or(0)
+            })
+        })
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((ticks as f64 / hz, memory_kib as f64 / 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "4242 (post gres: x) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0";
+        assert_eq!(stat_fields(stat), Some((17, 300, 10)));
+    }
+
+    #[test]
+    fn our_own_process_tree_is_measurable() {
+        let (cpu, memory) = tree_usage(std::process::id()).expect("our own /proc entry");
+        assert!(cpu >= 0.0);
+        assert!(memory > 0.0);
+    }
+
+    #[test]
+    fn clock_formats_minutes_and_seconds() {
+        assert_eq!(clock(Duration::from_secs(65)), "1:05");
+        assert_eq!(clock(Duration::from_secs(300)), "5:00");
+    }
+}

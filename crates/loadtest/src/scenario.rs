@@ -1,0 +1,593 @@
+//! Scenario files: what load to generate, what data to seed, what to check afterwards.
+//!
+//! A scenario is a TOML file (see `scenarios/*.toml`). Durations are written the way people say
+//! them — `"30s"`, `"1m"`, `"1m30s"`, `"500ms"` — and parsed by [`parse_duration`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("scenario{} is not valid TOML for a scenario: {source}", in_file(.path))]
+    Syntax {
+        path: Option<PathBuf>,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("scenario{} is invalid: {}", in_file(.path), .problems.join("; "))]
+    Invalid {
+        path: Option<PathBuf>,
+        problems: Vec<String>,
+    },
+}
+
+fn in_file(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
+}
+
+/// A whole load-test scenario.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub load: LoadProfile,
+    pub data: DataSetup,
+    #[serde(default)]
+    pub payment: PaymentSettings,
+    #[serde(default)]
+    pub checks: Thresholds,
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+/// The open-model arrival profile: the rate ramps linearly from stage to stage.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadProfile {
+    /// Requests per second at t = 0; the first stage ramps from here.
+    #[serde(default)]
+    pub start_rate: f64,
+    pub stages: Vec<Stage>,
+    /// Requests allowed in flight at once; beyond this a scheduled request is dropped and counted.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub request_timeout: Duration,
+    /// Units per order.
+    #[serde(default = "default_quantity")]
+    pub quantity: u32,
+}
+
+/// One stage: over `duration`, the rate moves linearly to `target` requests per second.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub duration: Duration,
+    pub target: f64,
+}
+
+/// Users, balances and products seeded before the run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSetup {
+    pub users: u32,
+    pub initial_balance_cents: i64,
+    /// Users seeded with `low_balance_cents` instead, so some payments fail with INSUFFICIENT_FUNDS.
+    #[serde(default)]
+    pub low_balance_users: u32,
+    #[serde(default)]
+    pub low_balance_cents: i64,
+    pub products: Vec<ProductSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductSpec {
+    pub id: i64,
+    pub stock: i64,
+    pub price_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Share of payments the payment provider declines, 0..=1.
+    #[serde(default)]
+    pub decline_rate: f64,
+}
+
+/// Pass/fail limits checked after the run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(default = "default_p95_ms")]
+    pub p95_ms: u64,
+    /// How long every order may take to reach a final status once the load stops.
+    #[serde(
+        default = "default_drain_timeout",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub drain_timeout: Duration,
+    /// Share of attempted requests allowed to end in 5xx or a transport error; 0 = none.
+    #[serde(default)]
+    pub max_error_rate: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            p95_ms: default_p95_ms(),
+            drain_timeout: default_drain_timeout(),
+            max_error_rate: 0.0,
+        }
+    }
+}
+
+/// A fault to inject during the run; executed elsewhere, only parsed here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub at: Duration,
+    pub kind: String,
+    pub target: String,
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub duration: Option<Duration>,
+}
+
+fn default_max_in_flight() -> usize {
+    2000
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_quantity() -> u32 {
+    1
+}
+fn default_p95_ms() -> u64 {
+    2000
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Scenario {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Scenario, ScenarioError> {
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Syntax {
+            path: path.map(Path::to_path_buf),
+            source,
+        })?;
+        let problems = scenario.problems();
+        if problems.is_empty() {
+            Ok(scenario)
+        } else {
+            Err(ScenarioError::Invalid {
+                path: path.map(Path::to_path_buf),
+                problems,
+            })
+        }
+    }
+
+    /// Length of the load phase (sum of the stage durations).
+    pub fn load_duration(&self) -> Duration {
+        self.load.stages.iter().map(|s| s.duration).sum()
+    }
+
+    /// Every rule the scenario breaks, so one run of the parser reports them all.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        let is_rate = |r: f64| r.is_finite() && r >= 0.0;
+
+        require(!self.name.trim().is_empty(), "name is empty".into());
+
+        let load = &self.load;
+        require(
+            !load.stages.is_empty(),
+            "load.stages needs at least one stage".into(),
+        );
+        require(
+            is_rate(load.start_rate),
+            format!("load.start_rate must be >= 0 (got {})", load.start_rate),
+        );
+        for (i, stage) in load.stages.iter().enumerate() {
+            require(
+                is_rate(stage.target),
+                format!(
+                    "load.stages[{i}].target must be >= 0 (got {})",
+                    stage.target
+                ),
+            );
+        }
+        require(
+            load.stages.is_empty() || !self.load_duration().is_zero(),
+            "load.stages last zero seconds in total".into(),
+        );
+        require(
+            load.max_in_flight >= 1,
+            "load.max_in_flight must be >= 1".into(),
+        );
+        require(
+            !load.request_timeout.is_zero(),
+            "load.request_timeout must be > 0".into(),
+        );
+        require(load.quantity >= 1, "load.quantity must be >= 1".into());
+
+        let data = &self.data;
+        require(data.users >= 1, "data.users must be >= 1".into());
+        require(
+            data.low_balance_users <= data.users,
+            format!(
+                "data.low_balance_users ({}) exceeds data.users ({})",
+                data.low_balance_users, data.users
+            ),
+        );
+        require(
+            data.initial_balance_cents >= 0 && data.low_balance_cents >= 0,
+            "balances must be >= 0".into(),
+        );
+        require(
+            !data.products.is_empty(),
+            "data.products needs at least one product".into(),
+        );
+        let mut seen_ids = BTreeSet::new();
+        for product in &data.products {
+            require(
+                seen_ids.insert(product.id),
+                format!("product id {} appears twice", product.id),
+            );
+            require(
+                product.stock >= 0,
+                format!("product {} has negative stock", product.id),
+            );
+            require(
+                product.price_cents > 0,
+                format!("product {} must have a price > 0", product.id),
+            );
+        }
+
+        let decline = self.payment.decline_rate;
+        require(
+            (0.0..=1.0).contains(&decline),
+            format!("payment.decline_rate must be within 0..=1 (got {decline})"),
+        );
+        let max_error = self.checks.max_error_rate;
+        require(
+            (0.0..=1.0).contains(&max_error),
+            format!("checks.max_error_rate must be within 0..=1 (got {max_error})"),
+        );
+        for (i, fault) in self.faults.iter().enumerate() {
+            require(
+                !fault.kind.trim().is_empty() && !fault.target.trim().is_empty(),
+                format!("faults[{i}] needs a kind and a target"),
+            );
+        }
+        problems
+    }
+}
+
+/// A duration string that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: {reason} (write e.g. \"30s\", \"1m30s\", \"500ms\", \"2h\")")]
+pub struct DurationParseError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+/// Parses durations such as `"30s"`, `"1m"`, `"1m30s"`, `"500ms"`, `"1.5s"`, `"2h"`.
+///
+/// A duration is one or more `<number><unit>` parts (units `h`, `m`, `s`, `ms`), added together.
+pub fn parse_duration(input: &str) -> Result<Duration, DurationParseError> {
+    let error = |reason| DurationParseError {
+        input: input.to_string(),
+        reason,
+    };
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(error("empty"));
+    }
+
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after_number) = rest.split_at(number_len);
+        let unit_len = after_number
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after_number.len());
+        let (unit, after_unit) = after_number.split_at(unit_len);
+
+        if number.is_empty() {
+            return Err(error("expected a number"));
+        }
+        let value: f64 = number.parse().map_err(|_| error("bad number"))?;
+        let nanos_per_unit = match unit {
+            "h" => 3_600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "" => return Err(error("missing unit")),
+            _ => return Err(error("unknown unit")),
+        };
+        // Counting in whole nanoseconds keeps "300ms" exact, which seconds as f64 would not.
+        let nanos = (value * nanos_per_unit).round();
+        if !(0.0..u64::MAX as f64).contains(&nanos) {
+            return Err(error("out of range"));
+        }
+        let part = Duration::from_nanos(nanos as u64);
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| error("out of range"))?;
+        rest = after_unit.trim_start();
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it, e.g. `1m30s`, `500ms`.
+pub fn format_duration(duration: Duration) -> String {
+    let total_ms = duration.as_millis();
+    if total_ms == 0 {
+        return "0s".to_string();
+    }
+    let (hours, minutes) = (total_ms / 3_600_000, total_ms / 60_000 % 60);
+    let (seconds, millis) = (total_ms / 1000 % 60, total_ms % 1000);
+    let mut text = String::new();
+    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms")] {
+        if value > 0 {
+            text.push_str(&format!("{value}{unit}"));
+        }
+    }
+    text
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    deserializer.deserialize_str(DurationVisitor)
+}
+
+fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(deserializer).map(Some)
+}
+
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a duration string such as \"30s\", \"1m30s\" or \"500ms\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Duration, E> {
+        parse_duration(value).map_err(E::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "tiny"
+        [load]
+        stages = [{ duration = "10s", target = 5 }]
+        [data]
+        users = 2
+        initial_balance_cents = 1000
+        products = [{ id = 1, stock = 10, price_cents = 100 }]
+    "#;
+
+    #[test]
+    fn parses_durations() {
+        let cases = [
+            ("30s", Duration::from_secs(30)),
+            ("1m", Duration::from_secs(60)),
+            ("3m", Duration::from_secs(180)),
+            ("1m30s", Duration::from_secs(90)),
+            ("500ms", Duration::from_millis(500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2h", Duration::from_secs(7200)),
+            ("0s", Duration::ZERO),
+            (" 1m 5s ", Duration::from_secs(65)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        for text in ["", "30", "s", "10x", "1..5s", "-3s", "1m30"] {
+            assert!(parse_duration(text).is_err(), "{text:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn formats_durations_back() {
+        for text in ["1m30s", "500ms", "2h", "3m", "1s250ms"] {
+            let duration = parse_duration(text).expect("valid");
+            assert_eq!(format_duration(duration), text);
+        }
+    }
+
+    #[test]
+    fn minimal_scenario_gets_defaults() {
+        let scenario = Scenario::from_toml_str(MINIMAL).expect("valid");
+        assert_eq!(scenario.load.start_rate, 0.0);
+        assert_eq!(scenario.load.max_in_flight, 2000);
+        assert_eq!(scenario.load.request_timeout, Duration::from_secs(10));
+        assert_eq!(scenario.load.quantity, 1);
+        assert_eq!(scenario.checks, Thresholds::default());
+        assert_eq!(scenario.checks.p95_ms, 2000);
+        assert_eq!(scenario.checks.drain_timeout, Duration::from_secs(120));
+        assert_eq!(scenario.payment.decline_rate, 0.0);
+        assert_eq!(scenario.data.low_balance_users, 0);
+        assert!(scenario.faults.is_empty());
+    }
+
+    #[test]
+    fn parses_faults() {
+        let text = format!(
+            "{MINIMAL}\n[[faults]]\nat = \"5s\"\nkind = \"kill\"\ntarget = \"payment\"\nduration = \"2s\"\n\
+             [[faults]]\nat = \"1m\"\nkind = \"restart\"\ntarget = \"nats\"\n"
+        );
+        let scenario = Scenario::from_toml_str(&text).expect("valid");
+        assert_eq!(
+            scenario.faults,
+            vec![
+                FaultSpec {
+                    at: Duration::from_secs(5),
+                    kind: "kill".into(),
+                    target: "payment".into(),
+                    duration: Some(Duration::from_secs(2)),
+                },
+                FaultSpec {
+                    at: Duration::from_secs(60),
+                    kind: "restart".into(),
+                    target: "nats".into(),
+                    duration: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let text = r#"
+            name = "broken"
+            [load]
+            stages = []
+            start_rate = -1
+            [data]
+            users = 0
+            low_balance_users = 3
+            initial_balance_cents = 1000
+            products = []
+            [payment]
+            decline_rate = 1.5
+        "#;
+        let error = Scenario::from_toml_str(text).expect_err("invalid");
+        let message = error.to_string();
+        for expected in [
+            "at least one stage",
+            "start_rate",
+            "data.users",
+            "low_balance_users",
+            "at least one product",
+            "decline_rate",
+        ] {
+            assert!(message.contains(expected), "{message} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn rejects_negative_target_and_bad_duration() {
+        let negative = MINIMAL.replace("target = 5", "target = -5");
+        assert!(Scenario::from_toml_str(&negative)
+            .expect_err("negative")
+            .to_string()
+            .contains("stages[0].target"));
+
+        let bad_duration = MINIMAL.replace("\"10s\"", "\"10 parsecs\"");
+        let message = Scenario::from_toml_str(&bad_duration)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(message.contains("10 parsecs"), "{message}");
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let typo = MINIMAL.replace("users = 2", "users = 2\nuser = 3");
+        assert!(matches!(
+            Scenario::from_toml_str(&typo),
+            Err(ScenarioError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let error = Scenario::from_file("/nonexistent/scenario.toml").expect_err("missing");
+        assert!(error.to_string().contains("/nonexistent/scenario.toml"));
+    }
+
+    fn shipped(name: &str) -> Scenario {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scenarios")
+            .join(name);
+        Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn shipped_seed_scenario_matches_the_plan() {
+        let seed = shipped("seed.toml");
+        let stages: Vec<(u64, f64)> = seed
+            .load
+            .stages
+            .iter()
+            .map(|s| (s.duration.as_secs(), s.target))
+            .collect();
+        assert_eq!(
+            stages,
+            vec![(30, 500.0), (60, 1000.0), (180, 1000.0), (30, 0.0)]
+        );
+        assert_eq!(seed.data.users, 50);
+        assert_eq!(seed.data.products.len(), 1);
+        assert_eq!(seed.data.products[0].stock, 3000);
+        assert_eq!(seed.checks.p95_ms, 2000);
+        assert!(seed.data.low_balance_users > 0);
+        // The well-funded users alone can buy the whole stock.
+        let product = &seed.data.products[0];
+        let rich_users = i64::from(seed.data.users - seed.data.low_balance_users);
+        assert!(
+            rich_users * seed.data.initial_balance_cents >= product.stock * product.price_cents
+        );
+    }
+
+    #[test]
+    fn shipped_hot_and_ci_scenarios_load() {
+        let hot = shipped("seed-hot.toml");
+        assert!(hot.data.products[0].stock >= 247_500);
+        let ci = shipped("ci-short.toml");
+        assert!(ci.load_duration() <= Duration::from_secs(90));
+        assert_eq!(ci.data.users, 50);
+    }
+}

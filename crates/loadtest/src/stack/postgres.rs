@@ -1,0 +1,665 @@
+//! Our private PostgreSQL: find (or apt-install) the server binaries, initdb a
+//! cluster of our own, run the postmaster detached as the `postgres` user when
+//! we are root, wait for it, stop it by PID.
+
+use super::process::{self, DetachedSpec, PidFile};
+use super::StateDir;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const LOG_TAIL_LINES: usize = 30;
+
+/// How our cluster was set up; persisted so restarts reuse the same cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct PgConfig {
+    pub port: u16,
+    /// Directory holding initdb, pg_ctl and postgres.
+    pub bin_dir: PathBuf,
+    /// Holds `data/` (PGDATA) and `socket/`.
+    pub root: PathBuf,
+}
+
+impl PgConfig {
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    fn socket_dir(&self) -> PathBuf {
+        self.root.join("socket")
+    }
+    fn postgres_bin(&self) -> PathBuf {
+        self.bin_dir.join("postgres")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopMode {
+    /// SIGINT: abort sessions, checkpoint, exit (pg_ctl -m fast).
+    Fast,
+    /// SIGQUIT: exit without checkpoint; crash recovery at next start (pg_ctl -m immediate).
+    Immediate,
+}
+
+pub(super) fn admin_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+fn config_path(state: &StateDir) -> PathBuf {
+    state.path().join("postgres.json")
+}
+
+fn load_config(state: &StateDir) -> Option<PgConfig> {
+    let text = fs::read_to_string(config_path(state)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn save_config(state: &StateDir, cfg: &PgConfig) -> Result<()> {
+    let text = serde_json::to_string_pretty(cfg).context("serialising postgres.json")?;
+    process::write_atomic(&config_path(state), text.as_bytes())
+}
+
+/// PID of our running postmaster: from `postmaster.pid` in our data directory
+/// or our own pidfile, alive and running our `postgres` binary.
+pub(super) fn running_pid(state: &StateDir) -> Option<u32> {
+    let cfg = load_config(state)?;
+    running_pid_with(state, &cfg)
+}
+
+fn running_pid_with(state: &StateDir, cfg: &PgConfig) -> Option<u32> {
+    let bin = cfg.postgres_bin();
+    [
+        PidFile::read(&cfg.data().join("postmaster.pid")),
+        PidFile::read(&state.pid_file("postgres")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.pid)
+    .find(|pid| process::is_alive(*pid) && process::is_ours(*pid, &bin))
+}
+
+/// Make sure our PostgreSQL runs on `port`; returns its admin URL.
+pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
+    if let Some(cfg) = load_config(state) {
+        if let Some(pid) = running_pid_with(state, &cfg) {
+            if cfg.port != port {
+                bail!(
+                    "our PostgreSQL (pid {pid}, state {}) already runs on port {}, not the requested {port}; stop it first",
+                    state.path().display(),
+                    cfg.port
+                );
+            }
+            wait_ready(state, &cfg, pid).await?;
+            tracing::info!(pid, port, "reusing our running PostgreSQL");
+            return Ok(admin_url(port));
+        }
+    }
+    let bin_dir = ensure_bins().await?;
+    let user = server_user().await?;
+    let root = choose_root(state, user)?;
+    let cfg = PgConfig {
+        port,
+        bin_dir,
+        root,
+    };
+    start(state, &cfg, user).await?;
+    Ok(admin_url(port))
+}
+
+/// Start again with the persisted configuration (no-op when running).
+pub(super) async fn restart(state: &StateDir) -> Result<String> {
+    let Some(cfg) = load_config(state) else {
+        bail!(
+            "no PostgreSQL was set up in {} (no postgres.json); run ensure_infra first",
+            state.path().display()
+        );
+    };
+    if let Some(pid) = running_pid_with(state, &cfg) {
+        wait_ready(state, &cfg, pid).await?;
+        return Ok(admin_url(cfg.port));
+    }
+    let user = server_user().await?;
+    start(state, &cfg, user).await?;
+    Ok(admin_url(cfg.port))
+}
+
+async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+    let log = state.log_file("postgres");
+    prepare_root(cfg, user)?;
+    let data = cfg.data();
+    if !data.join("PG_VERSION").is_file() {
+        if data.exists() {
+            // A half-made cluster from an interrupted initdb: it only ever held our data.
+            fs::remove_dir_all(&data)
+                .with_context(|| format!("removing incomplete cluster {}", data.display()))?;
+        }
+        initdb(cfg, user, &log).await?;
+    } else {
+        check_major_version(cfg).await?;
+    }
+    write_settings(cfg, user)?;
+
+    let bin = cfg.postgres_bin();
+    let postmaster_pid = data.join("postmaster.pid");
+    if let Some(stale) = PidFile::read(&postmaster_pid) {
+        if !(process::is_alive(stale.pid) && process::is_ours(stale.pid, &bin)) {
+            process::remove_file_if_exists(&postmaster_pid)?;
+        }
+    }
+    if process::port_open(cfg.port).await {
+        bail!(
+            "127.0.0.1:{} is already in use by a process we did not start; choose another port (ORDERSYS_PG_PORT) or set ORDERSYS_DATABASE_URL",
+            cfg.port
+        );
+    }
+    let data_s = data.to_string_lossy().into_owned();
+    let child = process::spawn_detached(&DetachedSpec {
+        program: &bin,
+        args: vec!["-D".to_string(), data_s],
+        env: vec![],
+        log: &log,
+        cwd: Some(&cfg.root),
+        user,
+    })?;
+    let pid = child.id();
+    drop(child);
+    PidFile {
+        pid,
+        binary: Some(bin.clone()),
+        port: Some(cfg.port),
+    }
+    .write(&state.pid_file("postgres"))?;
+    save_config(state, cfg)?;
+    tracing::info!(pid, port = cfg.port, data = %data.display(), "started PostgreSQL");
+    wait_ready(state, cfg, pid).await
+}
+
+async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32) -> Result<()> {
+    let url = admin_url(cfg.port);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let log = state.log_file("postgres");
+    loop {
+        let err = match check_connect(&url).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !process::is_alive(pid) {
+            bail!(
+                "PostgreSQL (pid {pid}) exited before accepting connections on port {}; last lines of {}:\n{}",
+                cfg.port,
+                log.display(),
+                process::tail_file(&log, LOG_TAIL_LINES)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "PostgreSQL (pid {pid}) did not accept connections on 127.0.0.1:{} within {READY_TIMEOUT:?} (last error: {err:#}); it is left running; last lines of {}:\n{}",
+                cfg.port,
+                log.display(),
+                process::tail_file(&log, LOG_TAIL_LINES)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Connect and run `SELECT 1`.
+pub(super) async fn check_connect(url: &str) -> Result<()> {
+    let mut conn = connect(url).await?;
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .context("SELECT 1")?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+async fn connect(url: &str) -> Result<sqlx::PgConnection> {
+    match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e).with_context(|| format!("connecting to {}", super::redact(url))),
+        Err(_) => bail!("timed out connecting to {}", super::redact(url)),
+    }
+}
+
+pub(super) async fn stop(state: &StateDir, mode: StopMode) -> Result<()> {
+    let Some(cfg) = load_config(state) else {
+        return process::remove_file_if_exists(&state.pid_file("postgres"));
+    };
+    let bin = cfg.postgres_bin();
+    if let Some(pid) = running_pid_with(state, &cfg) {
+        match mode {
+            StopMode::Fast => {
+                process::send_signal(pid, libc::SIGINT)?;
+                let _ = process::send_signal(pid, libc::SIGCONT);
+                if !process::wait_gone(pid, Duration::from_secs(30)).await {
+                    tracing::warn!(
+                        pid,
+                        "PostgreSQL fast shutdown took over 30 s; immediate shutdown"
+                    );
+                    process::terminate(pid, &bin, libc::SIGQUIT, Duration::from_secs(10)).await?;
+                }
+            }
+            StopMode::Immediate => {
+                process::terminate(pid, &bin, libc::SIGQUIT, Duration::from_secs(10)).await?;
+            }
+        }
+        tracing::info!(pid, ?mode, "stopped PostgreSQL");
+    }
+    process::remove_file_if_exists(&state.pid_file("postgres"))
+}
+
+// ---------------------------------------------------------------- binaries
+
+fn has_server_bins(dir: &Path) -> bool {
+    ["initdb", "pg_ctl", "postgres"]
+        .iter()
+        .all(|b| process::is_executable(&dir.join(b)))
+}
+
+/// "15" → [15], "9.6" → [9, 6].
+pub(super) fn parse_major_dir(name: &str) -> Option<Vec<u32>> {
+    name.split('.').map(|p| p.parse::<u32>().ok()).collect()
+}
+
+/// `ORDERSYS_PG_BIN_DIR`, else the highest `/usr/lib/postgresql/<v>/bin`, else
+/// the directory of an `initdb` on PATH (symlinks resolved).
+pub(super) fn find_bins() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ORDERSYS_PG_BIN_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if has_server_bins(&dir) {
+            return Some(dir);
+        }
+        tracing::warn!(dir = %dir.display(), "ORDERSYS_PG_BIN_DIR lacks initdb/pg_ctl/postgres; ignoring it");
+    }
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = parse_major_dir(&e.file_name().to_string_lossy())?;
+            let bin = e.path().join("bin");
+            has_server_bins(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.pop() {
+        return Some(dir);
+    }
+    let initdb = fs::canonicalize(process::which("initdb")?).ok()?;
+    let dir = initdb.parent()?.to_path_buf();
+    has_server_bins(&dir).then_some(dir)
+}
+
+async fn ensure_bins() -> Result<PathBuf> {
+    if let Some(dir) = find_bins() {
+        return Ok(dir);
+    }
+    if !is_root() {
+        bail!("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found and we are not root to install them: `apt-get install postgresql`, or set ORDERSYS_DATABASE_URL to an existing server");
+    }
+    tracing::info!("PostgreSQL server binaries not found; installing Debian's postgresql package");
+    process::apt_install(&["postgresql"]).await?;
+    find_bins().context(
+        "installed the postgresql package but found no initdb/pg_ctl/postgres under /usr/lib/postgresql/*/bin",
+    )
+}
+
+async fn check_major_version(cfg: &PgConfig) -> Result<()> {
+    let data = cfg.data();
+    let cluster = fs::read_to_string(data.join("PG_VERSION"))
+        .with_context(|| format!("reading {}", data.join("PG_VERSION").display()))?;
+    let out = process::run(&cfg.postgres_bin(), &["--version"], &[], None, None).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"
+    let server_major = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .unwrap_or("");
+    if !server_major.is_empty() && server_major != cluster.trim() {
+        bail!(
+            "the cluster in {} was made by PostgreSQL {} but the server binaries in {} are {}: remove that directory (it only holds load-test data) or point ORDERSYS_PG_BIN_DIR at version {}",
+            data.display(),
+            cluster.trim(),
+            cfg.bin_dir.display(),
+            server_major,
+            cluster.trim()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- user and directories
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both owned here and large enough
+    // (ERANGE otherwise, handled as "not found").
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        Some((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
+/// The (uid, gid) to run the server as: `postgres` when we are root (created
+/// if missing, since PostgreSQL refuses to run as root), else ourselves (None).
+async fn server_user() -> Result<Option<(u32, u32)>> {
+    if !is_root() {
+        return Ok(None);
+    }
+    if let Some(ids) = lookup_user("postgres") {
+        return Ok(Some(ids));
+    }
+    let useradd = process::which("useradd")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/useradd")).filter(|p| process::is_executable(p)))
+        .context("no `postgres` user and no useradd to create it")?;
+    tracing::info!("creating the postgres system user");
+    process::run_checked(
+        &useradd,
+        &[
+            "--system",
+            "--user-group",
+            "--home-dir",
+            "/var/lib/postgresql",
+            "--no-create-home",
+            "--shell",
+            "/bin/sh",
+            "postgres",
+        ],
+        &[],
+        None,
+        None,
+    )
+    .await?;
+    lookup_user("postgres")
+        .map(Some)
+        .context("created the postgres user but cannot look it up")
+}
+
+/// Can `uid` traverse every directory from / down to `dir`?
+fn traversable_by(dir: &Path, uid: u32) -> bool {
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return false;
+    };
+    dir.ancestors().all(|d| match fs::metadata(d) {
+        Ok(m) => {
+            let mode = m.permissions().mode();
+            mode & 0o001 != 0 || (m.uid() == uid && mode & 0o100 != 0)
+        }
+        Err(_) => false,
+    })
+}
+
+/// 32-bit FNV-1a, hex: a short stable tag of a path.
+pub(super) fn short_hash(s: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// `<state>/pg`, or `/tmp/ordersys-<hash>/pg` when the server user cannot
+/// reach into the state directory.
+fn choose_root(state: &StateDir, user: Option<(u32, u32)>) -> Result<PathBuf> {
+    let preferred = state.path().join("pg");
+    let Some((uid, _)) = user else {
+        return Ok(preferred);
+    };
+    if traversable_by(state.path(), uid) {
+        return Ok(preferred);
+    }
+    let outer = PathBuf::from(format!(
+        "/tmp/ordersys-{}",
+        short_hash(&state.path().to_string_lossy())
+    ));
+    fs::create_dir_all(&outer).with_context(|| format!("creating {}", outer.display()))?;
+    let meta =
+        fs::symlink_metadata(&outer).with_context(|| format!("inspecting {}", outer.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        bail!(
+            "{} is not a directory owned by us; remove it or set ORDERSYS_STATE_DIR to a directory the postgres user can reach",
+            outer.display()
+        );
+    }
+    fs::set_permissions(&outer, fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("chmod {}", outer.display()))?;
+    tracing::info!(
+        state = %state.path().display(),
+        pg_root = %outer.display(),
+        "the postgres user cannot traverse into the state directory; keeping PostgreSQL data under /tmp"
+    );
+    Ok(outer.join("pg"))
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<()> {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {} to the postgres user", path.display()))?;
+    }
+    Ok(())
+}
+
+fn prepare_root(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+    for (dir, mode) in [(cfg.root.clone(), 0o700), (cfg.socket_dir(), 0o755)] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        chown(&dir, user)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+async fn initdb(cfg: &PgConfig, user: Option<(u32, u32)>, log: &Path) -> Result<()> {
+    let data = cfg.data().to_string_lossy().into_owned();
+    tracing::info!(data = %data, "initdb");
+    let out = process::run(
+        &cfg.bin_dir.join("initdb"),
+        &[
+            "-D",
+            &data,
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+        ],
+        &[("LC_ALL", "C")],
+        user,
+        Some(&cfg.root),
+    )
+    .await?;
+    let text = process::combined_output(&out);
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+        use std::io::Write;
+        let _ = writeln!(
+            f,
+            "===== {} initdb {data}\n{text}",
+            chrono::Utc::now().to_rfc3339()
+        );
+    }
+    if !out.status.success() {
+        bail!(
+            "initdb -D {data} failed ({}):\n{}",
+            out.status,
+            process::tail_text(&text, LOG_TAIL_LINES)
+        );
+    }
+    Ok(())
+}
+
+/// Settings we own, in `ordersys.conf` (included last from postgresql.conf so it wins).
+pub(super) fn settings_text(port: u16, socket_dir: Option<&Path>) -> String {
+    let socket = socket_dir
+        .map(|d| d.to_string_lossy().replace('\'', "''"))
+        .unwrap_or_default();
+    format!(
+        "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
+         listen_addresses = '127.0.0.1'\n\
+         port = {port}\n\
+         unix_socket_directories = '{socket}'\n\
+         max_connections = 200\n\
+         shared_buffers = 256MB\n\
+         # durability is a requirement: never turn these off\n\
+         fsync = on\n\
+         synchronous_commit = on\n\
+         full_page_writes = on\n\
+         logging_collector = off\n\
+         log_line_prefix = '%m [%p] '\n"
+    )
+}
+
+fn write_settings(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+    let data = cfg.data();
+    // A unix socket path is limited to 107 bytes; without room, TCP only.
+    let socket_dir = cfg.socket_dir();
+    let socket_len = socket_dir.as_os_str().len() + format!("/.s.PGSQL.{}", cfg.port).len();
+    let socket = (socket_len < 100).then_some(socket_dir.as_path());
+    let conf = data.join("ordersys.conf");
+    fs::write(&conf, settings_text(cfg.port, socket))
+        .with_context(|| format!("writing {}", conf.display()))?;
+    chown(&conf, user)?;
+    let main_conf = data.join("postgresql.conf");
+    let text = fs::read_to_string(&main_conf)
+        .with_context(|| format!("reading {}", main_conf.display()))?;
+    let include = "include_if_exists = 'ordersys.conf'";
+    if !text.lines().any(|l| l.trim() == include) {
+        let mut text = text;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(include);
+        text.push('\n');
+        fs::write(&main_conf, text).with_context(|| format!("writing {}", main_conf.display()))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- databases
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn check_db_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        bail!("invalid database name {name:?} (1..=63 bytes)");
+    }
+    Ok(())
+}
+
+pub(super) async fn create_database(admin_url: &str, name: &str) -> Result<()> {
+    check_db_name(name)?;
+    let mut conn = connect(admin_url).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await
+        .context("looking up pg_database")?;
+    if exists.is_none() {
+        let sql = format!("CREATE DATABASE {}", quote_ident(name));
+        match sqlx::raw_sql(&sql).execute(&mut conn).await {
+            Ok(_) => {}
+            // created concurrently by someone else: fine
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => return Err(e).with_context(|| format!("CREATE DATABASE {name}")),
+        }
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+pub(super) async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    check_db_name(name)?;
+    let mut conn = connect(admin_url).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    sqlx::raw_sql(&sql)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("DROP DATABASE {name}"))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_dir_parsing_orders_numerically() {
+        assert_eq!(parse_major_dir("15"), Some(vec![15]));
+        assert_eq!(parse_major_dir("9.6"), Some(vec![9, 6]));
+        assert_eq!(parse_major_dir("bin"), None);
+        let mut v = [
+            parse_major_dir("9.6"),
+            parse_major_dir("16"),
+            parse_major_dir("10"),
+        ];
+        v.sort();
+        assert_eq!(v.last(), Some(&Some(vec![16])));
+    }
+
+    #[test]
+    fn settings_keep_durability_on() {
+        let s = settings_text(55432, Some(Path::new("/x/pg/socket")));
+        assert!(s.contains("port = 55432\n"));
+        assert!(s.contains("listen_addresses = '127.0.0.1'\n"));
+        assert!(s.contains("unix_socket_directories = '/x/pg/socket'\n"));
+        assert!(s.contains("fsync = on\n"));
+        assert!(s.contains("synchronous_commit = on\n"));
+        assert!(s.contains("max_connections = 200\n"));
+        assert!(s.contains("shared_buffers = 256MB\n"));
+        assert!(settings_text(1, None).contains("unix_socket_directories = ''\n"));
+    }
+
+    #[test]
+    fn ident_quoting_and_names() {
+        assert_eq!(quote_ident("run_1"), "\"run_1\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert!(check_db_name("").is_err());
+        assert!(check_db_name(&"x".repeat(64)).is_err());
+        assert!(check_db_name("ordersys_run_20250101").is_ok());
+    }
+
+    #[test]
+    fn short_hash_is_stable() {
+        assert_eq!(short_hash(""), "811c9dc5");
+        assert_eq!(short_hash("/work/main/.run"), short_hash("/work/main/.run"));
+        assert_ne!(short_hash("/a"), short_hash("/b"));
+        assert_eq!(short_hash("/a").len(), 8);
+    }
+
+    #[test]
+    fn admin_url_format() {
+        assert_eq!(
+            admin_url(55432),
+            "postgres://postgres@127.0.0.1:55432/postgres"
+        );
+    }
+}
