@@ -2,10 +2,11 @@
 
 use crate::domain::Outcome;
 use crate::orders;
-use platform::consumer::{EventHandler, HandlerError, Subscription};
-use platform::envelope::Envelope;
+use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
 use platform::events::{Event, Source};
 use sqlx::{Postgres, Transaction};
+use std::collections::HashMap;
+use uuid::Uuid;
 
 pub fn subscriptions() -> Vec<Subscription> {
     vec![
@@ -39,34 +40,50 @@ fn outcome_of(event: &Event) -> Option<Outcome> {
 }
 
 impl EventHandler for OrderOutcomes {
-    async fn handle(
+    async fn handle_batch(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        envelope: &Envelope,
-        event: Event,
+        events: &[Incoming],
     ) -> Result<(), HandlerError> {
-        let Some(outcome) = outcome_of(&event) else {
-            return Err(HandlerError::Permanent(format!(
-                "order service does not handle {}",
-                envelope.event_type
-            )));
-        };
-        let order_id = event.order_id();
-        match orders::apply_outcome(tx, order_id, outcome).await? {
-            Some(status) => {
-                tracing::info!(%order_id, status = status.as_str(), "order status changed")
+        let mut outcomes = Vec::with_capacity(events.len());
+        for incoming in events {
+            let Some(outcome) = outcome_of(&incoming.event) else {
+                return Err(HandlerError::Permanent(format!(
+                    "order service does not handle {}",
+                    incoming.envelope.event_type
+                )));
+            };
+            outcomes.push((incoming.event.order_id(), outcome));
+        }
+        let changed: HashMap<Uuid, String> = orders::apply_outcomes(tx, &outcomes)
+            .await?
+            .into_iter()
+            .collect();
+        for incoming in events {
+            let order_id = incoming.event.order_id();
+            if let Some(status) = changed.get(&order_id) {
+                let request_id = incoming.envelope.trace.request_id.as_deref().unwrap_or("-");
+                tracing::info!(%order_id, request_id, %status, "order status changed");
             }
-            None => match orders::current_status(tx, order_id).await? {
-                // Expected when events arrive late or twice: the order is already further along.
-                Some(status) => {
-                    tracing::debug!(%order_id, %status, event = envelope.event_type, "outcome does not apply")
-                }
-                None => {
-                    return Err(HandlerError::Permanent(format!(
-                        "order {order_id} does not exist"
-                    )))
-                }
-            },
+        }
+        if changed.len() < outcomes.len() {
+            // Outcomes that did not apply are expected when events arrive late or twice (the order
+            // is already further along); an outcome for an order that does not exist is not.
+            let unchanged: Vec<Uuid> = outcomes
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !changed.contains_key(id))
+                .collect();
+            let existing = orders::existing_orders(tx, &unchanged).await?;
+            if let Some(missing) = unchanged.iter().find(|id| !existing.contains(id)) {
+                return Err(HandlerError::Permanent(format!(
+                    "order {missing} does not exist"
+                )));
+            }
+            tracing::debug!(
+                count = unchanged.len(),
+                "outcomes that no longer apply ignored"
+            );
         }
         Ok(())
     }

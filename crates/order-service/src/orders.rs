@@ -60,40 +60,62 @@ pub async fn find_order(
     .await
 }
 
-/// Applies an outcome if the order's current status allows it; the check and the write are one
-/// statement, so concurrent consumers cannot move an order backwards. Returns the new status.
-pub async fn apply_outcome(
+/// Applies outcomes to their orders where each order's current status allows it, with one
+/// statement. The check and the write are one statement, so concurrent consumers cannot move an
+/// order backwards. Returns the orders that changed, with their new status.
+pub async fn apply_outcomes(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    outcome: Outcome,
-) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let target = outcome.target();
-    let allowed: Vec<&str> = outcome.allowed_from().iter().map(|s| s.as_str()).collect();
-    let updated: Option<String> = sqlx::query_scalar(
+    outcomes: &[(Uuid, Outcome)],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
+    let targets: Vec<&str> = outcomes.iter().map(|(_, o)| o.target().as_str()).collect();
+    let finals: Vec<bool> = outcomes
+        .iter()
+        .map(|(_, o)| o.target().is_final())
+        .collect();
+    let reasons: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|(_, o)| o.failure_reason().map(|r| r.as_str()))
+        .collect();
+    let amounts: Vec<Option<i64>> = outcomes.iter().map(|(_, o)| o.amount_cents()).collect();
+    // The statuses each outcome may move an order from come from the domain, not from SQL.
+    let allowed: Vec<String> = outcomes
+        .iter()
+        .map(|(_, o)| {
+            o.allowed_from()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    sqlx::query_as(
         "UPDATE orders
-         SET status = $2, failure_reason = $3, amount_cents = COALESCE($4, amount_cents), updated_at = now(),
-             finalized_at = CASE WHEN $5 THEN now() ELSE NULL END
-         WHERE id = $1 AND status = ANY($6)
-         RETURNING status",
+         SET status = d.target, failure_reason = d.reason, amount_cents = COALESCE(d.amount, orders.amount_cents),
+             updated_at = now(), finalized_at = CASE WHEN d.is_final THEN now() ELSE NULL END
+         FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::bigint[], $6::text[])
+              AS d(id, target, is_final, reason, amount, allowed)
+         WHERE orders.id = d.id AND orders.status = ANY(string_to_array(d.allowed, ','))
+         RETURNING orders.id, orders.status",
     )
-    .bind(order_id)
-    .bind(target.as_str())
-    .bind(outcome.failure_reason().map(|r| r.as_str()))
-    .bind(outcome.amount_cents())
-    .bind(target.is_final())
+    .bind(&ids)
+    .bind(&targets)
+    .bind(&finals)
+    .bind(&reasons)
+    .bind(&amounts)
     .bind(&allowed)
-    .fetch_optional(conn)
-    .await?;
-    Ok(updated.as_deref().and_then(OrderStatus::parse))
+    .fetch_all(conn)
+    .await
 }
 
-pub async fn current_status(
+/// Which of these orders exist.
+pub async fn existing_orders(
     conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
         .await
 }
 

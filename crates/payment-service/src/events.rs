@@ -1,11 +1,10 @@
 //! How payment reacts: a stock reservation is charged to the buyer, once.
 
 use crate::decline::is_declined;
-use crate::ledger::{self, ChargeResult};
+use crate::ledger::{self, ChargeRequest, ChargeResult};
 use platform::broker::Topology;
-use platform::consumer::{EventHandler, HandlerError, Subscription};
-use platform::envelope::Envelope;
-use platform::events::{Event, FailureReason, PaymentCompleted, PaymentFailed, Source};
+use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
+use platform::events::{Event, PaymentCompleted, PaymentFailed, Source};
 use platform::outbox;
 use sqlx::{Postgres, Transaction};
 
@@ -23,51 +22,53 @@ pub struct Cashier {
 }
 
 impl EventHandler for Cashier {
-    async fn handle(
+    async fn handle_batch(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        envelope: &Envelope,
-        event: Event,
+        events: &[Incoming],
     ) -> Result<(), HandlerError> {
-        let Event::StockReserved(reserved) = event else {
-            return Err(HandlerError::Permanent(format!(
-                "payment does not handle {}",
-                envelope.event_type
-            )));
-        };
-        let result = if is_declined(reserved.order_id, self.decline_rate) {
-            ChargeResult::Failed(FailureReason::PaymentDeclined)
-        } else {
-            ledger::debit(tx, reserved.user_id, reserved.amount_cents).await?
-        };
-        ledger::record_charge(
-            tx,
-            reserved.order_id,
-            reserved.user_id,
-            reserved.amount_cents,
-            result,
-        )
-        .await?;
-        let reply = match result {
-            ChargeResult::Succeeded => {
-                tracing::info!(order_id = %reserved.order_id, user_id = reserved.user_id, amount_cents = reserved.amount_cents, "payment completed");
-                Event::PaymentCompleted(PaymentCompleted {
-                    order_id: reserved.order_id,
-                    user_id: reserved.user_id,
-                    amount_cents: reserved.amount_cents,
-                })
-            }
-            ChargeResult::Failed(reason) => {
-                tracing::info!(order_id = %reserved.order_id, reason = reason.as_str(), "payment failed");
-                Event::PaymentFailed(PaymentFailed {
-                    order_id: reserved.order_id,
-                    user_id: reserved.user_id,
-                    amount_cents: reserved.amount_cents,
-                    reason,
-                })
-            }
-        };
-        outbox::enqueue(tx, &self.topology, &reply, &envelope.trace).await?;
+        let mut requests = Vec::with_capacity(events.len());
+        for incoming in events {
+            let Event::StockReserved(reserved) = &incoming.event else {
+                return Err(HandlerError::Permanent(format!(
+                    "payment does not handle {}",
+                    incoming.envelope.event_type
+                )));
+            };
+            requests.push(ChargeRequest {
+                order_id: reserved.order_id,
+                user_id: reserved.user_id,
+                amount_cents: reserved.amount_cents,
+                declined: is_declined(reserved.order_id, self.decline_rate),
+            });
+        }
+        let results = ledger::charge(tx, &requests).await?;
+        let mut replies = Vec::with_capacity(events.len());
+        for ((request, result), incoming) in requests.iter().zip(results).zip(events) {
+            let trace = &incoming.envelope.trace;
+            let request_id = trace.request_id.as_deref().unwrap_or("-");
+            let reply = match result {
+                ChargeResult::Succeeded => {
+                    tracing::info!(order_id = %request.order_id, request_id, user_id = request.user_id, amount_cents = request.amount_cents, "payment completed");
+                    Event::PaymentCompleted(PaymentCompleted {
+                        order_id: request.order_id,
+                        user_id: request.user_id,
+                        amount_cents: request.amount_cents,
+                    })
+                }
+                ChargeResult::Failed(reason) => {
+                    tracing::info!(order_id = %request.order_id, request_id, reason = reason.as_str(), "payment failed");
+                    Event::PaymentFailed(PaymentFailed {
+                        order_id: request.order_id,
+                        user_id: request.user_id,
+                        amount_cents: request.amount_cents,
+                        reason,
+                    })
+                }
+            };
+            replies.push((reply, trace.clone()));
+        }
+        outbox::enqueue_all(tx, &self.topology, &replies).await?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use platform::events::FailureReason;
 use serde::Serialize;
 use sqlx::PgConnection;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -61,55 +62,154 @@ pub enum ChargeResult {
     Failed(FailureReason),
 }
 
-/// Debits the user's balance if it covers the amount (a conditional UPDATE: never negative,
-/// no read-then-write race).
-pub async fn debit(
-    conn: &mut PgConnection,
-    user_id: i64,
-    amount_cents: i64,
-) -> Result<ChargeResult, sqlx::Error> {
-    let debited = sqlx::query("UPDATE accounts SET balance_cents = balance_cents - $2 WHERE user_id = $1 AND balance_cents >= $2")
-        .bind(user_id)
-        .bind(amount_cents)
-        .execute(&mut *conn)
-        .await?;
-    if debited.rows_affected() == 1 {
-        return Ok(ChargeResult::Succeeded);
-    }
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
-            .bind(user_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(ChargeResult::Failed(if exists {
-        FailureReason::InsufficientFunds
-    } else {
-        FailureReason::UnknownAccount
-    }))
+/// One order's charge to make: who pays how much, and whether the card network declined it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeRequest {
+    pub order_id: Uuid,
+    pub user_id: i64,
+    pub amount_cents: i64,
+    pub declined: bool,
 }
 
-/// Records the one charge attempt an order may have. The primary key on `order_id` rejects a
-/// second one (the transaction then rolls back, debit included): an order is never paid twice.
-pub async fn record_charge(
+/// Decides, in arrival order, which charges the balances cover; `balances` is left holding the
+/// balances after the batch (what one conditional debit per charge, in order, would do).
+pub fn settle(requests: &[ChargeRequest], balances: &mut HashMap<i64, i64>) -> Vec<ChargeResult> {
+    requests
+        .iter()
+        .map(|request| {
+            if request.declined {
+                return ChargeResult::Failed(FailureReason::PaymentDeclined);
+            }
+            match balances.get_mut(&request.user_id) {
+                None => ChargeResult::Failed(FailureReason::UnknownAccount),
+                Some(balance) if *balance >= request.amount_cents => {
+                    *balance -= request.amount_cents;
+                    ChargeResult::Succeeded
+                }
+                Some(_) => ChargeResult::Failed(FailureReason::InsufficientFunds),
+            }
+        })
+        .collect()
+}
+
+/// Charges a batch of orders: locks the payers' accounts (in id order, so concurrent batches
+/// cannot deadlock), decides every charge, debits each account once with a checked conditional
+/// update (never below zero), and records one charge row per order. The primary key on
+/// `order_id` rejects a second charge for an order, rolling back the whole transaction.
+pub async fn charge(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    user_id: i64,
-    amount_cents: i64,
-    result: ChargeResult,
-) -> Result<(), sqlx::Error> {
-    let (status, reason) = match result {
-        ChargeResult::Succeeded => ("SUCCEEDED", None),
-        ChargeResult::Failed(reason) => ("FAILED", Some(reason.as_str())),
-    };
+    requests: &[ChargeRequest],
+) -> Result<Vec<ChargeResult>, sqlx::Error> {
+    let mut users: Vec<i64> = requests
+        .iter()
+        .filter(|r| !r.declined)
+        .map(|r| r.user_id)
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT user_id, balance_cents FROM accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE")
+            .bind(&users)
+            .fetch_all(&mut *conn)
+            .await?;
+    let before: HashMap<i64, i64> = rows.iter().copied().collect();
+    let mut balances: HashMap<i64, i64> = rows.into_iter().collect();
+    let results = settle(requests, &mut balances);
+
+    let (mut debited_users, mut debits) = (Vec::new(), Vec::new());
+    for (user, balance) in &balances {
+        let debit = before[user] - balance;
+        if debit > 0 {
+            debited_users.push(*user);
+            debits.push(debit);
+        }
+    }
+    if !debited_users.is_empty() {
+        let updated = sqlx::query(
+            "UPDATE accounts SET balance_cents = accounts.balance_cents - d.cents
+             FROM unnest($1::bigint[], $2::bigint[]) AS d(user_id, cents)
+             WHERE accounts.user_id = d.user_id AND accounts.balance_cents >= d.cents",
+        )
+        .bind(&debited_users)
+        .bind(&debits)
+        .execute(&mut *conn)
+        .await?;
+        if updated.rows_affected() != debited_users.len() as u64 {
+            // Impossible while the rows are locked; refuse rather than record charges.
+            return Err(sqlx::Error::Protocol(
+                "balance changed under a row lock".into(),
+            ));
+        }
+    }
+
+    let (statuses, reasons): (Vec<&str>, Vec<Option<&str>>) = results
+        .iter()
+        .map(|result| match result {
+            ChargeResult::Succeeded => ("SUCCEEDED", None),
+            ChargeResult::Failed(reason) => ("FAILED", Some(reason.as_str())),
+        })
+        .unzip();
     sqlx::query(
-        "INSERT INTO charges (order_id, user_id, amount_cents, status, failure_reason) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO charges (order_id, user_id, amount_cents, status, failure_reason)
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])",
     )
-    .bind(order_id)
-    .bind(user_id)
-    .bind(amount_cents)
-    .bind(status)
-    .bind(reason)
-    .execute(conn)
+    .bind(requests.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.amount_cents).collect::<Vec<_>>())
+    .bind(&statuses)
+    .bind(&reasons)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(user_id: i64, amount_cents: i64, declined: bool) -> ChargeRequest {
+        ChargeRequest {
+            order_id: Uuid::now_v7(),
+            user_id,
+            amount_cents,
+            declined,
+        }
+    }
+
+    #[test]
+    fn charges_are_settled_in_order_while_money_lasts() {
+        let mut balances = HashMap::from([(1, 250)]);
+        let requests = [
+            request(1, 100, false),
+            request(1, 100, true),
+            request(1, 100, false),
+            request(1, 100, false),
+            request(2, 1, false),
+        ];
+        assert_eq!(
+            settle(&requests, &mut balances),
+            vec![
+                ChargeResult::Succeeded,
+                ChargeResult::Failed(FailureReason::PaymentDeclined),
+                ChargeResult::Succeeded,
+                ChargeResult::Failed(FailureReason::InsufficientFunds),
+                ChargeResult::Failed(FailureReason::UnknownAccount),
+            ]
+        );
+        assert_eq!(balances[&1], 50);
+    }
+
+    proptest::proptest! {
+        /// Money is conserved and no balance goes negative.
+        #[test]
+        fn settlement_conserves_money(start in 0i64..1_000, amounts in proptest::collection::vec((1i64..300, proptest::bool::ANY), 0..30)) {
+            let mut balances = HashMap::from([(1, start)]);
+            let requests: Vec<ChargeRequest> = amounts.iter().map(|(a, d)| request(1, *a, *d)).collect();
+            let results = settle(&requests, &mut balances);
+            let charged: i64 = requests.iter().zip(&results)
+                .filter(|(_, r)| **r == ChargeResult::Succeeded).map(|(q, _)| q.amount_cents).sum();
+            proptest::prop_assert!(balances[&1] >= 0);
+            proptest::prop_assert_eq!(balances[&1] + charged, start);
+        }
+    }
 }

@@ -87,8 +87,7 @@ impl Infrastructure {
             self.pool.clone(),
             self.jetstream.clone(),
             self.outbox_signal.clone(),
-            self.settings.outbox.batch_size,
-            self.settings.outbox.poll_interval(),
+            &self.settings.outbox,
         )
     }
 }

@@ -52,7 +52,8 @@ jwt_secret = "dev-only-secret-change-me"
 admin_token = "dev-admin-token"
 
 [outbox]
-batch_size = 500
+batch_size = 1000
+events_per_message = 100
 poll_interval_ms = 250
 
 [workers]
@@ -111,7 +112,10 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
+    /// Rows claimed per relay round.
     pub batch_size: i64,
+    /// Events packed into one broker message (1 = one message per event).
+    pub events_per_message: usize,
     pub poll_interval_ms: u64,
 }
 

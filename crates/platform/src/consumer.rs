@@ -3,7 +3,7 @@
 
 use crate::broker::Topology;
 use crate::config::ConsumerSettings;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::{Event, Source};
 use crate::outbox::{OutboxError, OutboxSignal};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
@@ -16,14 +16,21 @@ use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// A service's reaction to an event. It runs inside the consumer's transaction: the effect, the
-/// inbox record and any outbox rows commit together or not at all.
+/// An event this consumer has not processed before, with the envelope it came in.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub envelope: Envelope,
+    pub event: Event,
+}
+
+/// A service's reaction to events. It runs inside the consumer's transaction: the effects, the
+/// inbox records and any outbox rows of the whole batch commit together or not at all. Batches
+/// let a handler use one set-based statement where one statement per event would be needed.
 pub trait EventHandler: Send + Sync + 'static {
-    fn handle<'a>(
+    fn handle_batch<'a>(
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
-        envelope: &'a Envelope,
-        event: Event,
+        events: &'a [Incoming],
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 }
 
@@ -203,40 +210,72 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Handles a batch: poison messages are dead-lettered; the rest are applied in one
-    /// transaction, or one by one if the batch fails, so one bad message cannot block others.
+    /// Handles the messages taken together: their events are applied in one transaction, or one
+    /// by one if that fails, so one bad event cannot hold back the others. A message is acked
+    /// once every event in it was applied, found to be a duplicate, or dead-lettered; a message
+    /// with an event that failed transiently is nak'ed and comes back (the inbox absorbs the
+    /// events of it that were applied).
     async fn process_batch(&self, messages: Vec<jetstream::Message>) {
-        let mut decoded = Vec::with_capacity(messages.len());
-        for message in messages {
-            match Envelope::decode(&message.payload)
-                .and_then(|envelope| Event::from_envelope(&envelope).map(|event| (envelope, event)))
-            {
-                Ok((envelope, event)) => decoded.push(Decoded {
-                    message,
-                    envelope,
-                    event,
-                }),
-                Err(error) => self.dead_letter(&message, &error.to_string()).await,
-            }
-        }
-        if decoded.is_empty() {
-            return;
-        }
-        match self.apply(&decoded).await {
-            Ok(()) => self.ack_all(&decoded).await,
-            Err(error) if decoded.len() > 1 => {
-                tracing::warn!(consumer = %self.name, %error, size = decoded.len(), "batch failed; retrying its messages one by one");
-                for item in decoded {
-                    match self.apply(std::slice::from_ref(&item)).await {
-                        Ok(()) => self.ack_all(std::slice::from_ref(&item)).await,
-                        Err(error) => self.failed(&item, error).await,
+        let mut items = Vec::with_capacity(messages.len());
+        let mut retry: HashSet<usize> = HashSet::new();
+        for (index, message) in messages.iter().enumerate() {
+            for decoded in decode_message(&message.payload) {
+                match decoded {
+                    Ok((envelope, event)) => items.push(Decoded {
+                        message: index,
+                        envelope,
+                        event,
+                    }),
+                    Err((bytes, error)) => {
+                        if !self.dead_letter(message, &bytes, &error.to_string()).await {
+                            retry.insert(index);
+                        }
                     }
                 }
             }
-            Err(error) => {
-                if let Some(item) = decoded.into_iter().next() {
-                    self.failed(&item, error).await;
+        }
+        if !items.is_empty() {
+            if let Err(error) = self.apply(&items).await {
+                if items.len() > 1 {
+                    tracing::warn!(consumer = %self.name, %error, size = items.len(), "batch failed; retrying its events one by one");
                 }
+                for item in &items {
+                    if let Err(error) = self.apply(std::slice::from_ref(item)).await {
+                        let message = &messages[item.message];
+                        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+                        if error.is_permanent() || deliveries >= self.settings.max_deliveries {
+                            let reason = format!(
+                                "{} (after {deliveries} deliveries): {error}",
+                                item.envelope.event_type
+                            );
+                            let bytes = item.envelope.encode().unwrap_or_default();
+                            if !self.dead_letter(message, &bytes, &reason).await {
+                                retry.insert(item.message);
+                            }
+                        } else {
+                            tracing::warn!(consumer = %self.name, order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; will be redelivered");
+                            retry.insert(item.message);
+                        }
+                    }
+                }
+            }
+        }
+        for (index, message) in messages.iter().enumerate() {
+            let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+            if deliveries > 1 {
+                metrics::counter!("consumer_redelivered_total", "consumer" => self.name.clone())
+                    .increment(1);
+            }
+            // A lost ack or nak only causes a redelivery, which the inbox absorbs.
+            let sent = if retry.contains(&index) {
+                message
+                    .ack_with(AckKind::Nak(Some(retry_delay(deliveries))))
+                    .await
+            } else {
+                message.ack().await
+            };
+            if let Err(error) = sent {
+                tracing::warn!(consumer = %self.name, %error, "ack failed");
             }
         }
     }
@@ -255,6 +294,7 @@ impl<H: EventHandler> EventConsumer<H> {
         .into_iter()
         .collect();
         let mut applied = HashSet::with_capacity(fresh.len());
+        let mut incoming = Vec::with_capacity(fresh.len());
         for item in batch {
             let id = item.envelope.id;
             if !fresh.contains(&id) || !applied.insert(id) {
@@ -263,15 +303,15 @@ impl<H: EventHandler> EventConsumer<H> {
                 tracing::debug!(consumer = %self.name, event_id = %id, "duplicate event ignored");
                 continue;
             }
-            let span = tracing::info_span!(
-                "event",
-                consumer = %self.name,
-                event = %item.envelope.event_type,
-                order_id = %item.envelope.aggregate_id,
-                request_id = item.envelope.trace.request_id.as_deref().unwrap_or("-"),
-            );
+            incoming.push(Incoming {
+                envelope: item.envelope.clone(),
+                event: item.event.clone(),
+            });
+        }
+        if !incoming.is_empty() {
+            let span = tracing::info_span!("events", consumer = %self.name, batch = incoming.len());
             self.handler
-                .handle(&mut tx, &item.envelope, item.event.clone())
+                .handle_batch(&mut tx, &incoming)
                 .instrument(span)
                 .await?;
         }
@@ -282,39 +322,15 @@ impl<H: EventHandler> EventConsumer<H> {
         Ok(())
     }
 
-    async fn ack_all(&self, batch: &[Decoded]) {
-        for item in batch {
-            if item.message.info().is_ok_and(|info| info.delivered > 1) {
-                metrics::counter!("consumer_redelivered_total", "consumer" => self.name.clone())
-                    .increment(1);
-            }
-            // A lost ack only causes a redelivery, which the inbox absorbs.
-            if let Err(error) = item.message.ack().await {
-                tracing::warn!(consumer = %self.name, %error, "ack failed");
-            }
-        }
-    }
-
-    async fn failed(&self, item: &Decoded, error: HandlerError) {
-        let deliveries = item.message.info().map(|i| i.delivered).unwrap_or(1);
-        if error.is_permanent() || deliveries >= self.settings.max_deliveries {
-            let reason = format!(
-                "{} (after {deliveries} deliveries): {error}",
-                item.envelope.event_type
-            );
-            self.dead_letter(&item.message, &reason).await;
-        } else {
-            let delay = retry_delay(deliveries);
-            tracing::warn!(consumer = %self.name, order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; will be redelivered");
-            if let Err(error) = item.message.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(consumer = %self.name, %error, "nak failed");
-            }
-        }
-    }
-
-    /// Parks a message with its reason, then acks it. If the record cannot be written the
-    /// message is not acked, so it comes back: a poison message is never silently dropped.
-    async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
+    /// Parks an event (or an undecodable message) with its reason. Returns false if the record
+    /// could not be written: the message is then not acked and comes back, so a poison message
+    /// is never silently dropped.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        payload: &[u8],
+        reason: &str,
+    ) -> bool {
         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
         let message_id = message
             .headers
@@ -330,32 +346,53 @@ impl<H: EventHandler> EventConsumer<H> {
         .bind(message_id)
         .bind(deliveries)
         .bind(reason)
-        .bind(message.payload.as_ref())
+        .bind(payload)
         .execute(&self.pool)
         .await;
         match recorded {
             Ok(_) => {
                 metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone())
                     .increment(1);
-                tracing::error!(consumer = %self.name, subject = %message.subject, reason, "message dead-lettered");
-                if let Err(error) = message.ack_with(AckKind::Term).await {
-                    tracing::warn!(consumer = %self.name, %error, "term ack failed");
-                }
+                tracing::error!(consumer = %self.name, subject = %message.subject, reason, "event dead-lettered");
+                true
             }
             Err(error) => {
                 tracing::warn!(consumer = %self.name, %error, "cannot record dead letter; message will be redelivered");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                false
             }
         }
     }
 }
 
 struct Decoded {
-    message: jetstream::Message,
+    /// Index of the broker message the event came in.
+    message: usize,
     envelope: Envelope,
     event: Event,
+}
+
+type Undecodable = (Vec<u8>, EnvelopeError);
+
+/// The events of one broker message: a single envelope, or a JSON array of envelopes packed by
+/// the relay. Each element decodes (or fails) on its own, so one bad event does not take its
+/// neighbours down with it.
+fn decode_message(payload: &[u8]) -> Vec<Result<(Envelope, Event), Undecodable>> {
+    let decode_one = |bytes: &[u8]| {
+        Envelope::decode(bytes)
+            .and_then(|envelope| Event::from_envelope(&envelope).map(|event| (envelope, event)))
+            .map_err(|error| (bytes.to_vec(), error))
+    };
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') {
+        return vec![decode_one(payload)];
+    }
+    match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(payload) {
+        Ok(elements) => elements
+            .into_iter()
+            .map(|raw| decode_one(raw.get().as_bytes()))
+            .collect(),
+        Err(error) => vec![Err((payload.to_vec(), EnvelopeError::Malformed(error)))],
+    }
 }
 
 /// Redelivery delay growing with the number of deliveries: 100 ms, 200 ms, … up to 30 s.
@@ -400,6 +437,46 @@ pub async fn list_dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLett
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn envelope_json(order: u8) -> String {
+        let event = Event::OrderCreated(crate::events::OrderCreated {
+            order_id: Uuid::from_bytes([order; 16]),
+            user_id: 1,
+            product_id: 1,
+            quantity: 1,
+        });
+        String::from_utf8(
+            event
+                .into_envelope(Default::default())
+                .unwrap()
+                .encode()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_packed_message_yields_each_event_and_isolates_a_bad_one() {
+        let payload = format!(
+            "[{}, {{\"id\": 1}}, {}]",
+            envelope_json(1),
+            envelope_json(2)
+        );
+        let decoded = decode_message(payload.as_bytes());
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[0].is_ok() && decoded[2].is_ok());
+        let (bytes, error) = decoded[1].as_ref().unwrap_err();
+        assert_eq!(bytes, b"{\"id\": 1}");
+        assert!(matches!(error, EnvelopeError::Malformed(_)));
+    }
+
+    #[test]
+    fn a_single_envelope_and_garbage_decode_as_one_item() {
+        assert!(decode_message(envelope_json(3).as_bytes())[0].is_ok());
+        let garbage = decode_message(b"[not json");
+        assert_eq!(garbage.len(), 1);
+        assert!(garbage[0].is_err());
+    }
 
     #[test]
     fn retry_delay_grows_and_is_capped() {

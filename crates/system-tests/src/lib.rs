@@ -65,7 +65,8 @@ fn common_settings(database_url: String, prefix: &str) -> CommonSettings {
             admin_token: ADMIN_TOKEN.into(),
         },
         outbox: OutboxSettings {
-            batch_size: 500,
+            batch_size: 1000,
+            events_per_message: 100,
             poll_interval_ms: 250,
         },
         consumer: ConsumerSettings {

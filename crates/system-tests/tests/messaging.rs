@@ -227,3 +227,37 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_the_ones_behind() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+/// A packed message (several events in one broker message, as the relay sends them) with one
+/// poison event: the good events take effect, the bad one is dead-lettered, nothing is redelivered.
+#[tokio::test]
+async fn a_packed_message_with_one_poison_event_applies_the_rest() {
+    let system = TestSystem::start(Options::default()).await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let first = system.accepted_order(7, 1, 1).await;
+    let second = system.accepted_order(7, 1, 2).await;
+
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT envelope FROM outbox ORDER BY seq")
+        .fetch_all(&system.order.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&system.order.pool)
+        .await
+        .unwrap();
+    let mut payload = b"[".to_vec();
+    payload.extend_from_slice(&rows[0].0);
+    payload.extend_from_slice(b",{\"type\":\"OrderCreated\",\"garbage\":true},");
+    payload.extend_from_slice(&rows[1].0);
+    payload.push(b']');
+    publish(&system, "order.created", "packed-1", payload).await;
+    system.settle().await;
+
+    assert_eq!(system.order(7, &first).await["status"], "COMPLETED");
+    assert_eq!(system.order(7, &second).await["status"], "COMPLETED");
+    assert_eq!(system.stock(1).await, 7);
+    let letters =
+        TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM dead_letters").await;
+    assert_eq!(letters, 1);
+}

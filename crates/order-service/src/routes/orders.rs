@@ -90,17 +90,18 @@ pub async fn create_order(
 
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key {
-        if !orders::try_lock_idempotency_key(&mut tx, user_id, key).await? {
-            return Err(OrderError::IdempotencyInProgress);
-        }
-        if let Some(previous) = orders::find_idempotency_key(&mut tx, user_id, key).await? {
-            if previous.product_id != request.product_id || previous.quantity != quantity {
-                return Err(OrderError::IdempotencyKeyReused);
+        // The replay and rejection paths end the transaction explicitly: a dropped transaction
+        // rolls back lazily, and its advisory lock would make the client's next retry a 409.
+        match replay_or_reject(&mut tx, user_id, key, request.product_id, quantity).await {
+            Ok(None) => {}
+            Ok(Some(order)) => {
+                tx.rollback().await?;
+                return Ok(accepted(&order, true));
             }
-            let order = orders::find_order(&mut tx, previous.order_id, user_id)
-                .await?
-                .ok_or(OrderError::NotFound)?;
-            return Ok(accepted(&order, true));
+            Err(error) => {
+                tx.rollback().await?;
+                return Err(error);
+            }
         }
     }
     let order = orders::insert_order(&mut tx, user_id, request.product_id, quantity).await?;
@@ -118,6 +119,30 @@ pub async fn create_order(
     state.outbox_signal.notify();
     tracing::info!(order_id = %order.id, user_id, product_id = order.product_id, quantity, "order created");
     Ok(accepted(&order, false))
+}
+
+/// With the (user, key) lock held: the order this key already created (same body), an error
+/// (different body, or the key is in use by a request in flight), or `None` for a new key.
+async fn replay_or_reject(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+    key: &str,
+    product_id: i64,
+    quantity: i32,
+) -> Result<Option<Order>, OrderError> {
+    if !orders::try_lock_idempotency_key(conn, user_id, key).await? {
+        return Err(OrderError::IdempotencyInProgress);
+    }
+    let Some(previous) = orders::find_idempotency_key(conn, user_id, key).await? else {
+        return Ok(None);
+    };
+    if previous.product_id != product_id || previous.quantity != quantity {
+        return Err(OrderError::IdempotencyKeyReused);
+    }
+    let order = orders::find_order(conn, previous.order_id, user_id)
+        .await?
+        .ok_or(OrderError::NotFound)?;
+    Ok(Some(order))
 }
 
 /// An order of the authenticated buyer (another buyer's order is 404).
