@@ -7,6 +7,8 @@ port = 18080
 
 [orders]
 max_quantity = 100
+writers = 4
+max_batch = 256
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -20,6 +22,10 @@ pub struct Settings {
 pub struct OrderSettings {
     /// Largest quantity one order may ask for.
     pub max_quantity: i32,
+    /// Group-commit writers: transactions writing new orders concurrently.
+    pub writers: usize,
+    /// Most orders one group-commit transaction writes.
+    pub max_batch: usize,
 }
 
 impl Settings {

@@ -17,10 +17,30 @@ pub enum OrderError {
     IdempotencyInProgress,
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
+    #[error("the order could not be written now")]
+    Unavailable,
+    #[error("the order could not be written")]
+    Internal,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+}
+
+impl OrderError {
+    /// What to tell each request of a group-commit batch that failed as a whole.
+    pub fn from_batch_failure(error: &OrderError) -> OrderError {
+        match error {
+            OrderError::Database(e) if platform::http::is_unavailable(e) => OrderError::Unavailable,
+            OrderError::Outbox(platform::outbox::OutboxError::Database(e))
+                if platform::http::is_unavailable(e) =>
+            {
+                OrderError::Unavailable
+            }
+            OrderError::Unavailable => OrderError::Unavailable,
+            _ => OrderError::Internal,
+        }
+    }
 }
 
 impl IntoResponse for OrderError {
@@ -51,6 +71,10 @@ impl IntoResponse for OrderError {
                 "idempotency-key-reused",
                 "This Idempotency-Key was used with a different request",
             ),
+            OrderError::Unavailable => {
+                Problem::unavailable("the order could not be written now, retry later")
+            }
+            OrderError::Internal => Problem::internal(),
             OrderError::Database(error) => match constraint_problem(error) {
                 Some(problem) => problem,
                 None => platform::http::database_problem(error),

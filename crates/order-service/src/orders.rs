@@ -27,22 +27,43 @@ pub struct Order {
 const COLUMNS: &str =
     "id, user_id, product_id, quantity, status, failure_reason, amount_cents, created_at, updated_at, finalized_at";
 
-pub async fn insert_order(
+/// An order to create: who buys what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOrder {
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+pub async fn insert_order(conn: &mut PgConnection, order: NewOrder) -> Result<Order, sqlx::Error> {
+    let mut created = insert_orders(conn, &[order]).await?;
+    created.pop().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Inserts orders with one statement; returns them in the order given.
+pub async fn insert_orders(
     conn: &mut PgConnection,
-    user_id: i64,
-    product_id: i64,
-    quantity: i32,
-) -> Result<Order, sqlx::Error> {
-    sqlx::query_as(&format!(
+    orders: &[NewOrder],
+) -> Result<Vec<Order>, sqlx::Error> {
+    let ids: Vec<Uuid> = orders.iter().map(|_| Uuid::now_v7()).collect();
+    let rows: Vec<Order> = sqlx::query_as(&format!(
         "INSERT INTO orders (id, user_id, product_id, quantity, status)
-         VALUES ($1, $2, $3, $4, 'PENDING') RETURNING {COLUMNS}"
+         SELECT o.id, o.user_id, o.product_id, o.quantity, 'PENDING'
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) AS o(id, user_id, product_id, quantity)
+         RETURNING {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(product_id)
-    .bind(quantity)
-    .fetch_one(conn)
-    .await
+    .bind(&ids)
+    .bind(orders.iter().map(|o| o.user_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.product_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.quantity).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    // RETURNING promises no order; put the rows back in the order of the input.
+    let mut by_id: std::collections::HashMap<Uuid, Order> =
+        rows.into_iter().map(|o| (o.id, o)).collect();
+    ids.iter()
+        .map(|id| by_id.remove(id).ok_or(sqlx::Error::RowNotFound))
+        .collect()
 }
 
 /// The order, if it exists and belongs to `user_id` (another user's order is not found).

@@ -407,25 +407,25 @@ pub fn dead_letter_routes(pool: PgPool, admin: AdminToken) -> Router {
         .with_state(DeadLetterState { pool, admin })
 }
 
+/// Whether a database error means the database cannot be reached right now (a retry may pass).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// The answer for a database error that is not the client's doing: 503 while the database is
 /// unreachable (the client may retry), 500 otherwise. The error text is logged, never sent.
 pub fn database_problem(error: &sqlx::Error) -> Problem {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(%error, "database unavailable");
-            Problem::unavailable("database unavailable, retry later")
-        }
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
-        {
-            tracing::warn!(%error, "database unavailable");
-            Problem::unavailable("database unavailable, retry later")
-        }
-        _ => {
-            tracing::error!(%error, "database error");
-            Problem::internal()
-        }
+    if is_unavailable(error) {
+        tracing::warn!(%error, "database unavailable");
+        Problem::unavailable("database unavailable, retry later")
+    } else {
+        tracing::error!(%error, "database error");
+        Problem::internal()
     }
 }

@@ -104,6 +104,8 @@ impl TestSystem {
             common: common_settings(order_db.clone(), &prefix),
             orders: order_service::config::OrderSettings {
                 max_quantity: options.max_quantity,
+                writers: 2,
+                max_batch: 64,
             },
         };
         let inventory_settings = inventory_service::config::Settings {

@@ -2,6 +2,7 @@ mod openapi;
 mod orders;
 
 use crate::config::Settings;
+use crate::intake::OrderIntake;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub outbox_signal: OutboxSignal,
     pub jwt_secret: JwtSecret,
     pub max_quantity: i32,
+    pub intake: OrderIntake,
 }
 
 impl AppState {
@@ -31,6 +33,13 @@ impl AppState {
             outbox_signal: infra.outbox_signal.clone(),
             jwt_secret: JwtSecret(Arc::from(settings.common.auth.jwt_secret.as_str())),
             max_quantity: settings.orders.max_quantity,
+            intake: OrderIntake::start(
+                infra.pool.clone(),
+                infra.topology.clone(),
+                infra.outbox_signal.clone(),
+                settings.orders.writers,
+                settings.orders.max_batch,
+            ),
         }
     }
 }

@@ -1,6 +1,6 @@
 use super::AppState;
 use crate::error::OrderError;
-use crate::orders::{self, Order};
+use crate::orders::{self, NewOrder, Order};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -86,25 +86,32 @@ pub async fn create_order(
         )));
     }
     let quantity = request.quantity as i32;
-    let key = idempotency_key(&headers)?;
+    let new_order = NewOrder {
+        user_id,
+        product_id: request.product_id,
+        quantity,
+    };
+    let Some(key) = idempotency_key(&headers)? else {
+        let order = state.intake.place(new_order, trace).await?;
+        return Ok(accepted(&order, false));
+    };
 
+    // With an Idempotency-Key the order gets its own transaction, which holds the key's lock.
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        // The replay and rejection paths end the transaction explicitly: a dropped transaction
-        // rolls back lazily, and its advisory lock would make the client's next retry a 409.
-        match replay_or_reject(&mut tx, user_id, key, request.product_id, quantity).await {
-            Ok(None) => {}
-            Ok(Some(order)) => {
-                tx.rollback().await?;
-                return Ok(accepted(&order, true));
-            }
-            Err(error) => {
-                tx.rollback().await?;
-                return Err(error);
-            }
+    // The replay and rejection paths end the transaction explicitly: a dropped transaction
+    // rolls back lazily, and its advisory lock would make the client's next retry a 409.
+    match replay_or_reject(&mut tx, user_id, &key, request.product_id, quantity).await {
+        Ok(None) => {}
+        Ok(Some(order)) => {
+            tx.rollback().await?;
+            return Ok(accepted(&order, true));
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            return Err(error);
         }
     }
-    let order = orders::insert_order(&mut tx, user_id, request.product_id, quantity).await?;
+    let order = orders::insert_order(&mut tx, new_order).await?;
     let event = Event::OrderCreated(OrderCreated {
         order_id: order.id,
         user_id,
@@ -112,9 +119,7 @@ pub async fn create_order(
         quantity: order.quantity,
     });
     outbox::enqueue(&mut tx, &state.topology, &event, &trace).await?;
-    if let Some(key) = &key {
-        orders::insert_idempotency_key(&mut tx, user_id, key, &order).await?;
-    }
+    orders::insert_idempotency_key(&mut tx, user_id, &key, &order).await?;
     tx.commit().await?;
     state.outbox_signal.notify();
     tracing::info!(order_id = %order.id, user_id, product_id = order.product_id, quantity, "order created");
