@@ -1,26 +1,13 @@
 use crate::error::InventoryError;
 use crate::stock::{self, Product};
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminToken, JsonBody, PathParam};
+use platform::http::{Admin, AdminState, JsonBody, PathParam};
 use serde::Deserialize;
-use sqlx::PgPool;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub admin: AdminToken,
-}
-
-impl FromRef<AppState> for AdminToken {
-    fn from_ref(state: &AppState) -> Self {
-        state.admin.clone()
-    }
-}
-
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/products", post(create_product))
         .route("/products/{id}", get(get_product))
@@ -39,7 +26,7 @@ struct NewProduct {
 
 async fn create_product(
     _: Admin,
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     JsonBody(new): JsonBody<NewProduct>,
 ) -> Result<(StatusCode, Json<Product>), InventoryError> {
     if new.id <= 0 || new.price_cents < 0 || new.stock < 0 || new.name.trim().is_empty() {
@@ -65,7 +52,7 @@ async fn create_product(
 }
 
 async fn get_product(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     PathParam(id): PathParam<i64>,
 ) -> Result<Json<Product>, InventoryError> {
     let mut conn = state.pool.acquire().await?;
@@ -83,7 +70,7 @@ struct Restock {
 
 async fn restock(
     _: Admin,
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     PathParam(id): PathParam<i64>,
     JsonBody(body): JsonBody<Restock>,
 ) -> Result<Json<Product>, InventoryError> {

@@ -1,8 +1,7 @@
 use crate::config::Settings;
 use crate::events::{subscriptions, StockKeeper};
-use crate::routes::{self, AppState};
+use crate::routes;
 use platform::app::{Application, Infrastructure, StartupError};
-use platform::http::AdminToken;
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
@@ -10,13 +9,6 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let handler = Arc::new(StockKeeper {
         topology: infra.topology.clone(),
     });
-    let mut consumers = Vec::new();
-    for subscription in subscriptions() {
-        consumers.push(infra.consumer(&subscription, handler.clone()).await?);
-    }
-    let state = AppState {
-        pool: infra.pool.clone(),
-        admin: AdminToken(Arc::from(settings.common.auth.admin_token.as_str())),
-    };
-    Application::new(&infra, routes::router(state), consumers).await
+    let consumers = infra.consumers(&subscriptions(), handler).await?;
+    Application::new(&infra, routes::router(infra.admin_state()), consumers).await
 }

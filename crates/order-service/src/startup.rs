@@ -7,10 +7,7 @@ use std::sync::Arc;
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
     let handler = Arc::new(OrderOutcomes);
-    let mut consumers = Vec::new();
-    for subscription in subscriptions() {
-        consumers.push(infra.consumer(&subscription, handler.clone()).await?);
-    }
+    let consumers = infra.consumers(&subscriptions(), handler).await?;
     let routes = routes::router(routes::AppState::new(&infra, settings));
     Application::new(&infra, routes, consumers).await
 }

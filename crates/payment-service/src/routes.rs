@@ -1,26 +1,13 @@
 use crate::error::PaymentError;
 use crate::ledger::{self, Account};
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminToken, JsonBody, PathParam};
+use platform::http::{Admin, AdminState, JsonBody, PathParam};
 use serde::Deserialize;
-use sqlx::PgPool;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub admin: AdminToken,
-}
-
-impl FromRef<AppState> for AdminToken {
-    fn from_ref(state: &AppState) -> Self {
-        state.admin.clone()
-    }
-}
-
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/accounts", post(open_account))
         .route("/accounts/{user_id}", get(get_account))
@@ -37,7 +24,7 @@ struct NewAccount {
 
 async fn open_account(
     _: Admin,
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     JsonBody(new): JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<Account>), PaymentError> {
     if new.user_id <= 0 || new.balance_cents < 0 {
@@ -52,7 +39,7 @@ async fn open_account(
 
 async fn get_account(
     _: Admin,
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     PathParam(user_id): PathParam<i64>,
 ) -> Result<Json<Account>, PaymentError> {
     let mut conn = state.pool.acquire().await?;
@@ -70,7 +57,7 @@ struct Deposit {
 
 async fn deposit(
     _: Admin,
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     PathParam(user_id): PathParam<i64>,
     JsonBody(body): JsonBody<Deposit>,
 ) -> Result<Json<Account>, PaymentError> {

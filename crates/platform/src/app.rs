@@ -82,6 +82,27 @@ impl Infrastructure {
         Ok(Arc::new(consumer))
     }
 
+    /// One consumer per subscription, all with the same handler.
+    pub async fn consumers<H: EventHandler>(
+        &self,
+        subscriptions: &[Subscription],
+        handler: Arc<H>,
+    ) -> Result<Vec<Arc<dyn BackgroundConsumer>>, StartupError> {
+        let mut consumers = Vec::with_capacity(subscriptions.len());
+        for subscription in subscriptions {
+            consumers.push(self.consumer(subscription, handler.clone()).await?);
+        }
+        Ok(consumers)
+    }
+
+    /// State for admin-only routes: the pool and the deployment's admin credential.
+    pub fn admin_state(&self) -> http::AdminState {
+        http::AdminState {
+            pool: self.pool.clone(),
+            admin: http::AdminToken(Arc::from(self.settings.auth.admin_token.as_str())),
+        }
+    }
+
     pub fn relay(&self) -> OutboxRelay {
         OutboxRelay::new(
             self.pool.clone(),
@@ -144,8 +165,7 @@ impl Application {
             pool: infra.pool.clone(),
             nats: infra.nats.clone(),
         };
-        let admin = http::AdminToken(Arc::from(settings.auth.admin_token.as_str()));
-        let routes = routes.merge(http::dead_letter_routes(infra.pool.clone(), admin));
+        let routes = routes.merge(http::dead_letter_routes(infra.admin_state()));
         let router = http::service_router(routes, readiness, settings.http.max_body_bytes);
         Ok(Application {
             listener,

@@ -375,21 +375,22 @@ where
     }
 }
 
+/// Router state of admin-only endpoints that need the database: the pool and the credential.
 #[derive(Clone)]
-struct DeadLetterState {
-    pool: PgPool,
-    admin: AdminToken,
+pub struct AdminState {
+    pub pool: PgPool,
+    pub admin: AdminToken,
 }
 
-impl FromRef<DeadLetterState> for AdminToken {
-    fn from_ref(state: &DeadLetterState) -> Self {
+impl FromRef<AdminState> for AdminToken {
+    fn from_ref(state: &AdminState) -> Self {
         state.admin.clone()
     }
 }
 
 async fn dead_letters(
     _: Admin,
-    State(state): State<DeadLetterState>,
+    State(state): State<AdminState>,
 ) -> Result<Json<Vec<crate::consumer::DeadLetter>>, Problem> {
     crate::consumer::list_dead_letters(&state.pool, 1000)
         .await
@@ -401,10 +402,10 @@ async fn dead_letters(
 }
 
 /// `GET /admin/dead-letters`: what every service's consumers parked, newest first (admin only).
-pub fn dead_letter_routes(pool: PgPool, admin: AdminToken) -> Router {
+pub fn dead_letter_routes(state: AdminState) -> Router {
     Router::new()
         .route("/admin/dead-letters", get(dead_letters))
-        .with_state(DeadLetterState { pool, admin })
+        .with_state(state)
 }
 
 /// Whether a database error means the database cannot be reached right now (a retry may pass).
