@@ -3,7 +3,8 @@
 #  1. build the workspace (services, CLI, tests) in the one dev profile;
 #  2. install (if missing) and start private PostgreSQL and NATS instances (`loadtest infra-up`);
 #  3. run every test against them;
-#  4. run the short load-test scenario end to end (same code path and checks as the seed run);
+#  4. run the short load-test scenario end to end (same code path and checks as the seed run),
+#     then the short chaos scenario (faults during the load, same checks);
 #  5. stop what this script started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,7 @@ rm -f "$test_log"
 if [ "${SKIP_LOADTEST:-0}" != "1" ]; then
     echo "== short load-test scenario"
     "$loadtest" run --scenario scenarios/ci-short.toml
+    echo "== short chaos scenario (service kill, replica kill, NATS crash)"
+    "$loadtest" run --scenario scenarios/ci-chaos.toml
 fi
 echo "tests: $totals"

@@ -146,11 +146,66 @@ pub async fn start_services(
     state: &StateDir,
     deployment: &Deployment,
 ) -> Result<Vec<(String, u32)>> {
-    check_binaries()?;
-    write_credentials(state, deployment)?;
-    let specs: Vec<ServiceSpec> = SERVICES
-        .iter()
-        .map(|&(name, port)| {
+    start_instances(state, deployment, &Replication::default()).await
+}
+
+/// The most instances of one service a run may start (ports `base + 10 × (replica − 1)`).
+pub const MAX_REPLICAS: u32 = 8;
+
+/// How many instances of each service to run, and extra environment for all of them.
+///
+/// With one replica the instances are named after their service (`order-service`) on the base
+/// ports; with more, `order-service-1`, `order-service-2`, … on ports base, base + 10, … (order
+/// 18080, 18090; inventory 18081, 18091; payment 18082, 18092). Replicas of a service share its
+/// database and its durable consumer names, so they share the work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: u32,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            replicas: 1,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// The instance name (pidfile and log name) of `service`'s replica `replica` (1-based).
+pub fn instance_name(service: &str, replica: u32, replicas: u32) -> String {
+    if replicas <= 1 {
+        service.to_string()
+    } else {
+        format!("{service}-{replica}")
+    }
+}
+
+/// The HTTP port of replica `replica` (1-based) of the service whose first port is `base`.
+pub fn instance_port(base: u16, replica: u32) -> u16 {
+    base + 10 * (replica.max(1) - 1) as u16
+}
+
+/// `http://127.0.0.1:<port>/orders` of every order-service replica, replica 1 first.
+pub fn order_urls(replicas: u32) -> Vec<String> {
+    (1..=replicas.max(1))
+        .map(|r| format!("{}/orders", base_url(instance_port(ORDER_PORT, r))))
+        .collect()
+}
+
+/// What every instance is started with: replica 1 of each service in [`SERVICES`] order, then
+/// replica 2 of each, and so on.
+pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec<ServiceSpec> {
+    let replicas = replication.replicas.clamp(1, MAX_REPLICAS);
+    (1..=replicas)
+        .flat_map(|replica| {
+            SERVICES
+                .iter()
+                .map(move |&(name, port)| (replica, name, port))
+        })
+        .map(|(replica, name, base_port)| {
+            let port = instance_port(base_port, replica);
             let database = match name {
                 "order-service" => &deployment.databases.orders,
                 "inventory-service" => &deployment.databases.inventory,
@@ -180,28 +235,46 @@ pub async fn start_services(
                     deployment.decline_rate.to_string(),
                 ));
             }
+            env.extend(replication.extra_env.iter().cloned());
             ServiceSpec {
-                name: name.to_string(),
+                name: instance_name(name, replica, replicas),
                 binary: stack::service_binary(name),
                 env,
                 port,
             }
         })
-        .collect();
-    let pids =
-        futures::future::join_all(specs.iter().map(|spec| stack::start_service(state, spec))).await;
+        .collect()
+}
+
+/// Starts every instance of [`instance_specs`] and waits until each answers `/ready`: the
+/// first replica of each service (in parallel) before the others, so database migrations,
+/// streams and durable consumers are created once. Returns (instance name, pid) in that order.
+pub async fn start_instances(
+    state: &StateDir,
+    deployment: &Deployment,
+    replication: &Replication,
+) -> Result<Vec<(String, u32)>> {
+    check_binaries()?;
+    write_credentials(state, deployment)?;
+    let specs = instance_specs(deployment, replication);
+    let (first, rest) = specs.split_at(SERVICES.len().min(specs.len()));
     let mut started = Vec::new();
     let mut errors = Vec::new();
-    for (spec, result) in specs.iter().zip(pids) {
-        match result {
-            Ok(pid) => started.push((spec.name.clone(), pid)),
-            Err(e) => errors.push(format!("{}: {e:#}", spec.name)),
+    for group in [first, rest] {
+        let pids =
+            futures::future::join_all(group.iter().map(|spec| stack::start_service(state, spec)))
+                .await;
+        for (spec, result) in group.iter().zip(pids) {
+            match result {
+                Ok(pid) => started.push((spec.name.clone(), pid)),
+                Err(e) => errors.push(format!("{}: {e:#}", spec.name)),
+            }
         }
-    }
-    if !errors.is_empty() {
-        // Leave nothing half-started behind.
-        stack::stop_all_services(state).await.ok();
-        bail!("starting the services failed:\n{}", errors.join("\n"));
+        if !errors.is_empty() {
+            // Leave nothing half-started behind.
+            stack::stop_all_services(state).await.ok();
+            bail!("starting the services failed:\n{}", errors.join("\n"));
+        }
     }
     Ok(started)
 }

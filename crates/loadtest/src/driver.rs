@@ -34,6 +34,9 @@ pub struct LoadPlan {
     pub bodies: Vec<Bytes>,
     pub max_in_flight: usize,
     pub request_timeout: Duration,
+    /// Further order-service replicas: request `n` goes to `[url, more_urls…][n % count]`, and
+    /// a refused connection is retried once on the next one (see [`LoadState::failovers`]).
+    pub more_urls: Vec<String>,
 }
 
 impl LoadPlan {
@@ -68,7 +71,24 @@ impl LoadPlan {
             bodies,
             max_in_flight: max_in_flight.max(1),
             request_timeout,
+            more_urls: Vec::new(),
         })
+    }
+
+    /// Spreads the requests over `urls` (the first replaces `url`); empty: unchanged.
+    pub fn with_urls(mut self, urls: &[String]) -> LoadPlan {
+        if let Some((first, more)) = urls.split_first() {
+            self.url = first.clone();
+            self.more_urls = more.to_vec();
+        }
+        self
+    }
+
+    /// Every target URL, `url` first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone())
+            .chain(self.more_urls.iter().cloned())
+            .collect()
     }
 }
 
@@ -80,6 +100,8 @@ pub struct LoadState {
     pub started: AtomicU64,
     /// Set to stop scheduling early (Ctrl-C).
     pub cancel: AtomicBool,
+    /// Requests whose connection one replica refused and that were sent to another replica.
+    pub failovers: AtomicU64,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -91,6 +113,7 @@ impl LoadState {
             stats: Mutex::new(RunStats::new(seconds)),
             started: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
+            failovers: AtomicU64::new(0),
             in_flight: Arc::new(Semaphore::new(plan.max_in_flight)),
             max_in_flight: plan.max_in_flight,
         })
@@ -123,6 +146,7 @@ pub fn http_client(plan: &LoadPlan) -> Result<reqwest::Client> {
 /// Runs the schedule from `start` and returns when every request has finished.
 pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> Result<()> {
     let client = http_client(&plan)?;
+    let urls: Arc<[String]> = plan.urls().into();
     let plan = Arc::new(plan);
     let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Duration, Outcome)>();
 
@@ -152,17 +176,26 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
             continue;
         };
         state.started.fetch_add(1, Ordering::Relaxed);
-        let (client, plan, tx) = (client.clone(), plan.clone(), tx.clone());
+        let (client, plan, tx, urls) = (client.clone(), plan.clone(), tx.clone(), urls.clone());
+        let state = state.clone();
         tokio::spawn(async move {
             let authorization = plan.authorizations[n % plan.authorizations.len()].clone();
             let body = plan.bodies[n % plan.bodies.len()].clone();
-            let request = client
-                .post(&plan.url)
-                .header(AUTHORIZATION, authorization)
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body)
-                .timeout(plan.request_timeout);
-            let outcome = send(request).await;
+            let request = |url: &str| {
+                client
+                    .post(url)
+                    .header(AUTHORIZATION, authorization.clone())
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone())
+                    .timeout(plan.request_timeout)
+            };
+            let mut outcome = send_once(request(&urls[n % urls.len()])).await;
+            // Refused: the request never reached that replica, so another one may take it.
+            if let (Err(_), true) = (&outcome, urls.len() > 1) {
+                state.failovers.fetch_add(1, Ordering::Relaxed);
+                outcome = send_once(request(&urls[(n + 1) % urls.len()])).await;
+            }
+            let outcome = outcome.unwrap_or(Outcome::ConnectError);
             let latency = intended.elapsed();
             drop(permit);
             let _ = tx.send((offset, latency, outcome));
@@ -181,18 +214,33 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
     Ok(())
 }
 
-async fn send(request: reqwest::RequestBuilder) -> Outcome {
+/// Like [`send`], but a refused connection is `Err(())` (nothing reached the server).
+async fn send_once(request: reqwest::RequestBuilder) -> Result<Outcome, ()> {
     match request.send().await {
+        Err(e) if is_refused(&e) => Err(()),
         Ok(response) => {
             let status = response.status().as_u16();
-            // Read the body so the connection goes back to the pool.
             match response.bytes().await {
-                Ok(_) => Outcome::Status(status),
-                Err(e) => classify(&e),
+                Ok(_) => Ok(Outcome::Status(status)),
+                Err(e) => Ok(classify(&e)),
             }
         }
-        Err(e) => classify(&e),
+        Err(e) => Ok(classify(&e)),
     }
+}
+
+/// A connect error caused by `ECONNREFUSED` (no process listens on that port).
+fn is_refused(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn classify(error: &reqwest::Error) -> Outcome {
@@ -316,6 +364,28 @@ mod tests {
         assert_eq!(stats.dropped(), 45);
         assert_eq!(stats.counts_by_outcome().get("timeout"), Some(&5));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn refused_connections_fail_over_to_another_replica() {
+        let (live, server) = accept_all().await;
+        let dead_port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let dead = format!("http://127.0.0.1:{dead_port}/orders");
+        let plan = plan(live.clone(), 40.0, 0.5, 10).with_urls(&[dead, live]);
+        assert_eq!(plan.urls().len(), 2);
+        let state = LoadState::new(&plan);
+        generate(plan, state.clone(), Instant::now())
+            .await
+            .expect("run");
+        let stats = state.stats_snapshot();
+        // Every other request went to the dead replica first and was retried on the live one.
+        assert_eq!(stats.counts_by_outcome().get("202"), Some(&20));
+        assert_eq!(state.failovers.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.error_rate(), 0.0);
+        server.abort();
     }
 
     #[tokio::test]

@@ -1,6 +1,9 @@
+pub mod baseline;
+pub mod capacity;
 pub mod deploy;
 pub mod drain;
 pub mod driver;
+pub mod faults;
 pub mod monitor;
 pub mod report;
 pub mod runner;

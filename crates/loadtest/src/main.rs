@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser, Subcommand};
 
+use loadtest::baseline::{self, BaselineSettings};
+use loadtest::capacity::{self, CapacityOptions, CapacityPlan};
 use loadtest::deploy::{self, Credentials, Deployment};
 use loadtest::runner::{self, RunOptions};
 use loadtest::scenario::Scenario;
@@ -41,6 +43,28 @@ enum Command {
         /// Where the report folder goes (default: <workspace>/results).
         #[arg(long)]
         results_dir: Option<PathBuf>,
+    },
+    /// Step the arrival rate up until the system stops keeping up (see scenarios/capacity.toml),
+    /// then drain, audit and measure the naive baseline; exits non-zero when a check fails.
+    Capacity {
+        #[arg(long, default_value = capacity::DEFAULT_SCENARIO)]
+        scenario: PathBuf,
+        /// Where the report folder goes (default: <workspace>/results).
+        #[arg(long)]
+        results_dir: Option<PathBuf>,
+        /// Do not measure the naive baseline afterwards.
+        #[arg(long)]
+        skip_baseline: bool,
+    },
+    /// The naive baseline alone: N connections each looping over one transaction per order that
+    /// updates one hot stock row, on the stack's PostgreSQL (started if needed).
+    Baseline {
+        /// Connections, one measurement each.
+        #[arg(long, default_value = "1,8,32")]
+        concurrency: String,
+        /// How long each measurement lasts.
+        #[arg(long, default_value = "15s")]
+        duration: String,
     },
     /// Start PostgreSQL, NATS and the three services (prefix `shop`, dev credentials).
     Up {
@@ -128,6 +152,31 @@ async fn execute(command: Command) -> Result<bool> {
             )
             .await?;
             Ok(report.passed())
+        }
+        Command::Capacity {
+            scenario,
+            results_dir,
+            skip_baseline,
+        } => {
+            let plan = CapacityPlan::from_file(&scenario_path(&scenario)?)?;
+            capacity::run_capacity(
+                &plan,
+                &CapacityOptions {
+                    results_dir,
+                    skip_baseline,
+                },
+            )
+            .await
+        }
+        Command::Baseline {
+            concurrency,
+            duration,
+        } => {
+            let settings = BaselineSettings {
+                concurrency: baseline::parse_concurrency(&concurrency)?,
+                duration: loadtest::scenario::parse_duration(&duration)?,
+            };
+            standalone_baseline(&settings).await.map(|_| true)
         }
         Command::Up {
             fresh,
@@ -323,12 +372,29 @@ fn names(services: &[(String, u32)]) -> String {
 
 /// A scenario path as given, else relative to the workspace root.
 fn load_scenario(path: &Path) -> Result<Scenario> {
-    let path = if path.exists() || path.is_absolute() {
+    Ok(Scenario::from_file(scenario_path(path)?)?)
+}
+
+fn scenario_path(path: &Path) -> Result<PathBuf> {
+    Ok(if path.exists() || path.is_absolute() {
         path.to_path_buf()
     } else {
         stack::workspace_root()?.join(path)
-    };
-    Ok(Scenario::from_file(&path)?)
+    })
+}
+
+/// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
+async fn standalone_baseline(settings: &BaselineSettings) -> Result<()> {
+    let state = StateDir::locate()?;
+    let postgres_before = stack::pid_of(&state, "postgres").is_some();
+    let nats_before = stack::pid_of(&state, "nats").is_some();
+    let infra = stack::ensure_infra(&state).await?;
+    let result = baseline::measure(&infra.admin_database_url, settings).await;
+    if !postgres_before && !nats_before {
+        stack::stop_infra(&state).await?;
+    }
+    print!("{}", result?.table());
+    Ok(())
 }
 
 /// Thousands of connections need thousands of descriptors; the services we start inherit it.

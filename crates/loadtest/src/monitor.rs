@@ -72,9 +72,24 @@ pub struct MonitorContext {
 }
 
 /// Runs until `stop` turns true; returns the samples.
-pub fn spawn(context: MonitorContext, mut stop: watch::Receiver<bool>) -> JoinHandle<Samples> {
+pub fn spawn(context: MonitorContext, stop: watch::Receiver<bool>) -> JoinHandle<Samples> {
+    spawn_sampling(context, stop, false)
+}
+
+/// Like [`spawn`], but samples progress with [`verify::progress_light`] (no scan of the whole
+/// orders table each second, which would take CPU from the system a capacity run measures).
+pub fn spawn_light(context: MonitorContext, stop: watch::Receiver<bool>) -> JoinHandle<Samples> {
+    spawn_sampling(context, stop, true)
+}
+
+fn spawn_sampling(
+    context: MonitorContext,
+    mut stop: watch::Receiver<bool>,
+    light: bool,
+) -> JoinHandle<Samples> {
     tokio::spawn(async move {
         let mut monitor = Monitor::new(context);
+        monitor.light = light;
         let mut ticks = tokio::time::interval_at(monitor.context.start, Duration::from_secs(1));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -106,6 +121,8 @@ struct Monitor {
     last_started: (f64, u64),
     lines_shown: usize,
     ticks: u64,
+    /// Sample with [`verify::progress_light`].
+    light: bool,
 }
 
 impl Monitor {
@@ -128,6 +145,7 @@ impl Monitor {
             last_started: (0.0, 0),
             lines_shown: 0,
             ticks: 0,
+            light: false,
         }
     }
 
@@ -158,8 +176,12 @@ impl Monitor {
                 rss_mib,
             });
         }
-        let progress =
-            tokio::time::timeout(PROGRESS_TIMEOUT, verify::progress(&self.context.dbs)).await;
+        let dbs = &self.context.dbs;
+        let progress = if self.light {
+            tokio::time::timeout(PROGRESS_TIMEOUT, verify::progress_light(dbs)).await
+        } else {
+            tokio::time::timeout(PROGRESS_TIMEOUT, verify::progress(dbs)).await
+        };
         if let Ok(Ok(progress)) = progress {
             self.progress.push(ProgressSample { at_s: at, progress });
         }

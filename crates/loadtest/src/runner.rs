@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
 use crate::drain::{self, Broker, DrainOutcome, DrainStatus};
 use crate::driver::{self, LoadPlan, LoadState};
+use crate::faults;
 use crate::monitor::{self, MonitorContext, Phase, ProgressSample, Samples, Tracked};
 use crate::report::{CheckResult, Report, SecondRow};
 use crate::scenario::{format_duration, Scenario};
@@ -40,13 +41,6 @@ pub struct RunOptions {
 /// printed). Stops what it started unless `keep_running`, also when the run fails or is
 /// interrupted with Ctrl-C.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<Report> {
-    if !scenario.faults.is_empty() {
-        bail!(
-            "scenario {} declares {} fault(s), but this runner does not inject faults",
-            scenario.name,
-            scenario.faults.len()
-        );
-    }
     deploy::check_binaries()?;
     let state = StateDir::locate()?;
     let postgres_before = stack::pid_of(&state, "postgres").is_some();
@@ -111,7 +105,19 @@ async fn run(
         credentials: credentials.clone(),
         decline_rate: scenario.payment.decline_rate,
     };
-    let services = deploy::start_services(state, &deployment).await?;
+    let fault_plan = faults::plan(scenario)
+        .map_err(|problems| anyhow!("invalid fault schedule: {}", problems.join("; ")))?;
+    let replication = faults::replication(scenario);
+    if replication.replicas > 1 {
+        println!(
+            "  {} instances of each service (order at {})",
+            replication.replicas,
+            deploy::order_urls(replication.replicas).join(", ")
+        );
+    }
+    let services = deploy::start_instances(state, &deployment, &replication).await?;
+    let specs = deploy::instance_specs(&deployment, &replication);
+    faults::preflight(state, &fault_plan, &specs)?;
 
     let data = &scenario.data;
     println!(
@@ -142,7 +148,8 @@ async fn run(
         scenario.load.quantity,
         scenario.load.max_in_flight,
         scenario.load.request_timeout,
-    )?;
+    )?
+    .with_urls(&deploy::order_urls(replication.replicas));
     let load_state = LoadState::new(&plan);
     let phase = Arc::new(Mutex::new(Phase::Load));
     let drain_status = Arc::new(Mutex::new(DrainStatus::default()));
@@ -196,12 +203,42 @@ async fn run(
         stop_signal,
     );
 
+    let (stop_probe, probe_signal) = watch::channel(false);
+    let chaos = (!fault_plan.is_empty()).then(|| {
+        let probe = faults::spawn_probe(
+            dbs.clone(),
+            infra.nats_url.clone(),
+            prefix.clone(),
+            start,
+            probe_signal,
+        );
+        let run = faults::spawn(
+            faults::FaultContext {
+                state: state.clone(),
+                specs,
+                start,
+                load: load_state.clone(),
+            },
+            fault_plan.clone(),
+        );
+        (probe, run)
+    });
+
     let generated = driver::generate(plan, load_state.clone(), start).await;
     let load_elapsed = start.elapsed();
     if let Err(e) = generated {
         let _ = stop_monitor.send(true);
         return Err(e);
     }
+    let chaos = match chaos {
+        Some((probe, run)) => {
+            if fault_plan.last().is_some_and(|f| f.end() > start.elapsed()) {
+                println!("▶ load done; waiting for the fault schedule to finish…");
+            }
+            Some((probe, run.finish().await?))
+        }
+        None => None,
+    };
 
     let drain_timeout = scenario.checks.drain_timeout;
     *phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Drain {
@@ -209,9 +246,24 @@ async fn run(
         timeout: drain_timeout,
     };
     let drained = drain::drain(&dbs, &broker, drain_timeout, &drain_status).await;
+    if let Some((_, executed)) = &chaos {
+        let wait = faults::probe_time_needed(executed, start.elapsed().as_secs_f64());
+        tokio::time::sleep(wait).await;
+    }
     let _ = stop_monitor.send(true);
+    let _ = stop_probe.send(true);
     let samples = monitor.await.context("the monitor task panicked")?;
     println!("▶ drain: {}", drained.detail(drain_timeout));
+    let chaos = match chaos {
+        Some((probe, executed)) => {
+            let health = probe.await.context("the fault probe panicked")?;
+            Some((executed, health))
+        }
+        None => None,
+    };
+    let fault_outcome = chaos
+        .as_ref()
+        .map(|(executed, health)| faults::records(executed, health));
 
     println!("▶ verifying the three databases…");
     let stats = load_state.stats_snapshot();
@@ -226,7 +278,11 @@ async fn run(
     let e2e = verify::e2e_latencies(&dbs).await?;
     dbs.close().await;
 
-    let report = build_report(ReportInputs {
+    let mut checks = checks(audit, &drained, drain_timeout);
+    if let Some((_, check)) = &fault_outcome {
+        checks.push(check.clone());
+    }
+    let mut report = build_report(ReportInputs {
         scenario,
         started_at,
         start_utc,
@@ -237,8 +293,11 @@ async fn run(
         final_progress: &final_progress,
         e2e: &e2e,
         watched_product,
-        checks: checks(audit, &drained, drain_timeout),
+        checks,
     });
+    if let Some((records, _)) = fault_outcome {
+        report.faults = records;
+    }
 
     let dir = match &options.results_dir {
         Some(dir) => dir.clone(),
@@ -252,12 +311,15 @@ async fn run(
     let (json, html) = report
         .write_files(&dir)
         .with_context(|| format!("writing the report into {}", dir.display()))?;
+    if let Some((executed, health)) = &chaos {
+        faults::write_timeline(&dir, executed, health)?;
+    }
     println!("{}", report.terminal_summary());
     println!("  report: {}\n          {}", json.display(), html.display());
     Ok(report)
 }
 
-fn checks(
+pub(crate) fn checks(
     audit: Vec<verify::Check>,
     drained: &DrainOutcome,
     timeout: Duration,
@@ -275,23 +337,23 @@ fn checks(
     checks
 }
 
-struct ReportInputs<'a> {
-    scenario: &'a Scenario,
-    started_at: DateTime<Utc>,
+pub(crate) struct ReportInputs<'a> {
+    pub(crate) scenario: &'a Scenario,
+    pub(crate) started_at: DateTime<Utc>,
     /// Wall-clock time of the schedule's t = 0.
-    start_utc: DateTime<Utc>,
-    schedule: &'a Schedule,
-    load_elapsed: Duration,
-    stats: &'a RunStats,
-    samples: Samples,
-    final_progress: &'a Progress,
+    pub(crate) start_utc: DateTime<Utc>,
+    pub(crate) schedule: &'a Schedule,
+    pub(crate) load_elapsed: Duration,
+    pub(crate) stats: &'a RunStats,
+    pub(crate) samples: Samples,
+    pub(crate) final_progress: &'a Progress,
     /// (created_at, ms to the final status) of every final order.
-    e2e: &'a [(DateTime<Utc>, f64)],
-    watched_product: i64,
-    checks: Vec<CheckResult>,
+    pub(crate) e2e: &'a [(DateTime<Utc>, f64)],
+    pub(crate) watched_product: i64,
+    pub(crate) checks: Vec<CheckResult>,
 }
 
-fn build_report(inputs: ReportInputs<'_>) -> Report {
+pub(crate) fn build_report(inputs: ReportInputs<'_>) -> Report {
     let ReportInputs {
         scenario,
         started_at,
@@ -424,7 +486,7 @@ pub fn machine() -> String {
     format!("{cores} cores, {memory}")
 }
 
-fn file_safe(name: &str) -> String {
+pub(crate) fn file_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -53,6 +53,35 @@ pub struct Scenario {
     pub checks: Thresholds,
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    #[serde(default)]
+    pub deploy: DeploySettings,
+}
+
+/// How the run deploys the services (see `deploy::Replication` and `faults`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySettings {
+    /// Instances of every service: same database and durable consumers, different HTTP ports;
+    /// the load is spread over the order-service instances.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// The services' JetStream consumer ack wait (`APP_CONSUMER__ACK_WAIT_SECS`, whole
+    /// seconds); unset: the services' default (30 s).
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub consumer_ack_wait: Option<Duration>,
+}
+
+impl Default for DeploySettings {
+    fn default() -> Self {
+        DeploySettings {
+            replicas: default_replicas(),
+            consumer_ack_wait: None,
+        }
+    }
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 /// The open-model arrival profile: the rate ramps linearly from stage to stage.
@@ -298,6 +327,7 @@ impl Scenario {
                 format!("faults[{i}] needs a kind and a target"),
             );
         }
+        problems.extend(crate::faults::problems(self));
         problems
     }
 }
@@ -468,7 +498,7 @@ mod tests {
     fn parses_faults() {
         let text = format!(
             "{MINIMAL}\n[[faults]]\nat = \"5s\"\nkind = \"kill\"\ntarget = \"payment\"\nduration = \"2s\"\n\
-             [[faults]]\nat = \"1m\"\nkind = \"restart\"\ntarget = \"nats\"\n"
+             [[faults]]\nat = \"1m\"\nkind = \"kill-nats\"\ntarget = \"nats\"\nduration = \"3s\"\n"
         );
         let scenario = Scenario::from_toml_str(&text).expect("valid");
         assert_eq!(
@@ -482,9 +512,9 @@ mod tests {
                 },
                 FaultSpec {
                     at: Duration::from_secs(60),
-                    kind: "restart".into(),
+                    kind: "kill-nats".into(),
                     target: "nats".into(),
-                    duration: None,
+                    duration: Some(Duration::from_secs(3)),
                 },
             ]
         );

@@ -220,6 +220,16 @@ impl SecondStats {
     }
 }
 
+/// What [`RunStats::window`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowStats {
+    /// Requests sent and answered or failed (not dropped, not still in flight).
+    pub sent: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub latency: LatencySummary,
+}
+
 /// Everything measured about the requests of one run. Workers may keep their own and
 /// [`RunStats::merge`] them at the end.
 #[derive(Debug, Clone)]
@@ -324,6 +334,25 @@ impl RunStats {
                 }
             })
             .collect()
+    }
+
+    /// The requests whose intended start falls in `seconds` (whole seconds of the run): sent,
+    /// errors, dropped and their latency (1 % resolution, from the per-second histograms).
+    pub fn window(&self, seconds: std::ops::Range<u64>) -> WindowStats {
+        let mut window = WindowStats::default();
+        let mut latency = latency_histogram(SECOND_SIGNIFICANT_FIGURES);
+        let from = usize::try_from(seconds.start).unwrap_or(usize::MAX);
+        let to = usize::try_from(seconds.end).unwrap_or(usize::MAX);
+        for stats in self.seconds.iter().take(to).skip(from) {
+            window.sent += stats.started;
+            window.errors += stats.errors;
+            window.dropped += stats.dropped;
+            if let Some(h) = &stats.latency {
+                add_histogram(&mut latency, h);
+            }
+        }
+        window.latency = LatencySummary::from_histogram_micros(&latency);
+        window
     }
 
     /// Counts keyed by [`Outcome::key`].
@@ -545,5 +574,21 @@ mod tests {
         assert_eq!(left.summary(), together.summary());
         assert_eq!(left.per_second(), together.per_second());
         assert_eq!(left.counts_by_outcome(), together.counts_by_outcome());
+    }
+
+    #[test]
+    fn window_sums_the_seconds_it_covers() {
+        let mut stats = RunStats::new(4);
+        stats.record(ms(100), ms(10), Outcome::Status(202));
+        stats.record(ms(1100), ms(20), Outcome::Status(202));
+        stats.record(ms(1200), ms(30), Outcome::Status(503));
+        stats.record_dropped(ms(1300));
+        stats.record(ms(2100), ms(40), Outcome::Status(202));
+        let window = stats.window(1..2);
+        assert_eq!((window.sent, window.errors, window.dropped), (2, 1, 1));
+        assert_eq!(window.latency.count, 2);
+        assert!(close(window.latency.p99_ms, 30.0, 0.01));
+        assert_eq!(stats.window(0..3).sent, 4);
+        assert_eq!(stats.window(3..9), WindowStats::default());
     }
 }

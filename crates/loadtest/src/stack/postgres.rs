@@ -529,6 +529,9 @@ pub(super) fn settings_text(port: u16, socket_dir: Option<&Path>) -> String {
          fsync = on\n\
          synchronous_commit = on\n\
          full_page_writes = on\n\
+         # crash recovery (e.g. after an immediate stop in a chaos run) syncs the data directory\n\
+         # with one syncfs() per file system instead of one fsync() per file: seconds, not 20+ s\n\
+         recovery_init_sync_method = syncfs\n\
          logging_collector = off\n\
          log_line_prefix = '%m [%p] '\n"
     )
