@@ -42,6 +42,7 @@ max_body_bytes = 16384
 [database]
 url = "postgres://postgres@127.0.0.1:55432/postgres"
 max_connections = 16
+acquire_timeout_ms = 1000
 
 [nats]
 url = "nats://127.0.0.1:54222"
@@ -95,6 +96,9 @@ pub struct HttpSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a request waits for a connection before answering 503: short, so that a
+    /// database outage gives clients a quick, retryable answer instead of a hanging request.
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

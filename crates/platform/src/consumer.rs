@@ -164,7 +164,9 @@ impl<H: EventHandler> EventConsumer<H> {
                 .consumer
                 .stream()
                 .max_messages_per_batch(self.settings.batch_size * 2)
-                .heartbeat(Duration::from_secs(5))
+                // A short heartbeat: after a broker restart the stream is re-created as soon as
+                // a heartbeat is missed, so consumers resume within seconds.
+                .heartbeat(Duration::from_secs(2))
                 .expires(Duration::from_secs(30))
                 .messages()
                 .await;

@@ -11,7 +11,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error>
     let options = PgConnectOptions::from_str(&settings.url)?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_with(options)
         .await
 }

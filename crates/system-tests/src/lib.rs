@@ -55,6 +55,7 @@ fn common_settings(database_url: String, prefix: &str) -> CommonSettings {
         database: DatabaseSettings {
             url: database_url,
             max_connections: 8,
+            acquire_timeout_ms: 5000,
         },
         nats: NatsSettings {
             url: nats_url(),
