@@ -42,7 +42,7 @@ use crate::baseline::{self, BaselineReport, BaselineSettings};
 use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
 use crate::drain::{self, Broker, DrainStatus};
 use crate::driver::{self, LoadPlan, LoadState};
-use crate::monitor::{self, MonitorContext, Phase, Tracked};
+use crate::monitor::{self, MonitorContext, Phase};
 use crate::report::{escape, line_chart, Chart, CheckResult, ProcessUsage, Report, Series};
 use crate::runner::{self, ReportInputs};
 use crate::scenario::{format_duration, parse_duration, Scenario, Stage};
@@ -1161,33 +1161,6 @@ pub async fn run_capacity(plan: &CapacityPlan, options: &CapacityOptions) -> Res
     result
 }
 
-/// The processes whose CPU and memory the monitor samples.
-fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tracked> {
-    let mut tracked: Vec<Tracked> = services
-        .iter()
-        .map(|(name, pid)| Tracked {
-            name: name.clone(),
-            pid: *pid,
-            with_children: false,
-        })
-        .collect();
-    for (name, with_children) in [("postgres", true), ("nats", false)] {
-        if let Some(pid) = stack::pid_of(state, name) {
-            tracked.push(Tracked {
-                name: name.to_string(),
-                pid,
-                with_children,
-            });
-        }
-    }
-    tracked.push(Tracked {
-        name: "loadtest".into(),
-        pid: std::process::id(),
-        with_children: false,
-    });
-    tracked
-}
-
 async fn run(
     plan: &CapacityPlan,
     options: &CapacityOptions,
@@ -1277,7 +1250,7 @@ async fn run(
             start,
             phase: phase.clone(),
             drain_status: drain_status.clone(),
-            processes: tracked_processes(state, &services),
+            processes: monitor::tracked_processes(state, &services),
             watched_product: product_ids[0],
             terminal: std::io::stdout().is_terminal(),
         },

@@ -18,7 +18,7 @@ use crate::driver::LoadState;
 use crate::report::{ProcessSample, ProcessUsage};
 use crate::scenario::format_duration;
 use crate::schedule::Schedule;
-use crate::stack;
+use crate::stack::{self, StateDir};
 use crate::verify::{self, Databases, Progress};
 
 /// How long one progress query may take before the sample is skipped.
@@ -428,4 +428,31 @@ mod tests {
         assert_eq!(clock(Duration::from_secs(65)), "1:05");
         assert_eq!(clock(Duration::from_secs(300)), "5:00");
     }
+}
+
+/// The processes whose CPU and memory the monitor samples.
+pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tracked> {
+    let mut tracked: Vec<Tracked> = services
+        .iter()
+        .map(|(name, pid)| Tracked {
+            name: name.clone(),
+            pid: *pid,
+            with_children: false,
+        })
+        .collect();
+    for (name, with_children) in [("postgres", true), ("nats", false)] {
+        if let Some(pid) = stack::pid_of(state, name) {
+            tracked.push(Tracked {
+                name: name.to_string(),
+                pid,
+                with_children,
+            });
+        }
+    }
+    tracked.push(Tracked {
+        name: "loadtest".into(),
+        pid: std::process::id(),
+        with_children: false,
+    });
+    tracked
 }

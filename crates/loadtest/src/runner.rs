@@ -17,7 +17,7 @@ use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
 use crate::drain::{self, Broker, DrainOutcome, DrainStatus};
 use crate::driver::{self, LoadPlan, LoadState};
 use crate::faults;
-use crate::monitor::{self, MonitorContext, Phase, ProgressSample, Samples, Tracked};
+use crate::monitor::{self, MonitorContext, Phase, ProgressSample, Samples};
 use crate::report::{CheckResult, Report, SecondRow};
 use crate::scenario::{format_duration, Scenario};
 use crate::schedule::Schedule;
@@ -155,28 +155,7 @@ async fn run(
     let drain_status = Arc::new(Mutex::new(DrainStatus::default()));
     let watched_product = product_ids[0];
 
-    let mut tracked: Vec<Tracked> = services
-        .iter()
-        .map(|(name, pid)| Tracked {
-            name: name.clone(),
-            pid: *pid,
-            with_children: false,
-        })
-        .collect();
-    for (name, with_children) in [("postgres", true), ("nats", false)] {
-        if let Some(pid) = stack::pid_of(state, name) {
-            tracked.push(Tracked {
-                name: name.to_string(),
-                pid,
-                with_children,
-            });
-        }
-    }
-    tracked.push(Tracked {
-        name: "loadtest".into(),
-        pid: std::process::id(),
-        with_children: false,
-    });
+    let tracked = monitor::tracked_processes(state, &services);
 
     println!(
         "▶ load: {} over {} ({:.0} requests planned, at most {} in flight); Ctrl-C stops the run",
