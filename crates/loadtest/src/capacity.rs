@@ -39,15 +39,14 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::baseline::{self, BaselineReport, BaselineSettings};
-use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
+use crate::deploy;
 use crate::drain::{self, Broker, DrainStatus};
-use crate::driver::{self, LoadPlan, LoadState};
+use crate::driver::{self, LoadState};
 use crate::monitor::{self, MonitorContext, Phase};
 use crate::report::{escape, line_chart, Chart, CheckResult, ProcessUsage, Report, Series};
-use crate::runner::{self, ReportInputs};
+use crate::runner::{self, Prepared, ReportInputs};
 use crate::scenario::{format_duration, parse_duration, Scenario, Stage};
 use crate::schedule::Schedule;
-use crate::seed;
 use crate::stack::{self, StateDir};
 use crate::stats::Percentiles;
 use crate::verify::{self, Databases, HttpFigures};
@@ -1170,62 +1169,17 @@ async fn run(
     let scenario = &plan.scenario;
     let settings = &plan.settings;
     let rates = settings.step_rates();
-    let started_at = Utc::now();
-    let prefix = deploy::run_prefix();
-    let credentials = Credentials::random();
-
-    println!("▶ fresh databases and NATS prefix {prefix}; starting the services…");
-    deploy::stop_services(state)
-        .await
-        .context("stopping services left from before")?;
-    let databases = deploy::prepare_databases(&infra.admin_database_url, true).await?;
-    let deployment = Deployment {
-        databases: databases.clone(),
-        nats_url: infra.nats_url.clone(),
-        prefix: prefix.clone(),
-        credentials: credentials.clone(),
-        decline_rate: scenario.payment.decline_rate,
-    };
-    // `[deploy]` as in `loadtest run`: replicas of every service, the load spread over them.
-    let replication = crate::faults::replication(scenario);
-    if replication.replicas > 1 {
-        println!(
-            "  {} instances of each service (order at {})",
-            replication.replicas,
-            deploy::order_urls(replication.replicas).join(", ")
-        );
-    }
-    let services = deploy::start_instances(state, &deployment, &replication).await?;
-
-    println!(
-        "▶ seeding {} product(s) and {} accounts…",
-        scenario.data.products.len(),
-        scenario.data.users
-    );
-    let seeded = seed::seed(scenario, &credentials).await?;
-    if seeded.products_existing + seeded.accounts_existing > 0 {
-        bail!("the fresh databases already held seed data: {seeded:?}");
-    }
-    let token_ttl =
-        scenario.load_duration() + scenario.checks.drain_timeout + Duration::from_secs(3600);
-    let tokens = seed::mint_tokens(&credentials.jwt_secret, scenario.data.users, token_ttl)?;
-    let dbs =
-        Databases::connect(&databases.orders, &databases.inventory, &databases.payments).await?;
-    let broker = Broker::connect(&infra.nats_url, &prefix).await?;
+    let Prepared {
+        started_at,
+        services,
+        dbs,
+        broker,
+        schedule,
+        product_ids,
+        load_plan,
+        ..
+    } = runner::prepare(scenario, state, infra).await?;
     let durability = durability(&dbs, state).await;
-
-    let schedule = Schedule::from_profile(&scenario.load);
-    let product_ids: Vec<i64> = scenario.data.products.iter().map(|p| p.id).collect();
-    let load_plan = LoadPlan::new(
-        schedule.clone(),
-        format!("{}/orders", deploy::base_url(ORDER_PORT)),
-        &tokens,
-        &product_ids,
-        scenario.load.quantity,
-        scenario.load.max_in_flight,
-        scenario.load.request_timeout,
-    )?
-    .with_urls(&deploy::order_urls(replication.replicas));
     let load_state = LoadState::new(&load_plan);
     let phase = Arc::new(Mutex::new(Phase::Load));
     let drain_status = Arc::new(Mutex::new(DrainStatus::default()));

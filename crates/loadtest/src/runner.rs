@@ -89,67 +89,23 @@ async fn run(
     state: &StateDir,
     infra: &stack::Infra,
 ) -> Result<Report> {
-    let started_at = Utc::now();
-    let prefix = deploy::run_prefix();
-    let credentials = Credentials::random();
-
-    println!("▶ fresh databases and NATS prefix {prefix}; starting the services…");
-    deploy::stop_services(state)
-        .await
-        .context("stopping services left from before")?;
-    let databases = deploy::prepare_databases(&infra.admin_database_url, true).await?;
-    let deployment = Deployment {
-        databases: databases.clone(),
-        nats_url: infra.nats_url.clone(),
-        prefix: prefix.clone(),
-        credentials: credentials.clone(),
-        decline_rate: scenario.payment.decline_rate,
-    };
     let fault_plan = faults::plan(scenario)
         .map_err(|problems| anyhow!("invalid fault schedule: {}", problems.join("; ")))?;
-    let replication = faults::replication(scenario);
-    if replication.replicas > 1 {
-        println!(
-            "  {} instances of each service (order at {})",
-            replication.replicas,
-            deploy::order_urls(replication.replicas).join(", ")
-        );
-    }
-    let services = deploy::start_instances(state, &deployment, &replication).await?;
+    let Prepared {
+        started_at,
+        prefix,
+        deployment,
+        replication,
+        services,
+        dbs,
+        broker,
+        schedule,
+        product_ids,
+        load_plan: plan,
+        ..
+    } = prepare(scenario, state, infra).await?;
     let specs = deploy::instance_specs(&deployment, &replication);
     faults::preflight(state, &fault_plan, &specs)?;
-
-    let data = &scenario.data;
-    println!(
-        "▶ seeding {} product(s) and {} accounts ({} with a low balance)…",
-        data.products.len(),
-        data.users,
-        data.low_balance_users
-    );
-    let seeded = seed::seed(scenario, &credentials).await?;
-    if seeded.products_existing + seeded.accounts_existing > 0 {
-        bail!("the fresh databases already held seed data: {seeded:?}");
-    }
-    let token_ttl =
-        scenario.load_duration() + scenario.checks.drain_timeout + Duration::from_secs(3600);
-    let tokens = seed::mint_tokens(&credentials.jwt_secret, data.users, token_ttl)?;
-
-    let dbs =
-        Databases::connect(&databases.orders, &databases.inventory, &databases.payments).await?;
-    let broker = Broker::connect(&infra.nats_url, &prefix).await?;
-
-    let schedule = Schedule::from_profile(&scenario.load);
-    let product_ids: Vec<i64> = data.products.iter().map(|p| p.id).collect();
-    let plan = LoadPlan::new(
-        schedule.clone(),
-        format!("{}/orders", deploy::base_url(ORDER_PORT)),
-        &tokens,
-        &product_ids,
-        scenario.load.quantity,
-        scenario.load.max_in_flight,
-        scenario.load.request_timeout,
-    )?
-    .with_urls(&deploy::order_urls(replication.replicas));
     let load_state = LoadState::new(&plan);
     let phase = Arc::new(Mutex::new(Phase::Load));
     let drain_status = Arc::new(Mutex::new(DrainStatus::default()));
@@ -475,6 +431,98 @@ pub(crate) fn file_safe(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// What every run sets up before its load starts.
+pub(crate) struct Prepared {
+    pub started_at: DateTime<Utc>,
+    pub prefix: String,
+    pub deployment: Deployment,
+    pub replication: deploy::Replication,
+    pub services: Vec<(String, u32)>,
+    pub dbs: Databases,
+    pub broker: Broker,
+    pub schedule: Schedule,
+    pub product_ids: Vec<i64>,
+    pub load_plan: LoadPlan,
+}
+
+/// Fresh databases and NATS prefix, the services (with `[deploy]` replicas), seed data, one
+/// token per user, connections for the monitor and the drain, and the load plan.
+pub(crate) async fn prepare(
+    scenario: &Scenario,
+    state: &StateDir,
+    infra: &stack::Infra,
+) -> Result<Prepared> {
+    let started_at = Utc::now();
+    let prefix = deploy::run_prefix();
+    let credentials = Credentials::random();
+
+    println!("▶ fresh databases and NATS prefix {prefix}; starting the services…");
+    deploy::stop_services(state)
+        .await
+        .context("stopping services left from before")?;
+    let databases = deploy::prepare_databases(&infra.admin_database_url, true).await?;
+    let deployment = Deployment {
+        databases: databases.clone(),
+        nats_url: infra.nats_url.clone(),
+        prefix: prefix.clone(),
+        credentials: credentials.clone(),
+        decline_rate: scenario.payment.decline_rate,
+    };
+    let replication = faults::replication(scenario);
+    if replication.replicas > 1 {
+        println!(
+            "  {} instances of each service (order at {})",
+            replication.replicas,
+            deploy::order_urls(replication.replicas).join(", ")
+        );
+    }
+    let services = deploy::start_instances(state, &deployment, &replication).await?;
+
+    let data = &scenario.data;
+    println!(
+        "▶ seeding {} product(s) and {} accounts ({} with a low balance)…",
+        data.products.len(),
+        data.users,
+        data.low_balance_users
+    );
+    let seeded = seed::seed(scenario, &credentials).await?;
+    if seeded.products_existing + seeded.accounts_existing > 0 {
+        bail!("the fresh databases already held seed data: {seeded:?}");
+    }
+    let token_ttl =
+        scenario.load_duration() + scenario.checks.drain_timeout + Duration::from_secs(3600);
+    let tokens = seed::mint_tokens(&credentials.jwt_secret, data.users, token_ttl)?;
+
+    let dbs =
+        Databases::connect(&databases.orders, &databases.inventory, &databases.payments).await?;
+    let broker = Broker::connect(&infra.nats_url, &prefix).await?;
+
+    let schedule = Schedule::from_profile(&scenario.load);
+    let product_ids: Vec<i64> = data.products.iter().map(|p| p.id).collect();
+    let plan = LoadPlan::new(
+        schedule.clone(),
+        format!("{}/orders", deploy::base_url(ORDER_PORT)),
+        &tokens,
+        &product_ids,
+        scenario.load.quantity,
+        scenario.load.max_in_flight,
+        scenario.load.request_timeout,
+    )?
+    .with_urls(&deploy::order_urls(replication.replicas));
+    Ok(Prepared {
+        started_at,
+        prefix,
+        deployment,
+        replication,
+        services,
+        dbs,
+        broker,
+        schedule,
+        product_ids,
+        load_plan: plan,
+    })
 }
 
 #[cfg(test)]
