@@ -241,7 +241,7 @@ impl<H: EventHandler> EventConsumer<H> {
                 if items.len() > 1 {
                     tracing::warn!(consumer = %self.name, %error, size = items.len(), "batch failed; retrying its events one by one");
                 }
-                for item in &items {
+                for (position, item) in items.iter().enumerate() {
                     if let Err(error) = self.apply(std::slice::from_ref(item)).await {
                         let message = &messages[item.message];
                         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
@@ -255,8 +255,12 @@ impl<H: EventHandler> EventConsumer<H> {
                                 retry.insert(item.message);
                             }
                         } else {
-                            tracing::warn!(consumer = %self.name, order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; will be redelivered");
-                            retry.insert(item.message);
+                            // A transient failure (database or broker away) would most likely hit
+                            // every event after it too: redeliver them all later instead of
+                            // waiting out one timeout per event now.
+                            tracing::warn!(consumer = %self.name, order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it and the rest of the batch will be redelivered");
+                            retry.extend(items[position..].iter().map(|rest| rest.message));
+                            break;
                         }
                     }
                 }
