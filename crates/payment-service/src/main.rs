@@ -3,7 +3,7 @@ use payment_service::startup::build;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init("info,sqlx=warn,async_nats=warn");
+    let _logs = platform::telemetry::init("info,sqlx=warn,async_nats=warn");
     let settings = Settings::load()?;
     let app = build(&settings).await?;
     tracing::info!(port = app.port(), "payment service listening");

@@ -1,21 +1,53 @@
 //! Structured logs with `tracing`: one line per significant event, JSON when `LOG_FORMAT=json`.
+//!
+//! Lines are formatted on the thread that logs and written by one writer thread, which drains
+//! what has queued up and writes it with one system call: at thousands of orders per second a
+//! `write(2)` per line was a measurable share of each service's CPU (docs/performance.md).
+//! The queue applies backpressure instead of dropping lines when full.
 
+use std::io::{BufWriter, IsTerminal};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global subscriber once; later calls (several services in one test process) are no-ops.
-pub fn init(default_filter: &str) {
+/// Keeps the log writer running; dropping it writes out the lines still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
+/// Lines queued for the writer thread before loggers wait for it.
+const QUEUED_LINES: usize = 64 * 1024;
+
+/// Installs the global subscriber once; later calls (several services in one test process) are
+/// no-ops. Hold the returned guard until the process ends.
+pub fn init(default_filter: &str) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a person at a terminal, not in log files.
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let result = if json {
         fmt()
             .with_env_filter(filter)
+            .with_writer(writer)
             .json()
             .with_current_span(true)
             .try_init()
     } else {
-        fmt().with_env_filter(filter).compact().try_init()
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .compact()
+            .try_init()
     };
-    // An Err only means a subscriber was already installed.
-    let _ = result;
+    // An Err only means a subscriber was already installed (and has its own writer).
+    LogGuard {
+        _writer: result.is_ok().then_some(guard),
+    }
 }
