@@ -7,7 +7,7 @@ port = 18080
 
 [orders]
 max_quantity = 100
-writers = 4
+writers = 1
 max_batch = 256
 "#;
 
