@@ -49,10 +49,28 @@ fn write_fake_service(dir: &Path) -> Option<PathBuf> {
 
 async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32, u32)> {
     let infra = stack::ensure_infra_with(state, opts).await?;
-    assert_eq!(
-        infra.admin_database_url,
-        format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
-    );
+    // Clients get our server's unix socket (inside the state directory) when its path is short
+    // enough, else TCP on loopback.
+    let url = &infra.admin_database_url;
+    match url.split_once("?host=") {
+        Some((base, socket_dir)) => {
+            assert_eq!(
+                base,
+                format!("postgres://postgres@localhost:{PG_PORT}/postgres")
+            );
+            assert!(
+                socket_dir.starts_with(&state.path().display().to_string()),
+                "{url}"
+            );
+        }
+        None => assert_eq!(
+            url,
+            &format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
+        ),
+    }
+    sqlx::query("SELECT 1")
+        .execute(&sqlx::PgPool::connect(url).await?)
+        .await?;
     assert_eq!(infra.nats_url, format!("nats://127.0.0.1:{NATS_PORT}"));
     assert_eq!(
         infra.nats_monitor_url.as_deref(),
