@@ -561,6 +561,10 @@ pub(super) fn settings_text(port: u16, socket_dir: Option<&Path>) -> String {
          # crash recovery (e.g. after an immediate stop in a chaos run) syncs the data directory\n\
          # with one syncfs() per file system instead of one fsync() per file: seconds, not 20+ s\n\
          recovery_init_sync_method = syncfs\n\
+         # the outbox tables churn (every row is inserted and deleted within milliseconds):\n\
+         # visit each database every 10 s, not every minute, so their dead rows are vacuumed\n\
+         # before scans of them slow down (measured in docs/performance.md)\n\
+         autovacuum_naptime = 10s\n\
          logging_collector = off\n\
          log_line_prefix = '%m [%p] '\n"
     )
@@ -665,6 +669,7 @@ mod tests {
         assert!(s.contains("synchronous_commit = on\n"));
         assert!(s.contains("max_connections = 200\n"));
         assert!(s.contains("shared_buffers = 256MB\n"));
+        assert!(s.contains("autovacuum_naptime = 10s\n"));
         assert!(settings_text(1, None).contains("unix_socket_directories = ''\n"));
     }
 
