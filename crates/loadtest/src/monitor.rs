@@ -111,13 +111,8 @@ struct ProcessSeries {
     first_cpu_s: Option<f64>,
     last: Option<(f64, f64)>, // (at_s, cpu_s)
     peak_rss_mib: f64,
-    /// The last memory measurement of a process tree (see [`TREE_MEMORY_EVERY`]).
-    tree_memory_mib: Option<f64>,
     samples: Vec<ProcessSample>,
 }
-
-/// A process tree's memory is measured every this many monitor ticks (seconds).
-const TREE_MEMORY_EVERY: u64 = 10;
 
 struct Monitor {
     context: MonitorContext,
@@ -140,7 +135,6 @@ impl Monitor {
                 first_cpu_s: None,
                 last: None,
                 peak_rss_mib: 0.0,
-                tree_memory_mib: None,
                 samples: Vec::new(),
             })
             .collect();
@@ -160,17 +154,7 @@ impl Monitor {
         let second = at.floor() as u64;
         for series in &mut self.processes {
             let usage = if series.tracked.with_children {
-                // Summing PSS walks the page tables of every child (each PostgreSQL backend maps
-                // all of shared_buffers): measured at ~8 % of the machine when done each second
-                // at 3,000 req/s. Memory is sampled every TREE_MEMORY_EVERY ticks; CPU each tick.
-                let measure_memory =
-                    self.ticks % TREE_MEMORY_EVERY == 0 || series.tree_memory_mib.is_none();
-                tree_usage(series.tracked.pid, measure_memory).map(|(cpu_s, memory)| {
-                    if memory.is_some() {
-                        series.tree_memory_mib = memory;
-                    }
-                    (cpu_s, series.tree_memory_mib.unwrap_or(0.0))
-                })
+                tree_usage(series.tracked.pid)
             } else {
                 stack::process_usage(series.tracked.pid)
             };
@@ -371,19 +355,32 @@ fn stat_fields(stat: &str) -> Option<(u32, u64, u64)> {
     Some((ppid, number(11)? + number(12)?, number(13)? + number(14)?))
 }
 
-/// Proportional set size in KiB (shared pages split between the processes sharing them).
-fn pss_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+/// Resident memory counters of `/proc/<pid>/status` in KiB: (private anonymous, file-backed,
+/// shared memory). The kernel keeps them as counters, so reading them is cheap; summing PSS from
+/// `smaps_rollup` instead walks the page tables of every process (each PostgreSQL backend maps
+/// all of shared_buffers) and was measured at ~8 % of the machine once a second at 3,000 req/s,
+/// and as latency spikes when done in one burst every 10 s.
+fn resident_kib(pid: u32) -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_resident_kib(&text)
 }
 
-/// CPU seconds and, if `with_memory`, memory of a process and its children: CPU is the parent's
-/// own time, the time of children it has reaped, and the live children's time; memory is the
-/// sum of PSS (so shared buffers count once), falling back to RSS.
-fn tree_usage(root: u32, with_memory: bool) -> Option<(f64, Option<f64>)> {
+fn parse_resident_kib(status: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?))
+}
+
+/// CPU seconds and memory of a process and its children. CPU is the parent's own time, the time
+/// of children it has reaped, and the live children's time. Memory is each process's private
+/// resident memory plus the largest file-backed and the largest shared resident set (the
+/// binary, libraries and PostgreSQL's shared buffers are shared by all of them: counted once).
+fn tree_usage(root: u32) -> Option<(f64, f64)> {
     let root_stat = std::fs::read_to_string(format!("/proc/{root}/stat")).ok()?;
     let (_, own, reaped) = stat_fields(&root_stat)?;
     let mut ticks = own + reaped;
@@ -406,21 +403,16 @@ fn tree_usage(root: u32, with_memory: bool) -> Option<(f64, Option<f64>)> {
             }
         }
     }
-    let memory_kib: Option<u64> = with_memory.then(|| {
-        pids.iter()
-            .map(|&pid| {
-                pss_kib(pid).unwrap_or_else(|| {
-                    stack::process_usage(pid)
-                        .map(|(_, rss_mib)| (rss_mib * 1024.0) as u64)
-                        .unwrap_or(0)
-                })
-            })
-            .sum()
-    });
+    let (mut private, mut file, mut shared) = (0, 0, 0);
+    for (anon, file_kib, shmem) in pids.iter().filter_map(|&pid| resident_kib(pid)) {
+        private += anon;
+        file = file.max(file_kib);
+        shared = shared.max(shmem);
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Some((ticks as f64 / hz, memory_kib.map(|kib| kib as f64 / 1024.0)))
+    Some((ticks as f64 / hz, (private + file + shared) as f64 / 1024.0))
 }
 
 #[cfg(test)]
@@ -435,11 +427,16 @@ mod tests {
 
     #[test]
     fn our_own_process_tree_is_measurable() {
-        let (cpu, memory) = tree_usage(std::process::id(), true).expect("our own /proc entry");
+        let (cpu, memory) = tree_usage(std::process::id()).expect("our own /proc entry");
         assert!(cpu >= 0.0);
-        assert!(memory.expect("memory was asked for") > 0.0);
-        let (_, memory) = tree_usage(std::process::id(), false).expect("our own /proc entry");
-        assert_eq!(memory, None);
+        assert!(memory > 0.0);
+    }
+
+    #[test]
+    fn reads_the_resident_memory_counters() {
+        let status = "Name:\tpostgres\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  50 kB\nRssShmem:\t  150 kB\n";
+        assert_eq!(parse_resident_kib(status), Some((100, 50, 150)));
+        assert_eq!(parse_resident_kib("Name:\tx\nVmRSS:\t 1 kB\n"), None);
     }
 
     #[test]
