@@ -233,12 +233,30 @@ pub struct DetachedSpec<'a> {
     pub user: Option<(u32, u32)>,
 }
 
+/// A log that has grown past this when its process is started again is moved to `<log>.1`
+/// (replacing the previous one): a capacity run writes about a gigabyte of service logs, and
+/// appending run after run would fill the disk.
+const LOG_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Moves `log` to `<log>.1` if it is larger than `limit` bytes.
+fn rotate_if_large(log: &Path, limit: u64) -> Result<()> {
+    match fs::metadata(log) {
+        Ok(meta) if meta.len() > limit => {
+            let mut older = log.as_os_str().to_owned();
+            older.push(".1");
+            fs::rename(log, &older).with_context(|| format!("rotating log {}", log.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Spawn a process in its own session (so it survives us and never sees the
 /// terminal's Ctrl-C), stdin from /dev/null, stdout+stderr appended to a log.
 pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
     if let Some(parent) = spec.log.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
+    rotate_if_large(spec.log, LOG_ROTATE_BYTES)?;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -549,5 +567,20 @@ mod tests {
     fn tail_keeps_last_lines() {
         assert_eq!(tail_text("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail_text("a", 5), "a");
+    }
+
+    #[test]
+    fn a_large_log_is_rotated_once() {
+        let dir = std::env::temp_dir().join(format!("ordersys-rotate-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("svc.log");
+        fs::write(&log, b"0123456789").unwrap();
+        rotate_if_large(&log, 100).unwrap();
+        assert!(log.exists(), "a small log stays");
+        rotate_if_large(&log, 5).unwrap();
+        assert!(!log.exists());
+        assert_eq!(fs::read(dir.join("svc.log.1")).unwrap(), b"0123456789");
+        rotate_if_large(&log, 5).unwrap(); // no log: nothing to do
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
