@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub struct Tracked {
     pub pid: u32,
     /// Include the children (PostgreSQL: the postmaster and its backends).
     pub with_children: bool,
+    /// Where the process's current pid is recorded: a process restarted during the run (a
+    /// fault, a crash) is followed to its new pid. `None`: the pid never changes (ourselves).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The phase the run is in, for the display.
@@ -108,10 +112,39 @@ fn spawn_sampling(
 
 struct ProcessSeries {
     tracked: Tracked,
+    /// CPU seconds of the earlier lives of a restarted process.
+    earlier_lives_cpu_s: f64,
     first_cpu_s: Option<f64>,
     last: Option<(f64, f64)>, // (at_s, cpu_s)
     peak_rss_mib: f64,
     samples: Vec<ProcessSample>,
+}
+
+impl ProcessSeries {
+    fn current_life_cpu_s(&self) -> f64 {
+        match (self.first_cpu_s, self.last) {
+            (Some(first), Some((_, last))) => (last - first).max(0.0),
+            _ => 0.0,
+        }
+    }
+
+    /// If the process was restarted under a new pid, closes the old life and follows the new one.
+    fn follow_restart(&mut self) {
+        let Some(current) = self
+            .tracked
+            .pid_file
+            .as_deref()
+            .and_then(stack::process::PidFile::read)
+        else {
+            return;
+        };
+        if current.pid != self.tracked.pid {
+            self.earlier_lives_cpu_s += self.current_life_cpu_s();
+            self.first_cpu_s = None;
+            self.last = None;
+            self.tracked.pid = current.pid;
+        }
+    }
 }
 
 struct Monitor {
@@ -132,6 +165,7 @@ impl Monitor {
             .iter()
             .map(|tracked| ProcessSeries {
                 tracked: tracked.clone(),
+                earlier_lives_cpu_s: 0.0,
                 first_cpu_s: None,
                 last: None,
                 peak_rss_mib: 0.0,
@@ -153,6 +187,7 @@ impl Monitor {
         let at = self.context.start.elapsed().as_secs_f64();
         let second = at.floor() as u64;
         for series in &mut self.processes {
+            series.follow_restart();
             let usage = if series.tracked.with_children {
                 tree_usage(series.tracked.pid)
             } else {
@@ -305,12 +340,9 @@ impl Monitor {
             .processes
             .drain(..)
             .map(|series| ProcessUsage {
+                cpu_seconds: series.earlier_lives_cpu_s + series.current_life_cpu_s(),
                 name: series.tracked.name,
                 peak_rss_mib: series.peak_rss_mib,
-                cpu_seconds: match (series.first_cpu_s, series.last) {
-                    (Some(first), Some((_, last))) => (last - first).max(0.0),
-                    _ => 0.0,
-                },
                 series: series.samples,
             })
             .collect();
@@ -433,6 +465,41 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_process_is_followed_and_its_lives_add_up() {
+        let dir = std::env::temp_dir().join(format!("ordersys-monitor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("svc.pid");
+        std::fs::write(&pid_file, "pid=100\n").unwrap();
+        let mut series = ProcessSeries {
+            tracked: Tracked {
+                name: "svc".into(),
+                pid: 100,
+                with_children: false,
+                pid_file: Some(pid_file.clone()),
+            },
+            earlier_lives_cpu_s: 0.0,
+            first_cpu_s: Some(1.0),
+            last: Some((10.0, 4.0)),
+            peak_rss_mib: 0.0,
+            samples: Vec::new(),
+        };
+        series.follow_restart();
+        assert_eq!(series.tracked.pid, 100, "same pid: same life");
+        std::fs::write(&pid_file, "pid=200\n").unwrap();
+        series.follow_restart();
+        assert_eq!(series.tracked.pid, 200);
+        assert_eq!(series.earlier_lives_cpu_s, 3.0);
+        assert_eq!((series.first_cpu_s, series.last), (None, None));
+        series.first_cpu_s = Some(0.5);
+        series.last = Some((20.0, 2.5));
+        assert_eq!(
+            series.earlier_lives_cpu_s + series.current_life_cpu_s(),
+            5.0
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn reads_the_resident_memory_counters() {
         let status = "Name:\tpostgres\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  50 kB\nRssShmem:\t  150 kB\n";
         assert_eq!(parse_resident_kib(status), Some((100, 50, 150)));
@@ -454,6 +521,7 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
             name: name.clone(),
             pid: *pid,
             with_children: false,
+            pid_file: Some(state.pid_file(name)),
         })
         .collect();
     for (name, with_children) in [("postgres", true), ("nats", false)] {
@@ -462,6 +530,7 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
                 name: name.to_string(),
                 pid,
                 with_children,
+                pid_file: Some(state.pid_file(name)),
             });
         }
     }
@@ -469,6 +538,7 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
         name: "loadtest".into(),
         pid: std::process::id(),
         with_children: false,
+        pid_file: None,
     });
     tracked
 }
