@@ -1,13 +1,26 @@
+use crate::config::InventorySettings;
 use crate::error::InventoryError;
-use crate::stock::{self, Product};
-use axum::extract::State;
+use crate::stock::{self, Product, Restocked};
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminState, JsonBody, PathParam};
+use platform::http::{Admin, AdminState, AdminToken, JsonBody, PathParam};
 use serde::Deserialize;
 
-pub fn router(state: AdminState) -> Router {
+#[derive(Clone)]
+pub struct AppState {
+    pub admin: AdminState,
+    pub caps: InventorySettings,
+}
+
+impl FromRef<AppState> for AdminToken {
+    fn from_ref(state: &AppState) -> Self {
+        state.admin.admin.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/products", post(create_product))
         .route("/products/{id}", get(get_product))
@@ -26,7 +39,7 @@ struct NewProduct {
 
 async fn create_product(
     _: Admin,
-    State(state): State<AdminState>,
+    State(state): State<AppState>,
     JsonBody(new): JsonBody<NewProduct>,
 ) -> Result<(StatusCode, Json<Product>), InventoryError> {
     if new.id <= 0 || new.price_cents < 0 || new.stock < 0 || new.name.trim().is_empty() {
@@ -34,7 +47,13 @@ async fn create_product(
             "id must be positive, name non-empty, price_cents and stock non-negative".into(),
         ));
     }
-    let mut conn = state.pool.acquire().await?;
+    if new.price_cents > state.caps.max_price_cents || new.stock > state.caps.max_units {
+        return Err(InventoryError::Invalid(format!(
+            "price_cents may be at most {} and stock at most {}",
+            state.caps.max_price_cents, state.caps.max_units
+        )));
+    }
+    let mut conn = state.admin.pool.acquire().await?;
     let product = stock::create_product(
         &mut conn,
         new.id,
@@ -52,10 +71,10 @@ async fn create_product(
 }
 
 async fn get_product(
-    State(state): State<AdminState>,
+    State(state): State<AppState>,
     PathParam(id): PathParam<i64>,
 ) -> Result<Json<Product>, InventoryError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.admin.pool.acquire().await?;
     stock::find_product(&mut conn, id)
         .await?
         .map(Json)
@@ -70,16 +89,22 @@ struct Restock {
 
 async fn restock(
     _: Admin,
-    State(state): State<AdminState>,
+    State(state): State<AppState>,
     PathParam(id): PathParam<i64>,
     JsonBody(body): JsonBody<Restock>,
 ) -> Result<Json<Product>, InventoryError> {
-    if body.units <= 0 {
-        return Err(InventoryError::Invalid("units must be positive".into()));
+    let max = state.caps.max_units;
+    if body.units <= 0 || body.units > max {
+        return Err(InventoryError::Invalid(format!(
+            "units must be between 1 and {max}"
+        )));
     }
-    let mut conn = state.pool.acquire().await?;
-    stock::restock(&mut conn, id, body.units)
-        .await?
-        .map(Json)
-        .ok_or(InventoryError::NotFound)
+    let mut conn = state.admin.pool.acquire().await?;
+    match stock::restock(&mut conn, id, body.units, max).await? {
+        Restocked::Done(product) => Ok(Json(product)),
+        Restocked::NotFound => Err(InventoryError::NotFound),
+        Restocked::OverCap => Err(InventoryError::Invalid(format!(
+            "a product may receive at most {max} units in all"
+        ))),
+    }
 }

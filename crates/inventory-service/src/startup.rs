@@ -1,7 +1,7 @@
 use crate::config::Settings;
 use crate::events::{subscriptions, StockKeeper};
 use crate::routes;
-use platform::app::{Application, Infrastructure, StartupError};
+use platform::app::{Application, Background, Infrastructure, StartupError};
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
@@ -10,5 +10,13 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         topology: infra.topology.clone(),
     });
     let consumers = infra.consumers(&subscriptions(), handler).await?;
-    Application::new(&infra, routes::router(infra.admin_state()), consumers).await
+    let state = routes::AppState {
+        admin: infra.admin_state(),
+        caps: settings.inventory,
+    };
+    let background = Background {
+        consumers,
+        ..Background::default()
+    };
+    Application::new(&infra, routes::router(state), background).await
 }

@@ -1,9 +1,10 @@
 //! Products, stock and reservations in the database. Query functions take a connection; callers
 //! own the transaction.
 
+use platform::events::FailureReason;
 use serde::Serialize;
 use sqlx::PgConnection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -44,27 +45,54 @@ pub async fn find_product(
         .await
 }
 
-/// Adds units to a product (a delivery); both the stock and the audit total grow.
+/// What a restock did.
+#[derive(Debug, Clone)]
+pub enum Restocked {
+    Done(Product),
+    NotFound,
+    /// The product would hold more than `max_units` ever received.
+    OverCap,
+}
+
+/// Adds units to a product (a delivery); both the stock and the audit total grow, up to
+/// `max_units` received in all (so neither can overflow).
 pub async fn restock(
     conn: &mut PgConnection,
     id: i64,
     units: i64,
-) -> Result<Option<Product>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE products SET stock = stock + $2, received = received + $2 WHERE id = $1
+    max_units: i64,
+) -> Result<Restocked, sqlx::Error> {
+    let updated: Option<Product> = sqlx::query_as(
+        "UPDATE products SET stock = stock + $2, received = received + $2
+         WHERE id = $1 AND received <= $3 - $2
          RETURNING id, name, price_cents, stock, received",
     )
     .bind(id)
     .bind(units)
-    .fetch_optional(conn)
-    .await
+    .bind(max_units)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match updated {
+        Some(product) => Restocked::Done(product),
+        None if find_product(conn, id).await?.is_some() => Restocked::OverCap,
+        None => Restocked::NotFound,
+    })
 }
 
+/// Inventory's answer about one order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    Reserved { amount_cents: i64 },
-    OutOfStock,
-    UnknownProduct,
+pub enum Decision {
+    Reserved(Reserved),
+    Rejected(FailureReason),
+}
+
+/// A reservation as recorded: what the payment step needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub product_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub amount_cents: i64,
 }
 
 /// One order's request for units of a product.
@@ -78,32 +106,78 @@ pub struct OrderLine {
 
 /// Decides, in arrival order, which lines the stock on hand covers. Each line is served if the
 /// units left after the lines before it cover it (exactly what one conditional
-/// `UPDATE … WHERE stock >= quantity` per line, run in this order, would do).
+/// `UPDATE … WHERE stock >= quantity` per line, run in this order, would do). A line whose
+/// amount (price × quantity) does not fit in the money type is turned down, not computed.
 /// `on_hand` maps product id → (stock, price); it is left holding the stock after the batch.
-pub fn allocate(lines: &[OrderLine], on_hand: &mut HashMap<i64, (i64, i64)>) -> Vec<Reservation> {
+pub fn allocate(lines: &[OrderLine], on_hand: &mut HashMap<i64, (i64, i64)>) -> Vec<Decision> {
     lines
         .iter()
-        .map(|line| match on_hand.get_mut(&line.product_id) {
-            None => Reservation::UnknownProduct,
-            Some((stock, price)) if *stock >= i64::from(line.quantity) => {
-                *stock -= i64::from(line.quantity);
-                Reservation::Reserved {
-                    amount_cents: *price * i64::from(line.quantity),
-                }
+        .map(|line| {
+            let Some((stock, price)) = on_hand.get_mut(&line.product_id) else {
+                return Decision::Rejected(FailureReason::UnknownProduct);
+            };
+            let quantity = i64::from(line.quantity);
+            let Some(amount_cents) = price.checked_mul(quantity) else {
+                return Decision::Rejected(FailureReason::AmountTooLarge);
+            };
+            if *stock < quantity {
+                return Decision::Rejected(FailureReason::OutOfStock);
             }
-            Some(_) => Reservation::OutOfStock,
+            *stock -= quantity;
+            Decision::Reserved(Reserved {
+                product_id: line.product_id,
+                user_id: line.user_id,
+                quantity: line.quantity,
+                amount_cents,
+            })
         })
         .collect()
 }
 
-/// Deducts stock for a batch of orders and records their reservations, with one statement per
-/// step instead of one per order. The products' rows are locked (`FOR UPDATE`, in id order so
-/// concurrent batches cannot deadlock) before the allocation is decided, the deduction is
-/// conditional and checked, and `CHECK (stock >= 0)` backs it: stock can never go below zero.
+/// The answers already given about these orders.
+async fn earlier_decisions(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Decision>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, i64, i32, i64, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, product_id, user_id, quantity, amount_cents, NULL::text
+         FROM reservations WHERE order_id = ANY($1)
+         UNION ALL
+         SELECT order_id, product_id, 0, 0, 0, reason
+         FROM stock_rejections WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut decisions = HashMap::with_capacity(rows.len());
+    for (order_id, product_id, user_id, quantity, amount_cents, reason) in rows {
+        let decision = match reason {
+            None => Decision::Reserved(Reserved {
+                product_id,
+                user_id,
+                quantity,
+                amount_cents,
+            }),
+            Some(reason) => Decision::Rejected(FailureReason::parse(&reason).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("unknown rejection reason {reason:?}"))
+            })?),
+        };
+        decisions.insert(order_id, decision);
+    }
+    Ok(decisions)
+}
+
+/// Answers a batch of orders: an order asked about before gets the answer it got then; the new
+/// ones get stock deducted and a reservation, or a recorded rejection. One statement per step
+/// instead of one per order. The products' rows are locked (`FOR UPDATE`, in id order so
+/// concurrent batches cannot deadlock) before earlier answers are read and the allocation is
+/// decided, so two deliveries of one order in two transactions cannot both decide; the
+/// deduction is conditional and checked, and `CHECK (stock >= 0)` backs it: stock can never go
+/// below zero. Returns one decision per line, in order.
 pub async fn reserve_stock(
     conn: &mut PgConnection,
     lines: &[OrderLine],
-) -> Result<Vec<Reservation>, sqlx::Error> {
+) -> Result<Vec<Decision>, sqlx::Error> {
     let mut product_ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
     product_ids.sort_unstable();
     product_ids.dedup();
@@ -113,12 +187,22 @@ pub async fn reserve_stock(
     .bind(&product_ids)
     .fetch_all(&mut *conn)
     .await?;
+    let order_ids: Vec<Uuid> = lines.iter().map(|l| l.order_id).collect();
+    let mut decided = earlier_decisions(conn, &order_ids).await?;
+
+    // Each order not answered before is decided once, at its first line in this batch.
+    let mut seen = HashSet::new();
+    let new_lines: Vec<OrderLine> = lines
+        .iter()
+        .filter(|l| !decided.contains_key(&l.order_id) && seen.insert(l.order_id))
+        .copied()
+        .collect();
     let before: HashMap<i64, i64> = rows.iter().map(|(id, stock, _)| (*id, *stock)).collect();
     let mut on_hand: HashMap<i64, (i64, i64)> = rows
         .into_iter()
         .map(|(id, stock, price)| (id, (stock, price)))
         .collect();
-    let outcomes = allocate(lines, &mut on_hand);
+    let decisions = allocate(&new_lines, &mut on_hand);
 
     let (mut ids, mut units) = (Vec::new(), Vec::new());
     for (id, (left, _)) in &on_hand {
@@ -146,14 +230,15 @@ pub async fn reserve_stock(
         }
     }
 
-    let reserved: Vec<(&OrderLine, i64)> = lines
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(line, outcome)| match outcome {
-            Reservation::Reserved { amount_cents } => Some((line, *amount_cents)),
-            _ => None,
-        })
-        .collect();
+    let mut reserved = Vec::new();
+    let mut rejected = Vec::new();
+    for (line, decision) in new_lines.iter().zip(&decisions) {
+        match decision {
+            Decision::Reserved(r) => reserved.push((line.order_id, *r)),
+            Decision::Rejected(reason) => rejected.push((line, reason.as_str())),
+        }
+        decided.insert(line.order_id, *decision);
+    }
     if !reserved.is_empty() {
         // The primary key on order_id makes a second reservation for one order impossible.
         sqlx::query(
@@ -162,15 +247,46 @@ pub async fn reserve_stock(
              FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[])
                   AS r(order_id, product_id, user_id, quantity, amount_cents)",
         )
-        .bind(reserved.iter().map(|(l, _)| l.order_id).collect::<Vec<_>>())
-        .bind(reserved.iter().map(|(l, _)| l.product_id).collect::<Vec<_>>())
-        .bind(reserved.iter().map(|(l, _)| l.user_id).collect::<Vec<_>>())
-        .bind(reserved.iter().map(|(l, _)| l.quantity).collect::<Vec<_>>())
-        .bind(reserved.iter().map(|(_, a)| *a).collect::<Vec<_>>())
+        .bind(reserved.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(reserved.iter().map(|(_, r)| r.product_id).collect::<Vec<_>>())
+        .bind(reserved.iter().map(|(_, r)| r.user_id).collect::<Vec<_>>())
+        .bind(reserved.iter().map(|(_, r)| r.quantity).collect::<Vec<_>>())
+        .bind(reserved.iter().map(|(_, r)| r.amount_cents).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
-    Ok(outcomes)
+    if !rejected.is_empty() {
+        // An unknown product has no row to lock: two deliveries may race here, and both give
+        // the same answer.
+        sqlx::query(
+            "INSERT INTO stock_rejections (order_id, product_id, reason)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(rejected.iter().map(|(l, _)| l.order_id).collect::<Vec<_>>())
+        .bind(
+            rejected
+                .iter()
+                .map(|(l, _)| l.product_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rejected
+                .iter()
+                .map(|(_, reason)| *reason)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    lines
+        .iter()
+        .map(|line| {
+            decided.get(&line.order_id).copied().ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no decision for order {}", line.order_id))
+            })
+        })
+        .collect()
 }
 
 /// A reservation given back: which order, product and units.
@@ -179,15 +295,30 @@ pub struct Release {
     pub order_id: Uuid,
     pub product_id: i64,
     pub quantity: i32,
+    /// False when it had been released before (the release is reported again, not repeated).
+    pub now: bool,
 }
 
-/// Releases the orders' active reservations and returns their units to stock, in one statement.
-/// Only ACTIVE reservations move to RELEASED, so each is released at most once; orders with
-/// nothing active (already released, never reserved) are simply absent from the result.
+/// Releases the orders' active reservations and returns their units to stock; also returns
+/// the reservations of these orders released before, so the release is reported again. Only
+/// ACTIVE reservations move to RELEASED, so each is released at most once; orders with no
+/// reservation are absent from the result.
+///
+/// The products are locked first, in id order, as `reserve_stock` locks them: otherwise the
+/// update takes product locks in whatever order its plan visits them, and a compensation batch
+/// and a reservation batch over the same products can deadlock.
 pub async fn release_reservations(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
 ) -> Result<Vec<Release>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id FROM products WHERE id IN (
+             SELECT product_id FROM reservations WHERE order_id = ANY($1) AND status = 'ACTIVE')
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(order_ids)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query_as(
         "WITH released AS (
              UPDATE reservations SET status = 'RELEASED', released_at = now()
@@ -198,7 +329,10 @@ pub async fn release_reservations(
              FROM (SELECT product_id, sum(quantity)::bigint AS units FROM released GROUP BY product_id) AS r
              WHERE products.id = r.product_id
          )
-         SELECT order_id, product_id, quantity FROM released",
+         SELECT order_id, product_id, quantity, true AS now FROM released
+         UNION ALL
+         SELECT order_id, product_id, quantity, false FROM reservations
+         WHERE order_id = ANY($1) AND status = 'RELEASED' AND order_id NOT IN (SELECT order_id FROM released)",
     )
     .bind(order_ids)
     .fetch_all(conn)
@@ -223,17 +357,37 @@ mod tests {
         let mut on_hand = HashMap::from([(1, (3, 100))]);
         let lines = [line(1, 2), line(1, 2), line(1, 1), line(2, 1), line(1, 1)];
         let outcomes = allocate(&lines, &mut on_hand);
+        let amounts: Vec<Result<i64, FailureReason>> = outcomes
+            .iter()
+            .map(|d| match d {
+                Decision::Reserved(r) => Ok(r.amount_cents),
+                Decision::Rejected(reason) => Err(*reason),
+            })
+            .collect();
         assert_eq!(
-            outcomes,
+            amounts,
             vec![
-                Reservation::Reserved { amount_cents: 200 },
-                Reservation::OutOfStock,
-                Reservation::Reserved { amount_cents: 100 },
-                Reservation::UnknownProduct,
-                Reservation::OutOfStock,
+                Ok(200),
+                Err(FailureReason::OutOfStock),
+                Ok(100),
+                Err(FailureReason::UnknownProduct),
+                Err(FailureReason::OutOfStock),
             ]
         );
         assert_eq!(on_hand[&1].0, 0);
+    }
+
+    /// The price that made the consumer panic before (`price * quantity` overflowing) is turned
+    /// down with a reason, and takes no stock.
+    #[test]
+    fn an_amount_that_does_not_fit_is_rejected_not_computed() {
+        let mut on_hand = HashMap::from([(777_001, (1_000, 100_000_000_000_000_000))]);
+        let outcomes = allocate(&[line(777_001, 93)], &mut on_hand);
+        assert_eq!(
+            outcomes,
+            vec![Decision::Rejected(FailureReason::AmountTooLarge)]
+        );
+        assert_eq!(on_hand[&777_001].0, 1_000);
     }
 
     proptest::proptest! {
@@ -244,7 +398,7 @@ mod tests {
             let lines: Vec<OrderLine> = quantities.iter().map(|q| line(1, *q)).collect();
             let outcomes = allocate(&lines, &mut on_hand);
             let reserved: i64 = lines.iter().zip(&outcomes)
-                .filter(|(_, o)| matches!(o, Reservation::Reserved { .. }))
+                .filter(|(_, o)| matches!(o, Decision::Reserved(_)))
                 .map(|(l, _)| i64::from(l.quantity)).sum();
             proptest::prop_assert!(on_hand[&1].0 >= 0);
             proptest::prop_assert_eq!(stock - on_hand[&1].0, reserved);
@@ -252,7 +406,7 @@ mod tests {
             let mut left = stock;
             for (l, o) in lines.iter().zip(&outcomes) {
                 let fits = left >= i64::from(l.quantity);
-                proptest::prop_assert_eq!(fits, matches!(o, Reservation::Reserved { .. }));
+                proptest::prop_assert_eq!(fits, matches!(o, Decision::Reserved(_)));
                 if fits { left -= i64::from(l.quantity); }
             }
         }

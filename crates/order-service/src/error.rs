@@ -19,6 +19,8 @@ pub enum OrderError {
     IdempotencyKeyReused,
     #[error("the order could not be written now")]
     Unavailable,
+    #[error("too many orders are waiting to be written")]
+    Overloaded,
     #[error("the order could not be written")]
     Internal,
     #[error(transparent)]
@@ -31,9 +33,9 @@ impl OrderError {
     /// What to tell each request of a group-commit batch that failed as a whole.
     pub fn from_batch_failure(error: &OrderError) -> OrderError {
         match error {
-            OrderError::Database(e) if platform::http::is_unavailable(e) => OrderError::Unavailable,
+            OrderError::Database(e) if platform::http::is_retryable(e) => OrderError::Unavailable,
             OrderError::Outbox(platform::outbox::OutboxError::Database(e))
-                if platform::http::is_unavailable(e) =>
+                if platform::http::is_retryable(e) =>
             {
                 OrderError::Unavailable
             }
@@ -73,6 +75,16 @@ impl IntoResponse for OrderError {
             ),
             OrderError::Unavailable => {
                 Problem::unavailable("the order could not be written now, retry later")
+            }
+            OrderError::Overloaded => {
+                let mut problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "Too many orders are waiting to be written",
+                )
+                .with_detail("the order was not written; retry later");
+                problem.retry_after_secs = Some(1);
+                problem
             }
             OrderError::Internal => Problem::internal(),
             OrderError::Database(error) => match constraint_problem(error) {

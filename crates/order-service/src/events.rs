@@ -1,4 +1,5 @@
-//! How the order service reacts to the outcome events of inventory and payment.
+//! How the order service reacts to the outcome events of inventory and payment, and to
+//! inventory's confirmation that a failed payment's stock went back (which closes the saga).
 
 use crate::domain::Outcome;
 use crate::orders;
@@ -13,7 +14,11 @@ pub fn subscriptions() -> Vec<Subscription> {
         Subscription {
             durable_name: "order-service-inventory".into(),
             stream: Source::Inventory,
-            subject_suffixes: vec!["inventory.stock_reserved", "inventory.stock_rejected"],
+            subject_suffixes: vec![
+                "inventory.stock_reserved",
+                "inventory.stock_rejected",
+                "inventory.stock_released",
+            ],
         },
         Subscription {
             durable_name: "order-service-payment".into(),
@@ -46,7 +51,12 @@ impl EventHandler for OrderOutcomes {
         events: &[Incoming],
     ) -> Result<(), HandlerError> {
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut released = Vec::new();
         for incoming in events {
+            if let Event::StockReleased(e) = &incoming.event {
+                released.push(e.order_id);
+                continue;
+            }
             let Some(outcome) = outcome_of(&incoming.event) else {
                 return Err(HandlerError::Permanent(format!(
                     "order service does not handle {}",
@@ -54,6 +64,17 @@ impl EventHandler for OrderOutcomes {
                 )));
             };
             outcomes.push((incoming.event.order_id(), outcome));
+        }
+        if !released.is_empty() {
+            let existing = orders::mark_stock_released(tx, &released).await?;
+            if let Some(missing) = released.iter().find(|id| !existing.contains(id)) {
+                return Err(HandlerError::Permanent(format!(
+                    "order {missing} does not exist"
+                )));
+            }
+        }
+        if outcomes.is_empty() {
+            return Ok(());
         }
         let changed: HashMap<Uuid, String> = orders::apply_outcomes(tx, &outcomes)
             .await?

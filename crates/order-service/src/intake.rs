@@ -4,96 +4,168 @@
 //!
 //! Several writers share one queue: while one commits, the next collects the requests that
 //! arrive meanwhile, so batches grow with load and a lone request is written at once.
+//!
+//! Load shedding: a request that no writer has taken within the commit deadline (a slow or
+//! stalled database) is answered `503` with `Retry-After`, and its order is never written — a
+//! writer skips a request that was given up on, and a request, once taken, waits for its
+//! transaction (bounded by the statement timeout). So waiting requests and their memory are
+//! bounded by rate × deadline, and nothing is half-written.
 
 use crate::error::OrderError;
 use crate::orders::{self, NewOrder, Order};
+use futures::future::BoxFuture;
 use platform::broker::Topology;
 use platform::envelope::TraceContext;
 use platform::events::{Event, OrderCreated};
 use platform::outbox::{self, OutboxSignal};
+use platform::supervisor::{Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Where a request is: waiting in the queue, taken into a batch, or given up on by its caller.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
 
 struct Request {
     order: NewOrder,
     trace: TraceContext,
     reply: oneshot::Sender<Result<Order, OrderError>>,
+    state: Arc<AtomicU8>,
 }
 
 #[derive(Clone)]
 pub struct OrderIntake {
     queue: mpsc::Sender<Request>,
+    deadline: Duration,
 }
 
-#[derive(Clone)]
+/// What the intake is built from.
+pub struct IntakeSettings {
+    pub writers: usize,
+    pub max_batch: usize,
+    pub commit_deadline: Duration,
+}
+
 struct Writer {
     pool: PgPool,
     topology: Topology,
     outbox_signal: OutboxSignal,
     max_batch: usize,
+    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+    status: WorkerStatus,
 }
 
 impl OrderIntake {
-    /// Starts `writers` writer tasks, each committing up to `max_batch` orders at a time.
-    pub fn start(
+    /// The intake and its writers, which the caller runs under supervision (a writer that
+    /// panics is restarted; the queue outlives it).
+    pub fn new(
         pool: PgPool,
         topology: Topology,
         outbox_signal: OutboxSignal,
-        writers: usize,
-        max_batch: usize,
-    ) -> Self {
-        let (queue, receiver) = mpsc::channel(writers.max(1) * max_batch.max(1) * 4);
+        settings: IntakeSettings,
+    ) -> (Self, Vec<Arc<dyn Worker>>) {
+        let writers = settings.writers.max(1);
+        let max_batch = settings.max_batch.max(1);
+        let (queue, receiver) = mpsc::channel(writers * max_batch * 4);
         let receiver = Arc::new(Mutex::new(receiver));
-        let writer = Writer {
-            pool,
-            topology,
-            outbox_signal,
-            max_batch: max_batch.max(1),
+        let workers = (1..=writers)
+            .map(|n| {
+                Arc::new(Writer {
+                    pool: pool.clone(),
+                    topology: topology.clone(),
+                    outbox_signal: outbox_signal.clone(),
+                    max_batch,
+                    receiver: receiver.clone(),
+                    status: WorkerStatus::new(format!("intake-writer-{n}")),
+                }) as Arc<dyn Worker>
+            })
+            .collect();
+        let intake = OrderIntake {
+            queue,
+            deadline: settings.commit_deadline,
         };
-        for _ in 0..writers.max(1) {
-            tokio::spawn(writer.clone().run(receiver.clone()));
-        }
-        OrderIntake { queue }
+        (intake, workers)
     }
 
     /// Writes the order (and its `OrderCreated` event) and returns it once committed.
     pub async fn place(&self, order: NewOrder, trace: TraceContext) -> Result<Order, OrderError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request {
-                order,
-                trace,
-                reply,
-            })
-            .await
-            .map_err(|_| OrderError::Unavailable)?;
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let request = Request {
+            order,
+            trace,
+            reply,
+            state: state.clone(),
+        };
+        match tokio::time::timeout_at(deadline, self.queue.send(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(OrderError::Unavailable),
+            Err(_) => return Err(shed()),
+        }
+        tokio::select! {
+            answer = &mut answer => return answer.map_err(|_| OrderError::Unavailable)?,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Err(shed());
+        }
+        // Already in a transaction: its outcome is the answer.
         answer.await.map_err(|_| OrderError::Unavailable)?
     }
 }
 
+/// Adds the request to the batch unless it was given up on (deadline passed, client gone):
+/// such an order is never written.
+fn take(batch: &mut Vec<Request>, request: Request) {
+    let taken = request
+        .state
+        .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if taken && !request.reply.is_closed() {
+        batch.push(request);
+    }
+}
+
+fn shed() -> OrderError {
+    metrics::counter!("order_intake_shed_total").increment(1);
+    OrderError::Overloaded
+}
+
 impl Writer {
-    async fn run(self, receiver: Arc<Mutex<mpsc::Receiver<Request>>>) {
+    async fn run(&self) -> Result<(), WorkerError> {
         loop {
             let batch = {
-                let mut receiver = receiver.lock().await;
+                let mut receiver = self.receiver.lock().await;
                 let Some(first) = receiver.recv().await else {
-                    return;
+                    return Err("the order queue closed".into());
                 };
-                let mut batch = vec![first];
+                let mut batch = Vec::with_capacity(self.max_batch);
+                take(&mut batch, first);
                 while batch.len() < self.max_batch {
                     match receiver.try_recv() {
-                        Ok(request) => batch.push(request),
+                        Ok(request) => take(&mut batch, request),
                         Err(_) => break,
                     }
                 }
                 batch
             };
-            self.write(batch).await;
+            if !batch.is_empty() {
+                self.write(batch).await;
+            }
+            self.status.progress();
         }
     }
 
     async fn write(&self, batch: Vec<Request>) {
+        let _busy = self.status.busy();
         metrics::histogram!("order_intake_batch_size").record(batch.len() as f64);
         match self.commit(&batch).await {
             Ok(orders) => {
@@ -116,7 +188,7 @@ impl Writer {
     }
 
     async fn commit(&self, batch: &[Request]) -> Result<Vec<Order>, OrderError> {
-        let new_orders: Vec<NewOrder> = batch.iter().map(|r| r.order.clone()).collect();
+        let new_orders: Vec<NewOrder> = batch.iter().map(|r| r.order).collect();
         let mut tx = self.pool.begin().await?;
         let orders = orders::insert_orders(&mut tx, &new_orders).await?;
         let events: Vec<(Event, TraceContext)> = orders
@@ -135,5 +207,15 @@ impl Writer {
         outbox::enqueue_all(&mut tx, &self.topology, &events).await?;
         tx.commit().await?;
         Ok(orders)
+    }
+}
+
+impl Worker for Writer {
+    fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(Writer::run(self))
     }
 }

@@ -1,5 +1,6 @@
 //! Order service: accepts orders over HTTP (order + `OrderCreated` in one transaction) and moves
-//! each order to its final status as the outcome events arrive.
+//! each order to its final status as the outcome events arrive; re-drives orders that wait too
+//! long (the saga is the order service's).
 
 pub mod config;
 pub mod domain;
@@ -7,5 +8,6 @@ pub mod error;
 pub mod events;
 pub mod intake;
 pub mod orders;
+pub mod redrive;
 pub mod routes;
 pub mod startup;

@@ -142,6 +142,70 @@ pub async fn apply_outcomes(
     .await
 }
 
+/// Notes that inventory confirmed these orders' stock went back (their payment failed), which
+/// closes their saga. Returns the orders that exist.
+pub async fn mark_stock_released(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    sqlx::query_scalar(
+        "UPDATE orders SET stock_released_at = COALESCE(stock_released_at, now())
+         WHERE id = ANY($1) RETURNING id",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// An open order to ask about again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Stalled {
+    pub id: Uuid,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+/// Claims up to `limit` open orders that have waited longer than their pause: `after` since the
+/// last change or re-drive, doubled with each re-drive up to `max_pause`. Claimed rows stay
+/// locked (`SKIP LOCKED`, so several instances share the work) and are marked re-driven.
+pub async fn claim_stalled(
+    conn: &mut PgConnection,
+    after: std::time::Duration,
+    max_pause: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Stalled>, sqlx::Error> {
+    // The WHERE clause repeats the predicate of the orders_open index, so only open orders
+    // are visited, oldest first.
+    let stalled: Vec<Stalled> = sqlx::query_as(
+        "SELECT id, user_id, product_id, quantity FROM orders
+         WHERE (status IN ('PENDING', 'RESERVED')
+                OR (status = 'FAILED'
+                    AND failure_reason IN ('PAYMENT_DECLINED', 'INSUFFICIENT_FUNDS', 'UNKNOWN_ACCOUNT')
+                    AND stock_released_at IS NULL))
+           AND GREATEST(updated_at, redriven_at)
+               < now() - make_interval(secs => LEAST($1 * power(2, LEAST(redrive_count, 20)), $2))
+         ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(after.as_secs_f64())
+    .bind(max_pause.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !stalled.is_empty() {
+        let ids: Vec<Uuid> = stalled.iter().map(|o| o.id).collect();
+        sqlx::query(
+            "UPDATE orders SET redrive_count = redrive_count + 1, redriven_at = now() WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(conn)
+        .await?;
+    }
+    Ok(stalled)
+}
+
 /// Which of these orders exist.
 pub async fn existing_orders(
     conn: &mut PgConnection,

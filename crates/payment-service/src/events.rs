@@ -35,6 +35,12 @@ impl EventHandler for Cashier {
                     incoming.envelope.event_type
                 )));
             };
+            if reserved.amount_cents < 0 {
+                return Err(HandlerError::Permanent(format!(
+                    "order {} has a negative amount",
+                    reserved.order_id
+                )));
+            }
             requests.push(ChargeRequest {
                 order_id: reserved.order_id,
                 user_id: reserved.user_id,
@@ -42,26 +48,27 @@ impl EventHandler for Cashier {
                 declined: is_declined(reserved.order_id, self.decline_rate),
             });
         }
-        let results = ledger::charge(tx, &requests).await?;
+        // An order charged before is answered from its recorded charge, never charged again.
+        let charges = ledger::charge(tx, &requests).await?;
         let mut replies = Vec::with_capacity(events.len());
-        for ((request, result), incoming) in requests.iter().zip(results).zip(events) {
+        for ((request, charge), incoming) in requests.iter().zip(charges).zip(events) {
             let trace = &incoming.envelope.trace;
             let request_id = trace.request_id.as_deref().unwrap_or("-");
-            let reply = match result {
+            let reply = match charge.result {
                 ChargeResult::Succeeded => {
-                    tracing::info!(order_id = %request.order_id, request_id, user_id = request.user_id, amount_cents = request.amount_cents, "payment completed");
+                    tracing::info!(order_id = %request.order_id, request_id, user_id = charge.user_id, amount_cents = charge.amount_cents, "payment completed");
                     Event::PaymentCompleted(PaymentCompleted {
                         order_id: request.order_id,
-                        user_id: request.user_id,
-                        amount_cents: request.amount_cents,
+                        user_id: charge.user_id,
+                        amount_cents: charge.amount_cents,
                     })
                 }
                 ChargeResult::Failed(reason) => {
                     tracing::info!(order_id = %request.order_id, request_id, reason = reason.as_str(), "payment failed");
                     Event::PaymentFailed(PaymentFailed {
                         order_id: request.order_id,
-                        user_id: request.user_id,
-                        amount_cents: request.amount_cents,
+                        user_id: charge.user_id,
+                        amount_cents: charge.amount_cents,
                         reason,
                     })
                 }

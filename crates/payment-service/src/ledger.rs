@@ -4,7 +4,7 @@
 use platform::events::FailureReason;
 use serde::Serialize;
 use sqlx::PgConnection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -29,19 +29,38 @@ pub async fn open_account(
     .await
 }
 
+/// What a deposit did.
+#[derive(Debug, Clone)]
+pub enum Deposited {
+    Done(Account),
+    NotFound,
+    /// The account would have been paid more than `max_cents` in all.
+    OverCap,
+}
+
+/// Adds money to an account, up to `max_cents` deposited in all (so no sum can overflow:
+/// the balance never exceeds what was deposited).
 pub async fn deposit(
     conn: &mut PgConnection,
     user_id: i64,
     cents: i64,
-) -> Result<Option<Account>, sqlx::Error> {
-    sqlx::query_as(
+    max_cents: i64,
+) -> Result<Deposited, sqlx::Error> {
+    let updated: Option<Account> = sqlx::query_as(
         "UPDATE accounts SET balance_cents = balance_cents + $2, deposited_cents = deposited_cents + $2
-         WHERE user_id = $1 RETURNING user_id, balance_cents, deposited_cents",
+         WHERE user_id = $1 AND deposited_cents <= $3 - $2
+         RETURNING user_id, balance_cents, deposited_cents",
     )
     .bind(user_id)
     .bind(cents)
-    .fetch_optional(conn)
-    .await
+    .bind(max_cents)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match updated {
+        Some(account) => Deposited::Done(account),
+        None if find_account(conn, user_id).await?.is_some() => Deposited::OverCap,
+        None => Deposited::NotFound,
+    })
 }
 
 pub async fn find_account(
@@ -92,14 +111,57 @@ pub fn settle(requests: &[ChargeRequest], balances: &mut HashMap<i64, i64>) -> V
         .collect()
 }
 
+/// A charge as recorded: the answer for its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub user_id: i64,
+    pub amount_cents: i64,
+    pub result: ChargeResult,
+}
+
+/// The charges already recorded for these orders.
+async fn earlier_charges(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Charge>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, user_id, amount_cents, failure_reason FROM charges WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut charges = HashMap::with_capacity(rows.len());
+    for (order_id, user_id, amount_cents, reason) in rows {
+        let result = match reason {
+            None => ChargeResult::Succeeded,
+            Some(reason) => {
+                ChargeResult::Failed(FailureReason::parse(&reason).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("unknown charge failure reason {reason:?}"))
+                })?)
+            }
+        };
+        charges.insert(
+            order_id,
+            Charge {
+                user_id,
+                amount_cents,
+                result,
+            },
+        );
+    }
+    Ok(charges)
+}
+
 /// Charges a batch of orders: locks the payers' accounts (in id order, so concurrent batches
-/// cannot deadlock), decides every charge, debits each account once with a checked conditional
-/// update (never below zero), and records one charge row per order. The primary key on
-/// `order_id` rejects a second charge for an order, rolling back the whole transaction.
+/// cannot deadlock), answers an order charged before with its recorded charge, decides every new
+/// charge, debits each account once with a checked conditional update (never below zero), and
+/// records one charge row per order. The primary key on `order_id` makes a second charge for an
+/// order impossible; a row recorded concurrently (only possible without an account row to lock)
+/// rolls the batch back, and the retry answers from the record. Returns one charge per request.
 pub async fn charge(
     conn: &mut PgConnection,
     requests: &[ChargeRequest],
-) -> Result<Vec<ChargeResult>, sqlx::Error> {
+) -> Result<Vec<Charge>, sqlx::Error> {
     let mut users: Vec<i64> = requests
         .iter()
         .filter(|r| !r.declined)
@@ -112,9 +174,18 @@ pub async fn charge(
             .bind(&users)
             .fetch_all(&mut *conn)
             .await?;
+    let order_ids: Vec<Uuid> = requests.iter().map(|r| r.order_id).collect();
+    let mut answered = earlier_charges(conn, &order_ids).await?;
+
+    let mut seen = HashSet::new();
+    let new_requests: Vec<ChargeRequest> = requests
+        .iter()
+        .filter(|r| !answered.contains_key(&r.order_id) && seen.insert(r.order_id))
+        .copied()
+        .collect();
     let before: HashMap<i64, i64> = rows.iter().copied().collect();
     let mut balances: HashMap<i64, i64> = rows.into_iter().collect();
-    let results = settle(requests, &mut balances);
+    let results = settle(&new_requests, &mut balances);
 
     let (mut debited_users, mut debits) = (Vec::new(), Vec::new());
     for (user, balance) in &balances {
@@ -142,25 +213,56 @@ pub async fn charge(
         }
     }
 
-    let (statuses, reasons): (Vec<&str>, Vec<Option<&str>>) = results
+    if !new_requests.is_empty() {
+        let (statuses, reasons): (Vec<&str>, Vec<Option<&str>>) = results
+            .iter()
+            .map(|result| match result {
+                ChargeResult::Succeeded => ("SUCCEEDED", None),
+                ChargeResult::Failed(reason) => ("FAILED", Some(reason.as_str())),
+            })
+            .unzip();
+        let inserted = sqlx::query(
+            "INSERT INTO charges (order_id, user_id, amount_cents, status, failure_reason)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(new_requests.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(new_requests.iter().map(|r| r.user_id).collect::<Vec<_>>())
+        .bind(
+            new_requests
+                .iter()
+                .map(|r| r.amount_cents)
+                .collect::<Vec<_>>(),
+        )
+        .bind(&statuses)
+        .bind(&reasons)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() != new_requests.len() as u64 {
+            return Err(sqlx::Error::Protocol(
+                "a charge for one of these orders was recorded concurrently".into(),
+            ));
+        }
+    }
+    for (request, result) in new_requests.iter().zip(results) {
+        answered.insert(
+            request.order_id,
+            Charge {
+                user_id: request.user_id,
+                amount_cents: request.amount_cents,
+                result,
+            },
+        );
+    }
+    requests
         .iter()
-        .map(|result| match result {
-            ChargeResult::Succeeded => ("SUCCEEDED", None),
-            ChargeResult::Failed(reason) => ("FAILED", Some(reason.as_str())),
+        .map(|r| {
+            answered
+                .get(&r.order_id)
+                .copied()
+                .ok_or_else(|| sqlx::Error::Protocol(format!("no charge for order {}", r.order_id)))
         })
-        .unzip();
-    sqlx::query(
-        "INSERT INTO charges (order_id, user_id, amount_cents, status, failure_reason)
-         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])",
-    )
-    .bind(requests.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(requests.iter().map(|r| r.user_id).collect::<Vec<_>>())
-    .bind(requests.iter().map(|r| r.amount_cents).collect::<Vec<_>>())
-    .bind(&statuses)
-    .bind(&reasons)
-    .execute(&mut *conn)
-    .await?;
-    Ok(results)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,24 +1,30 @@
-//! What every service process is made of: a database pool, a broker connection, an outbox relay,
-//! its consumers and its HTTP server. Services supply routes and handlers; the wiring is here.
+//! What every service process is made of: two database pools, a broker connection, an outbox
+//! relay, its consumers, a retention worker, any workers of its own, all under one supervisor,
+//! and its HTTP server. Services supply routes, handlers and their own workers; the wiring is here.
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::CommonSettings;
 use crate::consumer::{
-    BackgroundConsumer, ConsumerError, EventConsumer, EventHandler, Subscription,
+    BackgroundConsumer, ConsumerError, ConsumerParts, EventConsumer, EventHandler, Subscription,
 };
-use crate::db;
+use crate::db::{self, Pools};
+use crate::dead_letters::{self, DeadLetterDesk};
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
+use crate::retention::{Retention, RetentionRule};
+use crate::supervisor::{RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream;
 use axum::Router;
+use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot connect to the database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("cannot migrate the database: {0}")]
@@ -31,10 +37,10 @@ pub enum StartupError {
     Bind(#[from] std::io::Error),
 }
 
-/// Connections and messaging parts shared by a service's handlers.
+/// Connections and messaging parts shared by a service's handlers and workers.
 #[derive(Clone)]
 pub struct Infrastructure {
-    pub pool: PgPool,
+    pub pools: Pools,
     pub nats: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub topology: Topology,
@@ -43,19 +49,20 @@ pub struct Infrastructure {
 }
 
 impl Infrastructure {
-    /// Connects to PostgreSQL (migrating it) and NATS (creating the streams).
+    /// Checks the settings, connects to PostgreSQL (migrating it) and NATS (creating the streams).
     pub async fn connect(
         settings: &CommonSettings,
         migrator: Migrator,
     ) -> Result<Self, StartupError> {
-        let pool = db::connect(&settings.database).await?;
-        db::migrate(&pool, migrator).await?;
+        settings.validate().map_err(StartupError::Config)?;
+        db::migrate(&settings.database, migrator).await?;
+        let pools = db::connect(&settings.database).await?;
         let nats = broker::connect(&settings.nats).await?;
         let jetstream = broker::jetstream(nats.clone());
-        let topology = Topology::new(settings.nats.prefix.clone());
+        let topology = Topology::from_settings(&settings.nats);
         broker::ensure_streams(&jetstream, &topology).await?;
         Ok(Infrastructure {
-            pool,
+            pools,
             nats,
             jetstream,
             topology,
@@ -69,17 +76,15 @@ impl Infrastructure {
         subscription: &Subscription,
         handler: Arc<H>,
     ) -> Result<Arc<dyn BackgroundConsumer>, StartupError> {
-        let consumer = EventConsumer::create(
-            &self.jetstream,
-            &self.topology,
-            subscription,
-            self.pool.clone(),
+        let parts = ConsumerParts {
+            jetstream: self.jetstream.clone(),
+            topology: self.topology.clone(),
+            pool: self.pools.workers.clone(),
             handler,
-            self.outbox_signal.clone(),
-            self.settings.consumer.clone(),
-        )
-        .await?;
-        Ok(Arc::new(consumer))
+            signal: self.outbox_signal.clone(),
+            settings: self.settings.consumer.clone(),
+        };
+        Ok(Arc::new(EventConsumer::create(subscription, parts).await?))
     }
 
     /// One consumer per subscription, all with the same handler.
@@ -95,22 +100,34 @@ impl Infrastructure {
         Ok(consumers)
     }
 
-    /// State for admin-only routes: the pool and the deployment's admin credential.
+    /// State for admin-only routes: the HTTP pool and the deployment's admin credential.
     pub fn admin_state(&self) -> http::AdminState {
         http::AdminState {
-            pool: self.pool.clone(),
-            admin: http::AdminToken(Arc::from(self.settings.auth.admin_token.as_str())),
+            pool: self.pools.http.clone(),
+            admin: self.admin_token(),
         }
+    }
+
+    fn admin_token(&self) -> http::AdminToken {
+        http::AdminToken(Arc::from(self.settings.auth.admin_token.as_str()))
     }
 
     pub fn relay(&self) -> OutboxRelay {
         OutboxRelay::new(
-            self.pool.clone(),
+            self.pools.workers.clone(),
             self.jetstream.clone(),
+            self.topology.clone(),
             self.outbox_signal.clone(),
             &self.settings.outbox,
         )
     }
+}
+
+/// Work a test can drive by hand, one round at a time (a service's own background workers,
+/// e.g. the order service's re-drive).
+pub trait DrivenStep: Send + Sync {
+    /// Does what is due now; returns how much was done (0 = nothing).
+    fn step(&self) -> BoxFuture<'_, Result<usize, WorkerError>>;
 }
 
 /// Lets a test run a service's background work step by step: publish the outbox, then let each
@@ -119,6 +136,8 @@ impl Infrastructure {
 pub struct Driver {
     pub relay: OutboxRelay,
     pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
+    pub steps: Vec<Arc<dyn DrivenStep>>,
+    pub retention: Arc<Retention>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,19 +146,38 @@ pub enum DriveError {
     Outbox(#[from] OutboxError),
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    #[error("{0}")]
+    Step(WorkerError),
 }
 
 impl Driver {
-    /// One round: publish all pending events, then process everything waiting for each consumer.
-    /// Returns how much work was done (0 = quiet).
+    /// One round: publish all pending events, process everything waiting for each consumer,
+    /// run the service's own steps. Returns how much work was done (0 = quiet).
     pub async fn step(&self) -> Result<usize, DriveError> {
         let mut work = self.relay.publish_all_pending().await?;
         for consumer in &self.consumers {
             work += consumer.process_available().await?;
         }
+        for step in &self.steps {
+            work += step.step().await.map_err(DriveError::Step)?;
+        }
         work += self.relay.publish_all_pending().await?;
         Ok(work)
     }
+}
+
+/// What a service runs besides its HTTP routes.
+#[derive(Default)]
+pub struct Background {
+    pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
+    /// The service's own background workers (they stop when workers are disabled for tests).
+    pub workers: Vec<Arc<dyn Worker>>,
+    /// Workers that serve requests (e.g. group-commit writers): they always run.
+    pub serving: Vec<Arc<dyn Worker>>,
+    /// The same service's workers as steps a test can drive.
+    pub steps: Vec<Arc<dyn DrivenStep>>,
+    /// Retention of the service's own tables, besides the messaging tables every service has.
+    pub retention: Vec<RetentionRule>,
 }
 
 pub struct Application {
@@ -147,35 +185,83 @@ pub struct Application {
     port: u16,
     router: Router,
     driver: Driver,
+    background: Vec<Arc<dyn Worker>>,
+    serving: Vec<Arc<dyn Worker>>,
     workers_enabled: bool,
+    policy: RestartPolicy,
+    pools: Pools,
 }
 
 impl Application {
     pub async fn new(
         infra: &Infrastructure,
         routes: Router,
-        consumers: Vec<Arc<dyn BackgroundConsumer>>,
+        background: Background,
     ) -> Result<Self, StartupError> {
         let settings = &infra.settings;
         // Install the recorder before any request or message is counted.
         let _ = http::metrics_handle();
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port)).await?;
         let port = listener.local_addr()?.port();
+
+        let relay = infra.relay();
+        let mut rules = RetentionRule::messaging(&settings.retention);
+        rules.extend(background.retention);
+        let retention = Arc::new(Retention::new(
+            infra.pools.workers.clone(),
+            &settings.retention,
+            rules,
+        ));
+        let mut workers: Vec<Arc<dyn Worker>> = vec![Arc::new(relay.clone()), retention.clone()];
+        workers.extend(
+            background
+                .consumers
+                .iter()
+                .map(|c| c.clone() as Arc<dyn Worker>),
+        );
+        workers.extend(background.workers);
+
+        let enabled = settings.workers.enabled;
+        let mut statuses: Vec<(WorkerStatus, bool)> = workers
+            .iter()
+            .map(|w| (w.status().clone(), enabled))
+            .collect();
+        statuses.extend(
+            background
+                .serving
+                .iter()
+                .map(|w| (w.status().clone(), true)),
+        );
         let readiness = Readiness {
-            pool: infra.pool.clone(),
+            pool: infra.pools.http.clone(),
             nats: infra.nats.clone(),
+            workers: statuses,
+            stall_after: settings.workers.stall_after(),
         };
-        let routes = routes.merge(http::dead_letter_routes(infra.admin_state()));
+        let desk = DeadLetterDesk::new(
+            infra.pools.workers.clone(),
+            background.consumers.clone(),
+            infra.outbox_signal.clone(),
+        );
+        let routes = routes.merge(dead_letters::routes(desk, infra.admin_token()));
+        #[cfg(feature = "fault-injection")]
+        let routes = routes.merge(crate::fault_hooks::routes(infra.admin_token()));
         let router = http::service_router(routes, readiness, settings.http.max_body_bytes);
         Ok(Application {
             listener,
             port,
             router,
             driver: Driver {
-                relay: infra.relay(),
-                consumers,
+                relay,
+                consumers: background.consumers,
+                steps: background.steps,
+                retention,
             },
-            workers_enabled: settings.workers.enabled,
+            background: workers,
+            serving: background.serving,
+            workers_enabled: enabled,
+            policy: RestartPolicy::from_settings(&settings.workers),
+            pools: infra.pools.clone(),
         })
     }
 
@@ -187,13 +273,20 @@ impl Application {
         self.driver.clone()
     }
 
-    /// Serves HTTP and, unless disabled, runs the relay and consumers, until SIGTERM/Ctrl-C.
+    pub fn pools(&self) -> Pools {
+        self.pools.clone()
+    }
+
+    /// Serves HTTP and runs the workers under supervision (the background ones unless disabled),
+    /// until SIGTERM/Ctrl-C.
     pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
-        let mut workers = tokio::task::JoinSet::new();
+        let mut supervisor = Supervisor::new(self.policy);
+        for worker in self.serving {
+            supervisor.spawn(worker);
+        }
         if self.workers_enabled {
-            workers.spawn(self.driver.relay.clone().run());
-            for consumer in &self.driver.consumers {
-                workers.spawn(consumer.clone().run());
+            for worker in self.background {
+                supervisor.spawn(worker);
             }
         }
         let served = axum::serve(self.listener, self.router)
@@ -202,7 +295,7 @@ impl Application {
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        workers.abort_all();
+        drop(supervisor);
         served
     }
 }

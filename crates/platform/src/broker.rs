@@ -5,16 +5,28 @@ use crate::events::{Event, Source};
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
 
-/// Names of subjects and streams under a deployment prefix.
+/// Names of subjects and streams under a deployment prefix, and how long streams keep messages.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    max_age: Duration,
+    max_bytes: i64,
 }
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
         Topology {
             prefix: prefix.into(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
+
+    pub fn from_settings(settings: &NatsSettings) -> Self {
+        Topology {
+            prefix: settings.prefix.clone(),
+            max_age: Duration::from_secs(settings.stream_max_age_secs),
+            max_bytes: settings.stream_max_bytes,
         }
     }
 
@@ -42,7 +54,11 @@ impl Topology {
             storage: stream::StorageType::File,
             // Publishes are deduplicated by Nats-Msg-Id within this window; the inbox covers the rest.
             duplicate_window: Duration::from_secs(120),
-            max_age: Duration::from_secs(7 * 24 * 3600),
+            // Bounded in time and size; when full the oldest go first. A message lost that way
+            // (or any other way) leaves its order unfinished, and the order service re-drives it.
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            discard: stream::DiscardPolicy::Old,
             ..Default::default()
         }
     }
@@ -56,7 +72,7 @@ pub enum BrokerError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("could not create stream {name}: {source}")]
+    #[error("could not create or update stream {name}: {source}")]
     Stream {
         name: String,
         #[source]
@@ -87,17 +103,29 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
-/// Creates every stream of the topology if missing (idempotent; each service calls it at start).
+/// Creates the stream if it is missing and brings its settings to the configured ones
+/// (idempotent). Called at start and whenever a worker starts again after a broker error, so a
+/// deleted stream is re-created.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    topology: &Topology,
+    source: Source,
+) -> Result<(), BrokerError> {
+    let config = topology.stream_config(source);
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| BrokerError::Stream { name, source })?;
+    Ok(())
+}
+
+/// [`ensure_stream`] for every stream of the topology.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     topology: &Topology,
 ) -> Result<(), BrokerError> {
     for source in Source::ALL {
-        let config = topology.stream_config(source);
-        let name = config.name.clone();
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|source| BrokerError::Stream { name, source })?;
+        ensure_stream(js, topology, source).await?;
     }
     Ok(())
 }

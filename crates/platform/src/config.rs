@@ -33,6 +33,27 @@ pub fn load<T: DeserializeOwned>(service_defaults: &str) -> Result<T, config::Co
         .try_deserialize()
 }
 
+/// Settings from the defaults and the given TOML documents only (later ones win): no file, no
+/// environment. Tests build their services' settings with this.
+pub fn load_overridden<T: DeserializeOwned>(
+    service_defaults: &str,
+    overrides: &[&str],
+) -> Result<T, config::ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(
+            COMMON_DEFAULTS,
+            config::FileFormat::Toml,
+        ))
+        .add_source(config::File::from_str(
+            service_defaults,
+            config::FileFormat::Toml,
+        ));
+    for document in overrides {
+        builder = builder.add_source(config::File::from_str(document, config::FileFormat::Toml));
+    }
+    builder.build()?.try_deserialize()
+}
+
 /// Defaults every service shares; each service appends its own sections.
 pub const COMMON_DEFAULTS: &str = r#"
 [http]
@@ -41,12 +62,18 @@ max_body_bytes = 16384
 
 [database]
 url = "postgres://postgres@127.0.0.1:55432/postgres"
-max_connections = 16
+http_connections = 8
+worker_connections = 8
 acquire_timeout_ms = 1000
+statement_timeout_ms = 10000
+lock_timeout_ms = 3000
+idle_in_transaction_timeout_ms = 30000
 
 [nats]
 url = "nats://127.0.0.1:54222"
 prefix = "shop"
+stream_max_age_secs = 604800
+stream_max_bytes = 1073741824
 
 [auth]
 jwt_secret = "dev-only-secret-change-me"
@@ -59,12 +86,23 @@ poll_interval_ms = 250
 
 [workers]
 enabled = true
+restart_backoff_ms = 200
+max_restart_backoff_ms = 10000
+stall_after_secs = 30
+hang_after_secs = 60
 
 [consumer]
 batch_size = 256
-max_deliveries = 20
+max_deliveries = 5
 ack_wait_secs = 30
 max_ack_pending = 20000
+replay_window_secs = 600
+
+[retention]
+interval_secs = 60
+batch_size = 1000
+inbox_secs = 691200
+resolved_dead_letters_secs = 2592000
 "#;
 
 /// The sections every service has.
@@ -77,12 +115,50 @@ pub struct CommonSettings {
     pub outbox: OutboxSettings,
     pub consumer: ConsumerSettings,
     pub workers: WorkerSettings,
+    pub retention: RetentionSettings,
 }
 
-/// Whether the relay and consumers run inside the process. Tests turn them off and drive them.
+impl CommonSettings {
+    /// Settings that would break a guarantee are refused at start, not discovered in production.
+    pub fn validate(&self) -> Result<(), String> {
+        // A message can come back (redelivery, a consumer re-created over the stream, a store
+        // restored from a backup) for as long as the stream keeps it; the inbox must remember it
+        // at least that long (docs/architecture.md, "Retention").
+        if self.retention.inbox_secs < self.nats.stream_max_age_secs {
+            return Err(format!(
+                "retention.inbox_secs ({}) must be at least nats.stream_max_age_secs ({})",
+                self.retention.inbox_secs, self.nats.stream_max_age_secs
+            ));
+        }
+        if self.database.worker_connections < 2 || self.database.http_connections < 1 {
+            return Err("database.worker_connections must be at least 2 and database.http_connections at least 1".into());
+        }
+        if self.consumer.max_deliveries < 1 {
+            return Err("consumer.max_deliveries must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Background workers and their supervision.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    /// Whether the relay, consumers and other workers run inside the process. Tests turn them
+    /// off and drive them by hand.
     pub enabled: bool,
+    /// Backoff before the first restart of a failed worker; it doubles up to the maximum.
+    pub restart_backoff_ms: u64,
+    pub max_restart_backoff_ms: u64,
+    /// A worker with work waiting and no progress for this long makes `/ready` answer 503.
+    pub stall_after_secs: u64,
+    /// A worker busy with one unit of work for this long is aborted and restarted.
+    pub hang_after_secs: u64,
+}
+
+impl WorkerSettings {
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,10 +171,19 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: String,
-    pub max_connections: u32,
+    /// Connections for HTTP handlers' own queries.
+    pub http_connections: u32,
+    /// Connections for the background workers (relay, consumers, order intake, re-drive,
+    /// retention): a flood of HTTP reads cannot starve them.
+    pub worker_connections: u32,
     /// How long a request waits for a connection before answering 503: short, so that a
     /// database outage gives clients a quick, retryable answer instead of a hanging request.
     pub acquire_timeout_ms: u64,
+    /// Session limits on every connection, so that no statement, lock wait or abandoned
+    /// transaction can hold a worker (or another session's rows) indefinitely.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +191,9 @@ pub struct NatsSettings {
     pub url: String,
     /// Prefix of every subject and stream name, so several deployments (or tests) share a server.
     pub prefix: String,
+    /// How long and how much each stream keeps (oldest messages go first).
+    pub stream_max_age_secs: u64,
+    pub stream_max_bytes: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,9 +220,25 @@ impl OutboxSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsumerSettings {
     pub batch_size: usize,
+    /// Deliveries after which an event whose handling panics is dead-lettered. Transient
+    /// failures (database or broker away, deadlocks, lock timeouts) are retried without limit.
     pub max_deliveries: i64,
     pub ack_wait_secs: u64,
     pub max_ack_pending: i64,
+    /// A durable consumer that has to be created (first start, or deleted) starts this far back
+    /// in its stream; anything older still unfinished is re-driven by the order service.
+    pub replay_window_secs: u64,
+}
+
+/// How long records of what happened are kept, and how the pruning worker deletes them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    pub interval_secs: u64,
+    /// Rows deleted per statement.
+    pub batch_size: i64,
+    pub inbox_secs: u64,
+    /// Dead letters an operator replayed or discarded (open ones are kept until resolved).
+    pub resolved_dead_letters_secs: u64,
 }
 
 #[cfg(test)]
@@ -148,11 +252,25 @@ mod tests {
         consumer: ConsumerSettings,
     }
 
+    #[derive(Deserialize)]
+    struct Common {
+        #[serde(flatten)]
+        common: CommonSettings,
+    }
+
+    #[test]
+    fn the_defaults_pass_validation_and_an_inbox_shorter_than_the_stream_does_not() {
+        let mut settings = load::<Common>("[http]\nport = 1\n").unwrap().common;
+        assert_eq!(settings.validate(), Ok(()));
+        settings.retention.inbox_secs = settings.nats.stream_max_age_secs - 1;
+        assert!(settings.validate().unwrap_err().contains("inbox_secs"));
+    }
+
     #[test]
     fn defaults_parse_and_service_sections_merge() {
         let s: Sample = load("[http]\nport = 1\n").expect("defaults load");
         assert_eq!(s.http.port, 1);
-        assert_eq!(s.database.max_connections, 16);
+        assert_eq!(s.database.http_connections, 8);
         assert!(s.consumer.batch_size > 0);
     }
 }

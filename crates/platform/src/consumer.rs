@@ -1,16 +1,36 @@
 //! The consumer loop: durable JetStream pull consumers, inbox-deduplicated handling in one
-//! database transaction per batch, acks only after commit, dead letters for poison messages.
+//! database transaction per batch, acks only after commit, dead letters for messages that can
+//! never succeed.
+//!
+//! What stops a consumer, and what brings it back:
+//! - its durable consumer or stream is deleted (or lost with the broker's store): the message
+//!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
+//!   down and creates both again with their configured settings;
+//! - a handler panics: the panic is caught per batch, the batch's events are retried one by one,
+//!   and an event that keeps panicking is dead-lettered with the panic message;
+//! - the database is away, a deadlock, a lock or statement timeout: the events are redelivered
+//!   later, without limit and never dead-lettered;
+//! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
 
-use crate::broker::Topology;
+use crate::broker::{self, Topology};
 use crate::config::ConsumerSettings;
+use crate::dead_letters::{self, DeadLetterKind};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::{Event, Source};
 use crate::outbox::{OutboxError, OutboxSignal};
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
-use futures::StreamExt;
+use crate::supervisor::{panic_message, Worker, WorkerError, WorkerStatus};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    context::ConsumerInfoErrorKind,
+    AckKind,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -36,28 +56,56 @@ pub trait EventHandler: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The message can never succeed (e.g. an event this consumer does not expect).
+    /// The event can never succeed (e.g. a type this consumer does not expect, a quantity out
+    /// of range).
     #[error("{0}")]
     Permanent(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error("handler panicked: {0}")]
+    Panicked(String),
+}
+
+/// What a failed event gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Dead-lettered now: retrying cannot help.
+    Permanent,
+    /// A bug: retried a few times (it may depend on state), then dead-lettered.
+    Panic,
+    /// The database cannot be reached: this event and the rest of its batch come back later.
+    Unavailable,
+    /// Retried later without limit (deadlock, lock or statement timeout, anything unknown).
+    Transient,
 }
 
 impl HandlerError {
-    /// Constraint and data errors will fail the same way on every retry; others (connection
-    /// loss, serialization failure) may pass later.
-    fn is_permanent(&self) -> bool {
+    pub fn failure(&self) -> Failure {
         match self {
-            HandlerError::Permanent(_) => true,
-            HandlerError::Database(e) | HandlerError::Outbox(OutboxError::Database(e)) => e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
-            HandlerError::Outbox(OutboxError::Encode(_)) => true,
-            HandlerError::Outbox(OutboxError::Publish(_)) => false,
+            HandlerError::Permanent(_) | HandlerError::Outbox(OutboxError::Encode(_)) => {
+                Failure::Permanent
+            }
+            HandlerError::Panicked(_) => Failure::Panic,
+            HandlerError::Database(e) | HandlerError::Outbox(OutboxError::Database(e)) => {
+                database_failure(e)
+            }
+            HandlerError::Outbox(OutboxError::Publish(_)) => Failure::Transient,
         }
+    }
+}
+
+/// Data exceptions (22) and integrity violations (23) fail the same way on every retry; a
+/// connection that cannot be had will do better later; everything else is retried, so that only
+/// a failure known to be permanent ever becomes a dead letter.
+fn database_failure(error: &sqlx::Error) -> Failure {
+    if crate::http::is_unavailable(error) {
+        return Failure::Unavailable;
+    }
+    match error.as_database_error().and_then(|d| d.code()) {
+        Some(code) if code.starts_with("22") || code.starts_with("23") => Failure::Permanent,
+        _ => Failure::Transient,
     }
 }
 
@@ -69,6 +117,10 @@ pub enum ConsumerError {
     Database(#[from] sqlx::Error),
 }
 
+fn jetstream_error(error: impl std::fmt::Display) -> ConsumerError {
+    ConsumerError::JetStream(error.to_string())
+}
+
 /// Which events a consumer receives: a durable name and the subjects it filters on one stream.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -78,75 +130,181 @@ pub struct Subscription {
 }
 
 pub struct EventConsumer<H> {
-    name: String,
-    consumer: jetstream::consumer::PullConsumer,
+    subscription: Subscription,
+    jetstream: jetstream::Context,
+    topology: Topology,
     pool: PgPool,
     handler: Arc<H>,
     signal: OutboxSignal,
     settings: ConsumerSettings,
+    status: WorkerStatus,
+    /// The durable consumer as last found or created; `None` after it was found missing.
+    attached: tokio::sync::Mutex<Option<PullConsumer>>,
+}
+
+/// Everything a consumer is built from.
+pub struct ConsumerParts<H> {
+    pub jetstream: jetstream::Context,
+    pub topology: Topology,
+    pub pool: PgPool,
+    pub handler: Arc<H>,
+    pub signal: OutboxSignal,
+    pub settings: ConsumerSettings,
 }
 
 impl<H: EventHandler> EventConsumer<H> {
+    /// Builds the consumer and attaches it to its durable consumer (creating it if missing).
     pub async fn create(
-        js: &jetstream::Context,
-        topology: &Topology,
         subscription: &Subscription,
-        pool: PgPool,
-        handler: Arc<H>,
-        signal: OutboxSignal,
-        settings: ConsumerSettings,
+        parts: ConsumerParts<H>,
     ) -> Result<Self, ConsumerError> {
-        let stream = js
-            .get_stream(topology.stream_name(subscription.stream))
-            .await
-            .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        let config = pull::Config {
-            durable_name: Some(subscription.durable_name.clone()),
-            filter_subjects: subscription
-                .subject_suffixes
-                .iter()
-                .map(|s| topology.subject(s))
-                .collect(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(settings.ack_wait_secs),
-            max_ack_pending: settings.max_ack_pending,
-            ..Default::default()
+        let consumer = EventConsumer {
+            status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name)),
+            subscription: subscription.clone(),
+            jetstream: parts.jetstream,
+            topology: parts.topology,
+            pool: parts.pool,
+            handler: parts.handler,
+            signal: parts.signal,
+            settings: parts.settings,
+            attached: tokio::sync::Mutex::new(None),
         };
-        let consumer = stream
-            .get_or_create_consumer(&subscription.durable_name, config)
-            .await
-            .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        Ok(EventConsumer {
-            name: subscription.durable_name.clone(),
-            consumer,
-            pool,
-            handler,
-            signal,
-            settings,
-        })
+        consumer.attached_consumer().await?;
+        Ok(consumer)
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.subscription.durable_name
+    }
+
+    fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.subscription.durable_name.clone()),
+            filter_subjects: self
+                .subscription
+                .subject_suffixes
+                .iter()
+                .map(|s| self.topology.subject(s))
+                .collect(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
+            max_ack_pending: self.settings.max_ack_pending,
+            ..Default::default()
+        }
+    }
+
+    /// Finds the durable consumer, bringing its settings to the configured ones, or creates it
+    /// (and its stream) when the broker has none. A consumer created here starts
+    /// `replay_window` back in the stream; the inbox absorbs what it already processed.
+    async fn attach(&self) -> Result<PullConsumer, ConsumerError> {
+        broker::ensure_stream(&self.jetstream, &self.topology, self.subscription.stream)
+            .await
+            .map_err(jetstream_error)?;
+        let stream = self
+            .jetstream
+            .get_stream_no_info(self.topology.stream_name(self.subscription.stream))
+            .await
+            .map_err(jetstream_error)?;
+        let mut desired = self.config();
+        let info = match stream.consumer_info(self.name()).await {
+            Ok(info) => info,
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+                let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
+                desired.deliver_policy = DeliverPolicy::ByStartTime {
+                    start_time: chrono::Utc::now() - replay,
+                };
+                let created = stream
+                    .create_consumer(desired)
+                    .await
+                    .map_err(jetstream_error)?;
+                metrics::counter!("consumer_created_total", "consumer" => self.name().to_owned())
+                    .increment(1);
+                tracing::warn!(
+                    consumer = self.name(),
+                    replay_window_s = self.settings.replay_window_secs,
+                    "durable consumer was missing; created it"
+                );
+                return Ok(created);
+            }
+            Err(error) => return Err(jetstream_error(error)),
+        };
+        let mut subjects = info.config.filter_subjects.clone();
+        subjects.sort();
+        let mut wanted = desired.filter_subjects.clone();
+        wanted.sort();
+        if subjects != wanted
+            || info.config.ack_wait != desired.ack_wait
+            || info.config.max_ack_pending != desired.max_ack_pending
+        {
+            desired.deliver_policy = info.config.deliver_policy;
+            tracing::info!(
+                consumer = self.name(),
+                "durable consumer settings differ from the configured ones; updating"
+            );
+            return stream
+                .update_consumer(desired)
+                .await
+                .map_err(jetstream_error);
+        }
+        Ok(PullConsumer::new(desired, info, self.jetstream.clone()))
+    }
+
+    async fn attached_consumer(&self) -> Result<PullConsumer, ConsumerError> {
+        let mut attached = self.attached.lock().await;
+        if let Some(consumer) = attached.as_ref() {
+            return Ok(consumer.clone());
+        }
+        match self.attach().await {
+            Ok(consumer) => {
+                *attached = Some(consumer.clone());
+                self.status.report_up();
+                Ok(consumer)
+            }
+            Err(error) => {
+                self.status
+                    .report_down(format!("cannot attach to its durable consumer: {error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets the durable consumer handle: the next use finds or creates it again.
+    async fn detach(&self, reason: String) {
+        self.attached.lock().await.take();
+        tracing::warn!(consumer = self.name(), %reason, "consumer detached; attaching again");
+        self.status.report_down(reason);
     }
 
     /// Processes whatever is waiting now and returns how many messages it took (tests drive
     /// consumers with this instead of sleeping).
     pub async fn process_available(&self) -> Result<usize, ConsumerError> {
+        let consumer = self.attached_consumer().await?;
         let mut total = 0;
         loop {
-            let mut batch = self
-                .consumer
+            let fetched = consumer
                 .fetch()
                 .max_messages(self.settings.batch_size)
                 .messages()
-                .await
-                .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
+                .await;
+            let mut batch = match fetched {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.detach(format!("fetch failed: {error}")).await;
+                    return Err(jetstream_error(error));
+                }
+            };
             let mut messages = Vec::new();
             while let Some(message) = batch.next().await {
-                messages.push(message.map_err(|e| ConsumerError::JetStream(e.to_string()))?);
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(error) => {
+                        self.detach(format!("fetch failed: {error}")).await;
+                        return Err(jetstream_error(error));
+                    }
+                }
             }
             if messages.is_empty() {
+                self.status.progress();
                 return Ok(total);
             }
             total += messages.len();
@@ -154,70 +312,99 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Runs until the task is dropped. A broken message stream (broker restart, consumer
-    /// deleted) is re-created after a pause rather than ending the loop.
-    pub async fn run(&self) {
+    /// Runs until the task is dropped. Whenever the message stream breaks (broker restart,
+    /// durable consumer or stream deleted) the consumer attaches again after a pause.
+    async fn run(&self) -> Result<(), WorkerError> {
         let mut pause = Duration::from_millis(200);
-        let mut last_prune = tokio::time::Instant::now();
         loop {
-            let stream = self
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.settings.batch_size * 2)
-                // A short heartbeat: after a broker restart the stream is re-created as soon as
-                // a heartbeat is missed, so consumers resume within seconds.
-                .heartbeat(Duration::from_secs(2))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await;
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::warn!(consumer = %self.name, %error, "cannot open message stream; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
+            let reason = match self.attached_consumer().await {
+                Ok(consumer) => {
+                    let (reason, worked) = self.consume(&consumer).await;
+                    if worked {
+                        pause = Duration::from_millis(200);
+                    }
+                    self.detach(reason.clone()).await;
+                    reason
                 }
+                Err(error) => error.to_string(),
             };
-            let mut chunks = stream.ready_chunks(self.settings.batch_size);
-            while let Some(chunk) = chunks.next().await {
-                let mut messages = Vec::with_capacity(chunk.len());
-                let mut broken = false;
-                for item in chunk {
-                    match item {
-                        Ok(message) => messages.push(message),
-                        Err(error) => {
-                            tracing::warn!(consumer = %self.name, %error, "message stream error");
-                            broken = true;
+            tracing::debug!(consumer = self.name(), %reason, pause_ms = pause.as_millis() as u64, "consumer pausing before it attaches again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Takes messages until the stream breaks; samples the consumer's lag once a second (which
+    /// also notices a deleted durable consumer). Returns why it stopped, and whether it
+    /// processed anything.
+    async fn consume(&self, consumer: &PullConsumer) -> (String, bool) {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch_size * 2)
+            // A short heartbeat: after a broker restart the stream breaks as soon as a
+            // heartbeat is missed, so consumers resume within seconds.
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => return (format!("cannot open message stream: {error}"), false),
+        };
+        let mut chunks = stream.ready_chunks(self.settings.batch_size);
+        let mut lag = tokio::time::interval(Duration::from_secs(1));
+        lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut worked = false;
+        loop {
+            tokio::select! {
+                chunk = chunks.next() => {
+                    let Some(chunk) = chunk else {
+                        return ("message stream ended".into(), worked);
+                    };
+                    let mut messages = Vec::with_capacity(chunk.len());
+                    let mut broken = None;
+                    for item in chunk {
+                        match item {
+                            Ok(message) => messages.push(message),
+                            Err(error) => broken = Some(format!("message stream error: {error}")),
                         }
                     }
+                    if !messages.is_empty() {
+                        worked = true;
+                        self.process_batch(messages).await;
+                    }
+                    if let Some(reason) = broken {
+                        return (reason, worked);
+                    }
                 }
-                if !messages.is_empty() {
-                    pause = Duration::from_millis(200);
-                    self.process_batch(messages).await;
-                }
-                if broken {
-                    break;
-                }
-                if last_prune.elapsed() > Duration::from_secs(600) {
-                    last_prune = tokio::time::Instant::now();
-                    if let Err(error) =
-                        prune_inbox(&self.pool, Duration::from_secs(7 * 24 * 3600)).await
-                    {
-                        tracing::warn!(%error, "inbox pruning failed");
+                _ = lag.tick() => {
+                    match tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await {
+                        Ok(Ok(info)) => {
+                            let backlog = info.num_pending + info.num_ack_pending as u64;
+                            self.status.set_backlog(backlog);
+                            metrics::gauge!("consumer_lag", "consumer" => self.name().to_owned()).set(backlog as f64);
+                            if backlog == 0 {
+                                self.status.progress();
+                            }
+                        }
+                        Ok(Err(error)) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound) => {
+                            return (format!("durable consumer is gone: {error}"), worked);
+                        }
+                        // The broker is slow or away: the message stream's heartbeat decides.
+                        _ => {}
                     }
                 }
             }
-            tokio::time::sleep(pause).await;
         }
     }
 
     /// Handles the messages taken together: their events are applied in one transaction, or one
     /// by one if that fails, so one bad event cannot hold back the others. A message is acked
     /// once every event in it was applied, found to be a duplicate, or dead-lettered; a message
-    /// with an event that failed transiently is nak'ed and comes back (the inbox absorbs the
-    /// events of it that were applied).
-    async fn process_batch(&self, messages: Vec<jetstream::Message>) {
+    /// with an event that failed otherwise is nak'ed and comes back (the inbox absorbs the events
+    /// of it that were applied). Returns how many messages were acked.
+    async fn process_batch(&self, messages: Vec<jetstream::Message>) -> usize {
+        let _busy = self.status.busy();
         let mut items = Vec::with_capacity(messages.len());
         let mut retry: HashSet<usize> = HashSet::new();
         for (index, message) in messages.iter().enumerate() {
@@ -229,7 +416,13 @@ impl<H: EventHandler> EventConsumer<H> {
                         event,
                     }),
                     Err((bytes, error)) => {
-                        if !self.dead_letter(message, &bytes, &error.to_string()).await {
+                        let letter = dead_letters::NewDeadLetter {
+                            kind: DeadLetterKind::Undecodable,
+                            event_id: None,
+                            reason: error.to_string(),
+                            payload: &bytes,
+                        };
+                        if !self.dead_letter(message, letter).await {
                             retry.insert(index);
                         }
                     }
@@ -238,38 +431,22 @@ impl<H: EventHandler> EventConsumer<H> {
         }
         if !items.is_empty() {
             if let Err(error) = self.apply(&items).await {
-                if items.len() > 1 {
-                    tracing::warn!(consumer = %self.name, %error, size = items.len(), "batch failed; retrying its events one by one");
-                }
-                for (position, item) in items.iter().enumerate() {
-                    if let Err(error) = self.apply(std::slice::from_ref(item)).await {
-                        let message = &messages[item.message];
-                        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-                        if error.is_permanent() || deliveries >= self.settings.max_deliveries {
-                            let reason = format!(
-                                "{} (after {deliveries} deliveries): {error}",
-                                item.envelope.event_type
-                            );
-                            let bytes = item.envelope.encode().unwrap_or_default();
-                            if !self.dead_letter(message, &bytes, &reason).await {
-                                retry.insert(item.message);
-                            }
-                        } else {
-                            // A transient failure (database or broker away) would most likely hit
-                            // every event after it too: redeliver them all later instead of
-                            // waiting out one timeout per event now.
-                            tracing::warn!(consumer = %self.name, order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it and the rest of the batch will be redelivered");
-                            retry.extend(items[position..].iter().map(|rest| rest.message));
-                            break;
-                        }
+                if error.failure() == Failure::Unavailable {
+                    tracing::warn!(consumer = self.name(), %error, "database unavailable; the batch will be redelivered");
+                    retry.extend(items.iter().map(|item| item.message));
+                } else {
+                    if items.len() > 1 {
+                        tracing::warn!(consumer = self.name(), %error, size = items.len(), "batch failed; retrying its events one by one");
                     }
+                    self.apply_one_by_one(&messages, &items, &mut retry).await;
                 }
             }
         }
+        let mut acked = 0;
         for (index, message) in messages.iter().enumerate() {
             let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
             if deliveries > 1 {
-                metrics::counter!("consumer_redelivered_total", "consumer" => self.name.clone())
+                metrics::counter!("consumer_redelivered_total", "consumer" => self.name().to_owned())
                     .increment(1);
             }
             // A lost ack or nak only causes a redelivery, which the inbox absorbs.
@@ -278,24 +455,97 @@ impl<H: EventHandler> EventConsumer<H> {
                     .ack_with(AckKind::Nak(Some(retry_delay(deliveries))))
                     .await
             } else {
+                acked += 1;
                 message.ack().await
             };
             if let Err(error) = sent {
-                tracing::warn!(consumer = %self.name, %error, "ack failed");
+                tracing::warn!(consumer = self.name(), %error, "ack failed");
+            }
+        }
+        if acked > 0 {
+            self.status.progress();
+        }
+        acked
+    }
+
+    async fn apply_one_by_one(
+        &self,
+        messages: &[jetstream::Message],
+        items: &[Decoded],
+        retry: &mut HashSet<usize>,
+    ) {
+        for (position, item) in items.iter().enumerate() {
+            let Err(error) = self.apply(std::slice::from_ref(item)).await else {
+                continue;
+            };
+            let message = &messages[item.message];
+            let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+            let kind = match error.failure() {
+                Failure::Permanent => Some(DeadLetterKind::Rejected),
+                Failure::Panic if deliveries >= self.settings.max_deliveries => {
+                    Some(DeadLetterKind::Panic)
+                }
+                Failure::Panic | Failure::Transient => None,
+                Failure::Unavailable => {
+                    // It would most likely hit every event after it too: redeliver them all
+                    // later instead of waiting out one timeout per event now.
+                    tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "database unavailable; this event and the rest of the batch will be redelivered");
+                    retry.extend(items[position..].iter().map(|rest| rest.message));
+                    return;
+                }
+            };
+            match kind {
+                Some(kind) => {
+                    let reason = format!(
+                        "{} (after {deliveries} deliveries): {error}",
+                        item.envelope.event_type
+                    );
+                    let bytes = item.envelope.encode().unwrap_or_default();
+                    let letter = dead_letters::NewDeadLetter {
+                        kind,
+                        event_id: Some(item.envelope.id),
+                        reason,
+                        payload: &bytes,
+                    };
+                    if !self.dead_letter(message, letter).await {
+                        retry.insert(item.message);
+                    }
+                }
+                None => {
+                    metrics::counter!("consumer_retried_total", "consumer" => self.name().to_owned())
+                        .increment(1);
+                    tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it will be redelivered");
+                    retry.insert(item.message);
+                }
             }
         }
     }
 
     async fn apply(&self, batch: &[Decoded]) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await?;
+        self.apply_in(&mut tx, batch).await?;
+        tx.commit().await?;
+        self.signal.notify();
+        metrics::counter!("consumer_processed_total", "consumer" => self.name().to_owned())
+            .increment(batch.len() as u64);
+        Ok(())
+    }
+
+    /// Records the events in the inbox and lets the handler apply the new ones, in the caller's
+    /// transaction. A panic in the handler is caught here and becomes an error of this batch.
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        batch: &[Decoded],
+    ) -> Result<(), HandlerError> {
         let ids: Vec<Uuid> = batch.iter().map(|d| d.envelope.id).collect();
         let fresh: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
              ON CONFLICT DO NOTHING RETURNING message_id",
         )
-        .bind(&self.name)
+        .bind(self.name())
         .bind(&ids)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?
         .into_iter()
         .collect();
@@ -304,9 +554,9 @@ impl<H: EventHandler> EventConsumer<H> {
         for item in batch {
             let id = item.envelope.id;
             if !fresh.contains(&id) || !applied.insert(id) {
-                metrics::counter!("consumer_duplicates_total", "consumer" => self.name.clone())
+                metrics::counter!("consumer_duplicates_total", "consumer" => self.name().to_owned())
                     .increment(1);
-                tracing::debug!(consumer = %self.name, event_id = %id, "duplicate event ignored");
+                tracing::debug!(consumer = self.name(), event_id = %id, "duplicate event ignored");
                 continue;
             }
             incoming.push(Incoming {
@@ -314,18 +564,26 @@ impl<H: EventHandler> EventConsumer<H> {
                 event: item.event.clone(),
             });
         }
-        if !incoming.is_empty() {
-            let span = tracing::info_span!("events", consumer = %self.name, batch = incoming.len());
-            self.handler
-                .handle_batch(&mut tx, &incoming)
-                .instrument(span)
-                .await?;
+        if incoming.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
-        self.signal.notify();
-        metrics::counter!("consumer_processed_total", "consumer" => self.name.clone())
-            .increment(batch.len() as u64);
-        Ok(())
+        let span = tracing::info_span!("events", consumer = self.name(), batch = incoming.len());
+        let handled = async {
+            #[cfg(feature = "fault-injection")]
+            crate::fault_hooks::before_handle(&incoming);
+            self.handler.handle_batch(tx, &incoming).await
+        };
+        match AssertUnwindSafe(handled.instrument(span))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                metrics::counter!("consumer_panics_total", "consumer" => self.name().to_owned())
+                    .increment(1);
+                Err(HandlerError::Panicked(panic_message(panic.as_ref())))
+            }
+        }
     }
 
     /// Parks an event (or an undecodable message) with its reason. Returns false if the record
@@ -334,8 +592,7 @@ impl<H: EventHandler> EventConsumer<H> {
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
-        payload: &[u8],
-        reason: &str,
+        letter: dead_letters::NewDeadLetter<'_>,
     ) -> bool {
         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
         let message_id = message
@@ -343,30 +600,48 @@ impl<H: EventHandler> EventConsumer<H> {
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str().to_owned());
-        let recorded = sqlx::query(
-            "INSERT INTO dead_letters (consumer, subject, message_id, deliveries, reason, payload)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let recorded = dead_letters::record(
+            &self.pool,
+            self.name(),
+            message.subject.as_str(),
+            message_id.as_deref(),
+            deliveries,
+            &letter,
         )
-        .bind(&self.name)
-        .bind(message.subject.as_str())
-        .bind(message_id)
-        .bind(deliveries)
-        .bind(reason)
-        .bind(payload)
-        .execute(&self.pool)
         .await;
         match recorded {
-            Ok(_) => {
-                metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name.clone())
+            Ok(()) => {
+                metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name().to_owned(), "kind" => letter.kind.as_str())
                     .increment(1);
-                tracing::error!(consumer = %self.name, subject = %message.subject, reason, "event dead-lettered");
+                tracing::error!(consumer = self.name(), subject = %message.subject, reason = letter.reason, kind = letter.kind.as_str(), "event dead-lettered");
                 true
             }
             Err(error) => {
-                tracing::warn!(consumer = %self.name, %error, "cannot record dead letter; message will be redelivered");
+                tracing::warn!(consumer = self.name(), %error, "cannot record dead letter; message will be redelivered");
                 false
             }
         }
+    }
+
+    /// Applies a dead letter's payload again, in the caller's transaction (which also marks the
+    /// dead letter resolved). The inbox makes a second replay, or a replay of an event that was
+    /// applied meanwhile, a no-op.
+    async fn replay_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        payload: &[u8],
+    ) -> Result<(), HandlerError> {
+        let mut items = Vec::new();
+        for decoded in decode_message(payload) {
+            let (envelope, event) =
+                decoded.map_err(|(_, error)| HandlerError::Permanent(error.to_string()))?;
+            items.push(Decoded {
+                message: 0,
+                envelope,
+                event,
+            });
+        }
+        self.apply_in(tx, &items).await
     }
 }
 
@@ -407,37 +682,44 @@ pub fn retry_delay(deliveries: i64) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << exponent.min(16))).min(Duration::from_secs(30))
 }
 
-/// Inbox rows must outlive the broker's duplicate window and any redelivery; after that they go.
-pub async fn prune_inbox(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
-    let seconds = older_than.as_secs_f64();
-    let done =
-        sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
-            .bind(seconds)
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
+/// A consumer seen without its handler type, so an application can supervise several, tests
+/// can drive them, and operators can replay dead letters through them.
+pub trait BackgroundConsumer: Worker {
+    fn name(&self) -> &str;
+    fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>>;
+    fn replay<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
-/// A dead letter as an operator sees it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub consumer: String,
-    pub subject: String,
-    pub message_id: Option<String>,
-    pub deliveries: i64,
-    pub reason: String,
-    pub failed_at: chrono::DateTime<chrono::Utc>,
+impl<H: EventHandler> Worker for EventConsumer<H> {
+    fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(EventConsumer::run(self))
+    }
 }
 
-pub async fn list_dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, consumer, subject, message_id, deliveries, reason, failed_at
-         FROM dead_letters ORDER BY id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
+    fn name(&self) -> &str {
+        EventConsumer::name(self)
+    }
+
+    fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>> {
+        Box::pin(EventConsumer::process_available(self))
+    }
+
+    fn replay<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.replay_in(tx, payload))
+    }
 }
 
 #[cfg(test)]
@@ -492,26 +774,35 @@ mod tests {
         assert_eq!(retry_delay(50), Duration::from_secs(30));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
     }
-}
 
-/// A consumer seen without its handler type, so an application can hold several and tests can
-/// drive them.
-pub trait BackgroundConsumer: Send + Sync {
-    fn name(&self) -> &str;
-    fn process_available(&self) -> futures::future::BoxFuture<'_, Result<usize, ConsumerError>>;
-    fn run(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()>;
-}
-
-impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn process_available(&self) -> futures::future::BoxFuture<'_, Result<usize, ConsumerError>> {
-        Box::pin(EventConsumer::process_available(self))
-    }
-
-    fn run(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { EventConsumer::run(&self).await })
+    #[test]
+    fn only_failures_known_to_be_permanent_are_dead_lettered() {
+        assert_eq!(
+            HandlerError::Permanent("bad".into()).failure(),
+            Failure::Permanent
+        );
+        assert_eq!(
+            HandlerError::Panicked("bug".into()).failure(),
+            Failure::Panic
+        );
+        for unavailable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::other("reset")),
+        ] {
+            assert_eq!(
+                HandlerError::Database(unavailable).failure(),
+                Failure::Unavailable
+            );
+        }
+        // Not a database error with a code: unknown, so retried rather than parked.
+        assert_eq!(
+            HandlerError::Database(sqlx::Error::Protocol("odd".into())).failure(),
+            Failure::Transient
+        );
+        assert_eq!(
+            HandlerError::Outbox(OutboxError::Publish("timeout".into())).failure(),
+            Failure::Transient
+        );
     }
 }

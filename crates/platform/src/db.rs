@@ -3,28 +3,65 @@
 use crate::config::DatabaseSettings;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&settings.url)?;
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-        .connect_with(options)
-        .await
+/// A service's two pools: HTTP handlers cannot take the connections the workers need.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    pub http: PgPool,
+    pub workers: PgPool,
+}
+
+/// Connection options with the session limits every connection of a service carries: no
+/// statement runs, no lock is waited for and no transaction sits idle longer than configured
+/// (an idle transaction of a paused process is ended by the server, releasing its row locks),
+/// and the server probes the connection so that a peer that vanished is noticed.
+fn session_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
+    let ms = |value: u64| format!("{value}ms");
+    Ok(PgConnectOptions::from_str(&settings.url)?.options([
+        ("statement_timeout", ms(settings.statement_timeout_ms)),
+        ("lock_timeout", ms(settings.lock_timeout_ms)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(settings.idle_in_transaction_timeout_ms),
+        ),
+        ("tcp_keepalives_idle", "10".to_owned()),
+        ("tcp_keepalives_interval", "5".to_owned()),
+        ("tcp_keepalives_count", "3".to_owned()),
+    ]))
+}
+
+pub async fn connect(settings: &DatabaseSettings) -> Result<Pools, sqlx::Error> {
+    let options = session_options(settings)?;
+    let pool = |size: u32| {
+        PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+            .connect_lazy_with(options.clone())
+    };
+    let pools = Pools {
+        http: pool(settings.http_connections),
+        workers: pool(settings.worker_connections),
+    };
+    // Fail at start, not at the first request, when the database is unreachable.
+    sqlx::query("SELECT 1").execute(&pools.workers).await?;
+    Ok(pools)
 }
 
 /// Applies the shared messaging migrations, then the service's own (`sqlx::migrate!()` in the
 /// service crate). Both share the `_sqlx_migrations` table, so each ignores the other's versions.
+/// Runs on a connection of its own, without the session limits: building an index on a large
+/// table may take longer than any request should.
 pub async fn migrate(
-    pool: &PgPool,
+    settings: &DatabaseSettings,
     mut service: Migrator,
 ) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = PgConnectOptions::from_str(&settings.url)?.connect().await?;
     let mut messaging = sqlx::migrate!("./migrations");
     messaging.set_ignore_missing(true);
-    messaging.run(pool).await?;
+    messaging.run(&mut conn).await?;
     service.set_ignore_missing(true);
-    service.run(pool).await
+    service.run(&mut conn).await
 }

@@ -12,15 +12,18 @@ use uuid::Uuid;
 pub enum FailureReason {
     OutOfStock,
     UnknownProduct,
+    /// Price × quantity does not fit in the money type.
+    AmountTooLarge,
     PaymentDeclined,
     InsufficientFunds,
     UnknownAccount,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
+    pub const ALL: [FailureReason; 6] = [
         FailureReason::OutOfStock,
         FailureReason::UnknownProduct,
+        FailureReason::AmountTooLarge,
         FailureReason::PaymentDeclined,
         FailureReason::InsufficientFunds,
         FailureReason::UnknownAccount,
@@ -30,6 +33,7 @@ impl FailureReason {
         match self {
             FailureReason::OutOfStock => "OUT_OF_STOCK",
             FailureReason::UnknownProduct => "UNKNOWN_PRODUCT",
+            FailureReason::AmountTooLarge => "AMOUNT_TOO_LARGE",
             FailureReason::PaymentDeclined => "PAYMENT_DECLINED",
             FailureReason::InsufficientFunds => "INSUFFICIENT_FUNDS",
             FailureReason::UnknownAccount => "UNKNOWN_ACCOUNT",
@@ -38,6 +42,16 @@ impl FailureReason {
 
     pub fn parse(s: &str) -> Option<FailureReason> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// A payment failure: the order had stock reserved, which must be given back.
+    pub fn is_payment_failure(self) -> bool {
+        matches!(
+            self,
+            FailureReason::PaymentDeclined
+                | FailureReason::InsufficientFunds
+                | FailureReason::UnknownAccount
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 //! are problems, request context (request id, trace), metrics, and health/ready/metrics routes.
 
 use crate::envelope::TraceContext;
+use crate::supervisor::{Unhealthy, WorkerStatus};
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
@@ -26,6 +27,9 @@ pub struct Problem {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Sent as the `Retry-After` header (seconds), not in the body.
+    #[serde(skip)]
+    pub retry_after_secs: Option<u32>,
 }
 
 impl Problem {
@@ -36,6 +40,7 @@ impl Problem {
             title: title.to_owned(),
             status: status.as_u16(),
             detail: None,
+            retry_after_secs: None,
         }
     }
 
@@ -56,24 +61,33 @@ impl Problem {
         )
     }
 
+    /// `503` with `Retry-After: 1`: the condition is expected to pass.
     pub fn unavailable(detail: &str) -> Self {
-        Problem::new(
+        let mut problem = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
         )
-        .with_detail(detail)
+        .with_detail(detail);
+        problem.retry_after_secs = Some(1);
+        problem
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = self.retry_after_secs;
         let mut response = (status, Json(self)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -224,30 +238,73 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// What `/ready` checks: the database answers and the broker connection is up.
+/// What `/ready` checks: the database answers, the broker connection is up, and every
+/// background worker is running and keeping up (see [`WorkerStatus::unhealthy`]).
 #[derive(Clone)]
 pub struct Readiness {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Each worker, and whether the supervisor runs it (false when tests drive it by hand: then
+    /// only what it reports itself counts, not "not running").
+    pub workers: Vec<(WorkerStatus, bool)>,
+    pub stall_after: Duration,
+}
+
+/// The `503` of `/ready`: RFC 9457 with the workers that are not healthy and why.
+#[derive(Debug, Serialize)]
+struct NotReady {
+    #[serde(flatten)]
+    problem: Problem,
+    workers: Vec<Unhealthy>,
+}
+
+impl IntoResponse for NotReady {
+    fn into_response(self) -> Response {
+        let mut response = (self.problem.status(), Json(self)).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5u32));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(readiness): State<Readiness>) -> Result<Json<serde_json::Value>, Problem> {
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let unhealthy: Vec<Unhealthy> = readiness
+        .workers
+        .iter()
+        .filter_map(|(w, supervised)| w.unhealthy(readiness.stall_after, *supervised))
+        .collect();
+    if !unhealthy.is_empty() {
+        let names: Vec<String> = unhealthy
+            .iter()
+            .map(|u| format!("{}: {}", u.worker, u.reason))
+            .collect();
+        return NotReady {
+            problem: Problem::unavailable(&names.join("; ")),
+            workers: unhealthy,
+        }
+        .into_response();
+    }
     let db = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&readiness.pool),
     )
     .await;
     if !matches!(db, Ok(Ok(_))) {
-        return Err(Problem::unavailable("database unreachable"));
+        return Problem::unavailable("database unreachable").into_response();
     }
     if readiness.nats.connection_state() != async_nats::connection::State::Connected {
-        return Err(Problem::unavailable("broker unreachable"));
+        return Problem::unavailable("broker unreachable").into_response();
     }
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Json(serde_json::json!({ "status": "ready" })).into_response()
 }
 
 async fn render_metrics() -> impl IntoResponse {
@@ -388,26 +445,6 @@ impl FromRef<AdminState> for AdminToken {
     }
 }
 
-async fn dead_letters(
-    _: Admin,
-    State(state): State<AdminState>,
-) -> Result<Json<Vec<crate::consumer::DeadLetter>>, Problem> {
-    crate::consumer::list_dead_letters(&state.pool, 1000)
-        .await
-        .map(Json)
-        .map_err(|error| {
-            tracing::error!(%error, "cannot list dead letters");
-            Problem::internal()
-        })
-}
-
-/// `GET /admin/dead-letters`: what every service's consumers parked, newest first (admin only).
-pub fn dead_letter_routes(state: AdminState) -> Router {
-    Router::new()
-        .route("/admin/dead-letters", get(dead_letters))
-        .with_state(state)
-}
-
 /// Whether a database error means the database cannot be reached right now (a retry may pass).
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
@@ -419,10 +456,21 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// The answer for a database error that is not the client's doing: 503 while the database is
-/// unreachable (the client may retry), 500 otherwise. The error text is logged, never sent.
+/// Whether the same statement may pass if tried again: the database is unreachable, or the
+/// transaction lost a deadlock or serialization conflict, or hit a lock or statement timeout.
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    is_unavailable(error)
+        || error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|c| matches!(&*c, "40001" | "40P01" | "55P03" | "57014"))
+}
+
+/// The answer for a database error that is not the client's doing: 503 while it may pass if
+/// retried (database unreachable, lock or statement timeout, deadlock), 500 otherwise. The
+/// error text is logged, never sent.
 pub fn database_problem(error: &sqlx::Error) -> Problem {
-    if is_unavailable(error) {
+    if is_retryable(error) {
         tracing::warn!(%error, "database unavailable");
         Problem::unavailable("database unavailable, retry later")
     } else {

@@ -1,5 +1,6 @@
 //! Mechanisms shared by the three services: configuration, telemetry, the event contract,
-//! the transactional outbox and its relay, the inbox-backed consumer loop, and HTTP plumbing.
+//! the transactional outbox and its relay, the inbox-backed consumer loop, dead letters and their
+//! repair, supervision of background workers, retention, and HTTP plumbing.
 //! Each mechanism exists once, here; services only supply their domain logic.
 
 pub mod app;
@@ -8,9 +9,14 @@ pub mod broker;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dead_letters;
 pub mod envelope;
 pub mod events;
+#[cfg(feature = "fault-injection")]
+pub mod fault_hooks;
 pub mod http;
 pub mod outbox;
+pub mod retention;
+pub mod supervisor;
 pub mod telemetry;
 pub mod testing;

@@ -4,12 +4,13 @@
 //! A crash between publish and delete re-publishes the same event id (deduplicated by the
 //! broker's `Nats-Msg-Id` window and by the consumers' inbox); it never loses one.
 
-use crate::broker::Topology;
+use crate::broker::{self, Topology};
 use crate::config::OutboxSettings;
 use crate::envelope::{EnvelopeError, TraceContext};
 use crate::events::Event;
+use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{self, message::PublishMessage};
-use futures::future::try_join_all;
+use futures::future::{try_join_all, BoxFuture};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -92,34 +93,40 @@ impl OutboxSignal {
 pub struct OutboxRelay {
     pool: PgPool,
     jetstream: jetstream::Context,
+    topology: Topology,
     signal: OutboxSignal,
     batch_size: i64,
     events_per_message: usize,
     poll_interval: Duration,
+    status: WorkerStatus,
 }
 
 impl OutboxRelay {
     pub fn new(
         pool: PgPool,
         jetstream: jetstream::Context,
+        topology: Topology,
         signal: OutboxSignal,
         settings: &OutboxSettings,
     ) -> Self {
         OutboxRelay {
             pool,
             jetstream,
+            topology,
             signal,
             batch_size: settings.batch_size,
             events_per_message: settings.events_per_message.max(1),
             poll_interval: settings.poll_interval(),
+            status: WorkerStatus::new("outbox-relay"),
         }
     }
 
     /// Claims one batch, publishes it with all acks awaited together, then deletes it.
     /// Returns how many events were published.
     pub async fn publish_batch(&self) -> Result<usize, OutboxError> {
+        let _busy = self.status.busy();
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, Uuid, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT seq, event_id, subject, envelope FROM outbox
              ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
@@ -143,6 +150,8 @@ impl OutboxRelay {
             acks.push(ack.into_future());
         }
         // Dropping the transaction on error rolls back: the rows stay and are published again.
+        // A `duplicate` ack is as good as a fresh one: a message id names exactly the events the
+        // message carries, so the broker already holds these events.
         let acked = try_join_all(acks)
             .await
             .map_err(|e| OutboxError::Publish(e.to_string()))?;
@@ -166,6 +175,7 @@ impl OutboxRelay {
         let mut total = 0;
         loop {
             let n = self.publish_batch().await?;
+            self.status.progress();
             total += n;
             if n == 0 {
                 return Ok(total);
@@ -173,27 +183,41 @@ impl OutboxRelay {
         }
     }
 
-    pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await
+    /// Rows waiting and the age in seconds of the first in line (found through the key).
+    pub async fn backlog(&self) -> Result<(i64, f64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT count(*), COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at)::float8
+                                        FROM outbox ORDER BY seq LIMIT 1), 0)
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
-    /// Runs until the task is dropped: publish while there is work, sleep until signalled or
-    /// the poll interval passes (rows written by other instances), back off while failing.
-    pub async fn run(self) {
+    pub fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
+    /// written by other instances), backs off while failing. After a publish failure the streams
+    /// are ensured again: a stream deleted or lost with the broker's store is re-created.
+    async fn run(&self) -> Result<(), WorkerError> {
+        broker::ensure_streams(&self.jetstream, &self.topology).await?;
         let mut backoff = Duration::from_millis(100);
-        let mut last_gauge = tokio::time::Instant::now();
+        let mut last_gauge: Option<tokio::time::Instant> = None;
         loop {
+            if last_gauge.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                if let Ok((rows, oldest)) = self.backlog().await {
+                    self.status.set_backlog(rows.max(0) as u64);
+                    metrics::gauge!("outbox_backlog").set(rows as f64);
+                    metrics::gauge!("outbox_oldest_age_seconds").set(oldest);
+                }
+                last_gauge = Some(tokio::time::Instant::now());
+            }
             match self.publish_batch().await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
-                    if last_gauge.elapsed() >= Duration::from_secs(1) {
-                        if let Ok(backlog) = self.backlog().await {
-                            metrics::gauge!("outbox_backlog").set(backlog as f64);
-                        }
-                        last_gauge = tokio::time::Instant::now();
-                    }
+                    self.status.progress();
                     if (n as i64) < self.batch_size {
                         let _ =
                             tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
@@ -202,13 +226,34 @@ impl OutboxRelay {
                 Err(error) => {
                     metrics::counter!("outbox_publish_failures_total").increment(1);
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed; will retry");
+                    self.status.report_error(error.to_string());
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if matches!(error, OutboxError::Publish(_)) {
+                        if let Err(error) =
+                            broker::ensure_streams(&self.jetstream, &self.topology).await
+                        {
+                            tracing::debug!(%error, "cannot ensure streams yet");
+                        }
+                    }
                 }
             }
         }
     }
 }
+
+impl Worker for OutboxRelay {
+    fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(OutboxRelay::run(self))
+    }
+}
+
+/// A claimed outbox row: sequence, event id, subject, envelope.
+type OutboxRow = (i64, Uuid, String, Vec<u8>);
 
 /// One broker message: a single envelope, or a JSON array of envelopes of one subject.
 #[derive(Debug, PartialEq, Eq)]
@@ -222,10 +267,12 @@ struct PackedMessage {
 /// per message, keeping each subject's events in outbox order. With durable (fsync-per-write)
 /// JetStream storage the broker's cost is per message, not per event, so packing multiplies the
 /// relay's throughput. A message of one event carries the plain envelope and the event id as its
-/// `Nats-Msg-Id`; a packed message's id names its first and last events and their count, so a
-/// re-publish of the same claim is deduplicated by the broker and anything else by the inbox.
-fn pack_messages(rows: &[(i64, Uuid, String, Vec<u8>)], per_message: usize) -> Vec<PackedMessage> {
-    let mut by_subject: Vec<(&str, Vec<&(i64, Uuid, String, Vec<u8>)>)> = Vec::new();
+/// `Nats-Msg-Id`; a packed message's id is derived from the ids of every event it carries, in
+/// order ([`packed_message_id`]): the broker's duplicate answer then means it holds exactly these
+/// events. A claim packed differently gets other ids and is published again; the inbox absorbs
+/// the events delivered twice.
+fn pack_messages(rows: &[OutboxRow], per_message: usize) -> Vec<PackedMessage> {
+    let mut by_subject: Vec<(&str, Vec<&OutboxRow>)> = Vec::new();
     for row in rows {
         match by_subject.iter_mut().find(|(subject, _)| *subject == row.2) {
             Some((_, group)) => group.push(row),
@@ -248,8 +295,8 @@ fn pack_messages(rows: &[(i64, Uuid, String, Vec<u8>)], per_message: usize) -> V
                     payload.extend_from_slice(&row.3);
                 }
                 payload.push(b']');
-                let (first, last) = (chunk[0].1, chunk[chunk.len() - 1].1);
-                (format!("{first}..{last}/{}", chunk.len()), payload)
+                let ids: Vec<Uuid> = chunk.iter().map(|row| row.1).collect();
+                (packed_message_id(&ids), payload)
             };
             messages.push(PackedMessage {
                 subject: subject.to_owned(),
@@ -261,11 +308,21 @@ fn pack_messages(rows: &[(i64, Uuid, String, Vec<u8>)], per_message: usize) -> V
     messages
 }
 
+/// Namespace of packed message ids (a fixed random UUID).
+const PACKED_MESSAGES: Uuid = Uuid::from_u128(0x6b1f_2c5e_8d3a_4f70_9e21_c4a8_57d0_b3e6);
+
+/// The `Nats-Msg-Id` of a message carrying these events in this order: a name-based (SHA-1)
+/// UUID of all their ids, so two messages share an id only if they carry the same events.
+pub fn packed_message_id(event_ids: &[Uuid]) -> String {
+    let bytes: Vec<u8> = event_ids.iter().flat_map(|id| *id.as_bytes()).collect();
+    format!("pack-{}", Uuid::new_v5(&PACKED_MESSAGES, &bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(seq: i64, subject: &str) -> (i64, Uuid, String, Vec<u8>) {
+    fn row(seq: i64, subject: &str) -> OutboxRow {
         (
             seq,
             Uuid::now_v7(),
@@ -301,7 +358,31 @@ mod tests {
             rows[3].1.to_string(),
             "a lone event keeps its own id"
         );
-        assert!(messages[0].message_id.ends_with("/2"));
+        assert_eq!(
+            messages[0].message_id,
+            packed_message_id(&[rows[0].1, rows[2].1])
+        );
+    }
+
+    /// Two claims with the same first and last event and the same count but a different event
+    /// in between (a hole left by SKIP LOCKED, an intake batch that committed late) must not
+    /// share a message id: the broker would call the second a duplicate and the relay would
+    /// delete a row whose event never reached it.
+    #[test]
+    fn a_message_id_names_every_event_it_carries() {
+        let (first, middle, other, last) = (row(1, "a"), row(2, "a"), row(3, "a"), row(4, "a"));
+        let claim = |rows: Vec<&OutboxRow>| {
+            let rows: Vec<_> = rows.into_iter().cloned().collect();
+            pack_messages(&rows, 10).remove(0).message_id
+        };
+        let one = claim(vec![&first, &middle, &last]);
+        assert_ne!(one, claim(vec![&first, &other, &last]));
+        assert_ne!(one, claim(vec![&first, &last, &middle]), "order counts");
+        assert_eq!(
+            one,
+            claim(vec![&first, &middle, &last]),
+            "same events, same id"
+        );
     }
 
     #[test]

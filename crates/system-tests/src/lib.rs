@@ -4,11 +4,9 @@
 
 use platform::app::Driver;
 use platform::auth::mint_token;
-use platform::config::{
-    AuthSettings, CommonSettings, ConsumerSettings, DatabaseSettings, HttpSettings, NatsSettings,
-    OutboxSettings, WorkerSettings,
-};
-use platform::testing::{fresh_database, nats_url, unique_token};
+use platform::broker::Topology;
+use platform::events::Source;
+use platform::testing::{eventually, fresh_database, nats_url, unique_token};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -19,7 +17,10 @@ pub const ADMIN_TOKEN: &str = "test-admin";
 pub struct Service {
     pub base_url: String,
     pub driver: Driver,
+    /// The test's own connection to the service's database.
     pub pool: PgPool,
+    /// The service's own pools.
+    pub pools: platform::db::Pools,
 }
 
 pub struct TestSystem {
@@ -34,6 +35,10 @@ pub struct TestSystem {
 pub struct Options {
     pub decline_rate: f64,
     pub max_quantity: i32,
+    /// Run the real supervised workers instead of driving them from the test with `settle`.
+    pub workers: bool,
+    /// More settings for all three services, as TOML (e.g. `[redrive]\nafter_secs = 1`).
+    pub extra: &'static str,
 }
 
 impl Default for Options {
@@ -41,48 +46,52 @@ impl Default for Options {
         Options {
             decline_rate: 0.0,
             max_quantity: 100,
+            workers: false,
+            extra: "",
         }
     }
 }
 
-fn common_settings(database_url: String, prefix: &str) -> CommonSettings {
-    CommonSettings {
-        http: HttpSettings {
-            host: "127.0.0.1".into(),
-            port: 0,
-            max_body_bytes: 16 * 1024,
-        },
-        database: DatabaseSettings {
-            url: database_url,
-            max_connections: 8,
-            acquire_timeout_ms: 5000,
-        },
-        nats: NatsSettings {
-            url: nats_url(),
-            prefix: prefix.into(),
-        },
-        auth: AuthSettings {
-            jwt_secret: JWT_SECRET.into(),
-            admin_token: ADMIN_TOKEN.into(),
-        },
-        outbox: OutboxSettings {
-            batch_size: 1000,
-            events_per_message: 100,
-            poll_interval_ms: 250,
-        },
-        consumer: ConsumerSettings {
-            batch_size: 256,
-            max_deliveries: 5,
-            ack_wait_secs: 30,
-            max_ack_pending: 20_000,
-        },
-        workers: WorkerSettings { enabled: false },
-    }
+/// What every test service gets: its database, the test's prefix and credentials, port 0, and
+/// workers driven by the test unless it asks for real ones.
+fn test_settings(database_url: &str, prefix: &str, options: &Options) -> String {
+    format!(
+        r#"
+[http]
+port = 0
+[database]
+url = "{database_url}"
+acquire_timeout_ms = 5000
+[nats]
+url = "{nats}"
+prefix = "{prefix}"
+# JetStream reserves a stream's max_bytes on the server: keep test streams small.
+stream_max_bytes = 16777216
+[auth]
+jwt_secret = "{JWT_SECRET}"
+admin_token = "{ADMIN_TOKEN}"
+[workers]
+enabled = {workers}
+restart_backoff_ms = 100
+max_restart_backoff_ms = 1000
+[orders]
+max_quantity = {max_quantity}
+writers = 2
+max_batch = 64
+[payment]
+decline_rate = {decline_rate}
+"#,
+        nats = nats_url(),
+        workers = options.workers,
+        max_quantity = options.max_quantity,
+        decline_rate = options.decline_rate,
+    )
 }
 
 async fn launch(app: platform::app::Application, database_url: &str) -> Service {
     let base_url = format!("http://127.0.0.1:{}", app.port());
     let driver = app.driver();
+    let pools = app.pools();
     tokio::spawn(app.run_until_stopped());
     let pool = PgPool::connect(database_url)
         .await
@@ -91,6 +100,7 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
         base_url,
         driver,
         pool,
+        pools,
     }
 }
 
@@ -101,23 +111,21 @@ impl TestSystem {
         let inventory_db = fresh_database("inventory").await;
         let payment_db = fresh_database("payments").await;
 
-        let order_settings = order_service::config::Settings {
-            common: common_settings(order_db.clone(), &prefix),
-            orders: order_service::config::OrderSettings {
-                max_quantity: options.max_quantity,
-                writers: 2,
-                max_batch: 64,
-            },
-        };
-        let inventory_settings = inventory_service::config::Settings {
-            common: common_settings(inventory_db.clone(), &prefix),
-        };
-        let payment_settings = payment_service::config::Settings {
-            common: common_settings(payment_db.clone(), &prefix),
-            payment: payment_service::config::PaymentSettings {
-                decline_rate: options.decline_rate,
-            },
-        };
+        let settings = |db: &str| test_settings(db, &prefix, &options);
+        let (order_base, inventory_base, payment_base) = (
+            settings(&order_db),
+            settings(&inventory_db),
+            settings(&payment_db),
+        );
+        let order_settings =
+            order_service::config::Settings::overridden(&[&order_base, options.extra])
+                .expect("order settings");
+        let inventory_settings =
+            inventory_service::config::Settings::overridden(&[&inventory_base, options.extra])
+                .expect("inventory settings");
+        let payment_settings =
+            payment_service::config::Settings::overridden(&[&payment_base, options.extra])
+                .expect("payment settings");
         let order = order_service::startup::build(&order_settings)
             .await
             .expect("order service starts");
@@ -142,6 +150,26 @@ impl TestSystem {
             &self.inventory.driver,
             &self.payment.driver,
         ]
+    }
+
+    /// Like [`TestSystem::settle`], but a round may fail (a consumer finding its durable
+    /// consumer or stream gone reports it and attaches again next round); it must end in two
+    /// quiet rounds without errors.
+    pub async fn settle_after_fault(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut quiet_rounds = 0;
+        while quiet_rounds < 2 {
+            let (work, errors) = self.step_tolerant().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "system did not settle within 60 s; last errors: {errors:?}"
+            );
+            quiet_rounds = if work == 0 && errors.is_empty() {
+                quiet_rounds + 1
+            } else {
+                0
+            };
+        }
     }
 
     /// Runs relays and consumers until two consecutive rounds find nothing to do.
@@ -267,5 +295,78 @@ impl TestSystem {
 
     pub fn subject(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.prefix)
+    }
+
+    pub fn stream_name(&self, source: Source) -> String {
+        Topology::new(self.prefix.clone()).stream_name(source)
+    }
+
+    /// Deletes a durable consumer, as an operator's mistake would.
+    pub async fn delete_consumer(&self, source: Source, durable: &str) {
+        let js = self.jetstream().await;
+        let stream = js
+            .get_stream(self.stream_name(source))
+            .await
+            .expect("stream exists");
+        stream
+            .delete_consumer(durable)
+            .await
+            .expect("delete consumer");
+    }
+
+    /// Deletes a stream with whatever it holds, as a lost broker store would.
+    pub async fn delete_stream(&self, source: Source) {
+        let js = self.jetstream().await;
+        js.delete_stream(self.stream_name(source))
+            .await
+            .expect("delete stream");
+    }
+
+    /// `GET /ready` of a service: status and body.
+    pub async fn ready(&self, service: &Service) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/ready", service.base_url))
+            .send()
+            .await
+            .expect("ready");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the order until it has `status` (real workers running), or panics after `deadline`.
+    pub async fn wait_for_status(
+        &self,
+        user_id: i64,
+        order_id: &str,
+        status: &str,
+        deadline: Duration,
+    ) -> Value {
+        let found = eventually(deadline, || async {
+            let order = self.order(user_id, order_id).await;
+            (order["status"] == status).then_some(order)
+        })
+        .await;
+        match found {
+            Some(order) => order,
+            None => panic!(
+                "order {order_id} not {status} within {deadline:?}: {}",
+                self.order(user_id, order_id).await
+            ),
+        }
+    }
+
+    /// One round of every service's background work that tolerates a failing step (a consumer
+    /// that found its durable consumer gone reports it, and attaches again next round).
+    pub async fn step_tolerant(&self) -> (usize, Vec<String>) {
+        let mut work = 0;
+        let mut errors = Vec::new();
+        for driver in self.drivers() {
+            match driver.step().await {
+                Ok(n) => work += n,
+                Err(error) => errors.push(error.to_string()),
+            }
+        }
+        (work, errors)
     }
 }

@@ -26,20 +26,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(infra: &Infrastructure, settings: &Settings) -> Self {
+    pub fn new(infra: &Infrastructure, settings: &Settings, intake: OrderIntake) -> Self {
         AppState {
-            pool: infra.pool.clone(),
+            pool: infra.pools.http.clone(),
             topology: infra.topology.clone(),
             outbox_signal: infra.outbox_signal.clone(),
             jwt_secret: JwtSecret(Arc::from(settings.common.auth.jwt_secret.as_str())),
             max_quantity: settings.orders.max_quantity,
-            intake: OrderIntake::start(
-                infra.pool.clone(),
-                infra.topology.clone(),
-                infra.outbox_signal.clone(),
-                settings.orders.writers,
-                settings.orders.max_batch,
-            ),
+            intake,
         }
     }
 }

@@ -1,0 +1,129 @@
+//! The re-drive: the order service owns the saga, so it notices an order that has waited too
+//! long for its next step and asks again. Messages can be lost outside our control (a stream
+//! deleted or purged, a broker store lost, an event dead-lettered and fixed later); the re-drive
+//! is what brings such an order to a final status without an operator.
+//!
+//! The question asked again is the order's `OrderCreated`, published with a new event id (so no
+//! inbox swallows it). Every service answers it from its own records — inventory with the
+//! reservation or rejection it recorded, payment with the charge it recorded — so a re-drive
+//! never applies anything twice; it only makes the answers travel again, up to the step that
+//! was missing. It works in bounded batches at a bounded rate, and each order waits longer
+//! before every further re-drive, so a long outage ends in a steady catch-up, not a storm.
+
+use crate::config::RedriveSettings;
+use crate::orders;
+use futures::future::BoxFuture;
+use platform::app::DrivenStep;
+use platform::broker::Topology;
+use platform::envelope::TraceContext;
+use platform::events::{Event, OrderCreated};
+use platform::outbox::{self, OutboxError, OutboxSignal};
+use platform::supervisor::{Worker, WorkerError, WorkerStatus};
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+pub struct Redrive {
+    pool: PgPool,
+    topology: Topology,
+    signal: OutboxSignal,
+    settings: RedriveSettings,
+    status: WorkerStatus,
+}
+
+impl Redrive {
+    pub fn new(
+        pool: PgPool,
+        topology: Topology,
+        signal: OutboxSignal,
+        settings: RedriveSettings,
+    ) -> Self {
+        Redrive {
+            pool,
+            topology,
+            signal,
+            settings,
+            status: WorkerStatus::new("redrive"),
+        }
+    }
+
+    /// Re-drives one batch of the orders that are due; returns how many.
+    pub async fn redrive_due(&self) -> Result<usize, RedriveError> {
+        let _busy = self.status.busy();
+        let mut tx = self.pool.begin().await?;
+        let stalled = orders::claim_stalled(
+            &mut tx,
+            Duration::from_secs(self.settings.after_secs),
+            Duration::from_secs(self.settings.max_pause_secs),
+            self.settings.batch_size,
+        )
+        .await?;
+        if stalled.is_empty() {
+            return Ok(0);
+        }
+        let trace = TraceContext {
+            request_id: Some("redrive".into()),
+            traceparent: None,
+        };
+        let events: Vec<(Event, TraceContext)> = stalled
+            .iter()
+            .map(|order| {
+                let event = Event::OrderCreated(OrderCreated {
+                    order_id: order.id,
+                    user_id: order.user_id,
+                    product_id: order.product_id,
+                    quantity: order.quantity,
+                });
+                (event, trace.clone())
+            })
+            .collect();
+        outbox::enqueue_all(&mut tx, &self.topology, &events).await?;
+        tx.commit().await?;
+        self.signal.notify();
+        metrics::counter!("orders_redriven_total").increment(stalled.len() as u64);
+        tracing::warn!(
+            orders = stalled.len(),
+            first = %stalled[0].id,
+            "open orders waited too long; asked their next step again"
+        );
+        Ok(stalled.len())
+    }
+
+    async fn run(&self) -> Result<(), WorkerError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.redrive_due().await {
+                Ok(_) => self.status.progress(),
+                Err(error) => {
+                    tracing::warn!(%error, "re-drive failed; will retry");
+                    self.status.report_error(error.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl Worker for Redrive {
+    fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(Redrive::run(self))
+    }
+}
+
+impl DrivenStep for Redrive {
+    fn step(&self) -> BoxFuture<'_, Result<usize, WorkerError>> {
+        Box::pin(async move { Ok(self.redrive_due().await?) })
+    }
+}

@@ -1,0 +1,543 @@
+//! Dead letters: messages a consumer parked because they can never succeed as they are, and the
+//! operator's tools to repair them. A dead letter stays `open` until an operator replays it
+//! (applied again through the consumer that parked it, once the cause is fixed) or discards it;
+//! every replay and discard is recorded with who asked, when and what came of it.
+
+use crate::consumer::{BackgroundConsumer, HandlerError};
+use crate::http::{Admin, AdminToken, JsonBody, PathParam, Problem};
+use crate::outbox::OutboxSignal;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    /// Not an event envelope, or an unknown type or payload shape.
+    Undecodable,
+    /// The handler rejected it for good (a constraint, a value out of range, an unknown order).
+    Rejected,
+    /// Handling it panicked on every delivery.
+    Panic,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Undecodable => "undecodable",
+            DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Panic => "panic",
+        }
+    }
+}
+
+/// What a consumer parks.
+pub struct NewDeadLetter<'a> {
+    pub kind: DeadLetterKind,
+    /// The event's id when the message decoded (a packed message parks each event on its own).
+    pub event_id: Option<Uuid>,
+    pub reason: String,
+    pub payload: &'a [u8],
+}
+
+pub async fn record(
+    pool: &PgPool,
+    consumer: &str,
+    subject: &str,
+    message_id: Option<&str>,
+    deliveries: i64,
+    letter: &NewDeadLetter<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer, subject, message_id, event_id, kind, deliveries, reason, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(consumer)
+    .bind(subject)
+    .bind(message_id)
+    .bind(letter.event_id)
+    .bind(letter.kind.as_str())
+    .bind(deliveries)
+    .bind(&letter.reason)
+    .bind(letter.payload)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A dead letter as an operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub consumer: String,
+    pub subject: String,
+    pub message_id: Option<String>,
+    pub event_id: Option<Uuid>,
+    pub kind: String,
+    pub deliveries: i64,
+    pub reason: String,
+    pub status: String,
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub resolved_by: Option<String>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListFilter {
+    /// `open` (the default), `replayed`, `discarded` or `all`.
+    pub status: Option<String>,
+    /// Only those whose reason contains this text.
+    pub reason: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let status = filter.status.as_deref().unwrap_or("open");
+    sqlx::query_as(
+        "SELECT id, consumer, subject, message_id, event_id, kind, deliveries, reason, status,
+                failed_at, resolved_at, resolved_by
+         FROM dead_letters
+         WHERE ($1 = 'all' OR status = $1) AND strpos(reason, $2) > 0
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(status)
+    .bind(filter.reason.as_deref().unwrap_or(""))
+    .bind(filter.limit.unwrap_or(1000).clamp(1, 10_000))
+    .fetch_all(pool)
+    .await
+}
+
+/// One recorded replay or discard.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Action {
+    pub id: i64,
+    pub dead_letter_id: i64,
+    pub action: String,
+    pub actor: String,
+    pub succeeded: bool,
+    pub detail: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("no such dead letter")]
+    NotFound,
+    #[error("the dead letter is already {0}")]
+    Resolved(String),
+    #[error("no consumer named {0} in this service")]
+    UnknownConsumer(String),
+    #[error("replay failed: {0}")]
+    ReplayFailed(HandlerError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The operator's desk: replays dead letters through the consumers that parked them.
+#[derive(Clone)]
+pub struct DeadLetterDesk {
+    pool: PgPool,
+    consumers: Vec<Arc<dyn BackgroundConsumer>>,
+    signal: OutboxSignal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    Replay,
+    Discard,
+}
+
+impl Resolution {
+    fn action(self) -> &'static str {
+        match self {
+            Resolution::Replay => "replay",
+            Resolution::Discard => "discard",
+        }
+    }
+
+    fn status(self) -> &'static str {
+        match self {
+            Resolution::Replay => "replayed",
+            Resolution::Discard => "discarded",
+        }
+    }
+}
+
+/// What a bulk replay or discard did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BulkOutcome {
+    pub matched: u64,
+    pub resolved: u64,
+    pub failed: Vec<BulkFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BulkFailure {
+    pub id: i64,
+    pub error: String,
+}
+
+impl DeadLetterDesk {
+    pub fn new(
+        pool: PgPool,
+        consumers: Vec<Arc<dyn BackgroundConsumer>>,
+        signal: OutboxSignal,
+    ) -> Self {
+        DeadLetterDesk {
+            pool,
+            consumers,
+            signal,
+        }
+    }
+
+    pub async fn replay(&self, id: i64, actor: &str) -> Result<(), DeskError> {
+        self.resolve(id, actor, Resolution::Replay).await
+    }
+
+    pub async fn discard(&self, id: i64, actor: &str) -> Result<(), DeskError> {
+        self.resolve(id, actor, Resolution::Discard).await
+    }
+
+    /// Replays (or discards) every open dead letter whose reason contains `reason`, oldest first.
+    async fn resolve_matching(
+        &self,
+        reason: &str,
+        actor: &str,
+        how: Resolution,
+    ) -> Result<BulkOutcome, sqlx::Error> {
+        let mut outcome = BulkOutcome::default();
+        let mut after = 0i64;
+        loop {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM dead_letters WHERE status = 'open' AND strpos(reason, $1) > 0
+                 AND id > $2 ORDER BY id LIMIT 100",
+            )
+            .bind(reason)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = ids.last() else {
+                return Ok(outcome);
+            };
+            after = *last;
+            for id in ids {
+                outcome.matched += 1;
+                match self.resolve(id, actor, how).await {
+                    Ok(()) => outcome.resolved += 1,
+                    // Resolved meanwhile by someone else: nothing left to do.
+                    Err(DeskError::Resolved(_)) => {}
+                    Err(DeskError::Database(error)) => return Err(error),
+                    Err(error) => outcome.failed.push(BulkFailure {
+                        id,
+                        error: error.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    pub async fn replay_matching(
+        &self,
+        reason: &str,
+        actor: &str,
+    ) -> Result<BulkOutcome, sqlx::Error> {
+        self.resolve_matching(reason, actor, Resolution::Replay)
+            .await
+    }
+
+    pub async fn discard_matching(
+        &self,
+        reason: &str,
+        actor: &str,
+    ) -> Result<BulkOutcome, sqlx::Error> {
+        self.resolve_matching(reason, actor, Resolution::Discard)
+            .await
+    }
+
+    /// Replays or discards one dead letter. The dead letter's row is locked and its new status
+    /// written in the transaction that applies the event, so a replay takes effect once however
+    /// often it is asked for. Every attempt is recorded.
+    async fn resolve(&self, id: i64, actor: &str, how: Resolution) -> Result<(), DeskError> {
+        let result = self.try_resolve(id, actor, how).await;
+        let detail = result.as_ref().err().map(DeskError::to_string);
+        if !matches!(result, Err(DeskError::NotFound)) && result.is_err() {
+            // The successful attempts are recorded inside their transaction.
+            self.record_action(id, how, actor, false, detail.as_deref())
+                .await?;
+        }
+        match &result {
+            Ok(()) => {
+                tracing::info!(
+                    dead_letter = id,
+                    actor,
+                    action = how.action(),
+                    "dead letter resolved"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(dead_letter = id, actor, action = how.action(), %error, "dead letter not resolved")
+            }
+        }
+        result
+    }
+
+    async fn try_resolve(&self, id: i64, actor: &str, how: Resolution) -> Result<(), DeskError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT consumer, status, payload FROM dead_letters WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((consumer, status, payload)) = row else {
+            return Err(DeskError::NotFound);
+        };
+        if status != "open" {
+            return Err(DeskError::Resolved(status));
+        }
+        if how == Resolution::Replay {
+            let consumer = self
+                .consumers
+                .iter()
+                .find(|c| c.name() == consumer)
+                .ok_or(DeskError::UnknownConsumer(consumer))?;
+            consumer
+                .replay(&mut tx, &payload)
+                .await
+                .map_err(DeskError::ReplayFailed)?;
+        }
+        sqlx::query(
+            "UPDATE dead_letters SET status = $2, resolved_at = now(), resolved_by = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(how.status())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO dead_letter_actions (dead_letter_id, action, actor, succeeded) VALUES ($1, $2, $3, true)",
+        )
+        .bind(id)
+        .bind(how.action())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.signal.notify();
+        Ok(())
+    }
+
+    async fn record_action(
+        &self,
+        id: i64,
+        how: Resolution,
+        actor: &str,
+        succeeded: bool,
+        detail: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO dead_letter_actions (dead_letter_id, action, actor, succeeded, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(how.action())
+        .bind(actor)
+        .bind(succeeded)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn actions(&self, limit: i64) -> Result<Vec<Action>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, dead_letter_id, action, actor, succeeded, detail, at
+             FROM dead_letter_actions ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+// ------------------------------------------------------------------------------------ HTTP
+
+#[derive(Clone)]
+struct DeskState {
+    desk: DeadLetterDesk,
+    admin: AdminToken,
+}
+
+impl FromRef<DeskState> for AdminToken {
+    fn from_ref(state: &DeskState) -> Self {
+        state.admin.clone()
+    }
+}
+
+/// Who asked: the `X-Operator` header when it is a sane token, else `admin`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("x-operator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("admin")
+        .to_owned()
+}
+
+impl From<DeskError> for Problem {
+    fn from(error: DeskError) -> Problem {
+        match error {
+            DeskError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "dead-letter-not-found",
+                "No such dead letter",
+            ),
+            DeskError::Resolved(status) => Problem::new(
+                StatusCode::CONFLICT,
+                "dead-letter-resolved",
+                "The dead letter was already resolved",
+            )
+            .with_detail(format!("it is {status}")),
+            DeskError::UnknownConsumer(name) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-consumer",
+                "No consumer of this service parked it",
+            )
+            .with_detail(name),
+            DeskError::ReplayFailed(error) => {
+                // The handler's own reasons help the operator; database error text stays in the log.
+                let detail = match &error {
+                    HandlerError::Database(_) | HandlerError::Outbox(_) => {
+                        tracing::warn!(%error, "replay failed");
+                        "database error (see the service log)".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "replay-failed",
+                    "The event still fails",
+                )
+                .with_detail(detail)
+            }
+            DeskError::Database(error) => crate::http::database_problem(&error),
+        }
+    }
+}
+
+async fn list_letters(
+    _: Admin,
+    State(state): State<DeskState>,
+    Query(filter): Query<ListFilter>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    list(&state.desk.pool, &filter)
+        .await
+        .map(Json)
+        .map_err(|e| crate::http::database_problem(&e))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Resolved {
+    pub id: i64,
+    pub status: String,
+}
+
+async fn replay_one(
+    _: Admin,
+    State(state): State<DeskState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam<i64>,
+) -> Result<Json<Resolved>, Problem> {
+    state.desk.replay(id, &actor(&headers)).await?;
+    Ok(Json(Resolved {
+        id,
+        status: "replayed".into(),
+    }))
+}
+
+async fn discard_one(
+    _: Admin,
+    State(state): State<DeskState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam<i64>,
+) -> Result<Json<Resolved>, Problem> {
+    state.desk.discard(id, &actor(&headers)).await?;
+    Ok(Json(Resolved {
+        id,
+        status: "discarded".into(),
+    }))
+}
+
+/// Body of a bulk replay or discard: every open dead letter whose reason contains this text.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matching {
+    pub reason: String,
+}
+
+async fn replay_all(
+    _: Admin,
+    State(state): State<DeskState>,
+    headers: HeaderMap,
+    JsonBody(matching): JsonBody<Matching>,
+) -> Result<Json<BulkOutcome>, Problem> {
+    state
+        .desk
+        .replay_matching(&matching.reason, &actor(&headers))
+        .await
+        .map(Json)
+        .map_err(|e| crate::http::database_problem(&e))
+}
+
+async fn discard_all(
+    _: Admin,
+    State(state): State<DeskState>,
+    headers: HeaderMap,
+    JsonBody(matching): JsonBody<Matching>,
+) -> Result<Json<BulkOutcome>, Problem> {
+    state
+        .desk
+        .discard_matching(&matching.reason, &actor(&headers))
+        .await
+        .map(Json)
+        .map_err(|e| crate::http::database_problem(&e))
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionsQuery {
+    limit: Option<i64>,
+}
+
+async fn list_actions(
+    _: Admin,
+    State(state): State<DeskState>,
+    Query(query): Query<ActionsQuery>,
+) -> Result<Json<Vec<Action>>, Problem> {
+    state
+        .desk
+        .actions(query.limit.unwrap_or(1000))
+        .await
+        .map(Json)
+        .map_err(|e| crate::http::database_problem(&e))
+}
+
+/// The admin routes over a service's dead letters (every service has them):
+/// `GET /admin/dead-letters` (`?status=open|replayed|discarded|all&reason=…&limit=…`),
+/// `POST /admin/dead-letters/{id}/replay`, `POST /admin/dead-letters/{id}/discard`,
+/// `POST /admin/dead-letters/replay` and `…/discard` with `{"reason": "…"}` for every open one
+/// whose reason contains the text, and `GET /admin/dead-letters/actions`, the audit log.
+pub fn routes(desk: DeadLetterDesk, admin: AdminToken) -> Router {
+    Router::new()
+        .route("/admin/dead-letters", get(list_letters))
+        .route("/admin/dead-letters/actions", get(list_actions))
+        .route("/admin/dead-letters/replay", post(replay_all))
+        .route("/admin/dead-letters/discard", post(discard_all))
+        .route("/admin/dead-letters/{id}/replay", post(replay_one))
+        .route("/admin/dead-letters/{id}/discard", post(discard_one))
+        .with_state(DeskState { desk, admin })
+}

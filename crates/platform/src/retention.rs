@@ -1,0 +1,133 @@
+//! Retention off the hot path: one worker per service deletes records older than their
+//! configured window, in small batches, so that pruning never takes a long lock or competes with
+//! a consumer's transaction. Why each window is safe: docs/architecture.md, "Retention".
+
+use crate::config::RetentionSettings;
+use crate::supervisor::{Worker, WorkerError, WorkerStatus};
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// Rows of `table` whose `column` is older than `max_age` (and that match `condition`, an SQL
+/// predicate over the table's own columns) are deleted.
+#[derive(Debug, Clone)]
+pub struct RetentionRule {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub condition: &'static str,
+    pub max_age: Duration,
+}
+
+impl RetentionRule {
+    /// The rules every service has: the inbox, and dead letters an operator resolved.
+    pub fn messaging(settings: &RetentionSettings) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                table: "inbox",
+                column: "processed_at",
+                condition: "true",
+                max_age: Duration::from_secs(settings.inbox_secs),
+            },
+            RetentionRule {
+                table: "dead_letters",
+                column: "resolved_at",
+                condition: "status <> 'open'",
+                max_age: Duration::from_secs(settings.resolved_dead_letters_secs),
+            },
+        ]
+    }
+
+    fn delete_statement(&self) -> String {
+        // One batch through the index on the time column; ctid targets exactly those rows.
+        format!(
+            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM {table}
+                 WHERE {column} < now() - make_interval(secs => $1) AND ({condition})
+                 LIMIT $2))",
+            table = self.table,
+            column = self.column,
+            condition = self.condition,
+        )
+    }
+}
+
+pub struct Retention {
+    pool: PgPool,
+    rules: Vec<RetentionRule>,
+    interval: Duration,
+    batch_size: i64,
+    status: WorkerStatus,
+}
+
+impl Retention {
+    pub fn new(pool: PgPool, settings: &RetentionSettings, rules: Vec<RetentionRule>) -> Self {
+        Retention {
+            pool,
+            rules,
+            interval: Duration::from_secs(settings.interval_secs.max(1)),
+            batch_size: settings.batch_size.max(1),
+            status: WorkerStatus::new("retention"),
+        }
+    }
+
+    /// Deletes everything past its window, batch by batch; returns the rows deleted per table.
+    pub async fn prune(&self) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+        let mut pruned = Vec::with_capacity(self.rules.len());
+        for rule in &self.rules {
+            let statement = rule.delete_statement();
+            let mut total = 0;
+            loop {
+                let deleted = {
+                    let _busy = self.status.busy();
+                    sqlx::query(&statement)
+                        .bind(rule.max_age.as_secs_f64())
+                        .bind(self.batch_size)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected()
+                };
+                total += deleted;
+                if deleted < self.batch_size as u64 {
+                    break;
+                }
+                // Leave room for the hot path between batches.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if total > 0 {
+                metrics::counter!("retention_pruned_total", "table" => rule.table).increment(total);
+                tracing::info!(
+                    table = rule.table,
+                    rows = total,
+                    "pruned records past retention"
+                );
+            }
+            pruned.push((rule.table, total));
+        }
+        Ok(pruned)
+    }
+
+    async fn run(&self) -> Result<(), WorkerError> {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.prune().await {
+                Ok(_) => self.status.progress(),
+                Err(error) => {
+                    tracing::warn!(%error, "retention pruning failed; will retry");
+                    self.status.report_error(error.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl Worker for Retention {
+    fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(Retention::run(self))
+    }
+}

@@ -1,0 +1,438 @@
+//! Supervision of background workers (relay, consumers, re-drive, retention, intake writers).
+//!
+//! A worker is a loop that runs until it fails. The supervisor runs each one in its own task,
+//! catches its errors and panics, restarts it with a growing backoff, and aborts and restarts a
+//! worker that has been busy with one unit of work for longer than the hang limit (a query or a
+//! broker request that never returns). Every worker reports its health through a
+//! [`WorkerStatus`], which `/ready` and the metrics read: a worker that is not running, or that has
+//! work waiting and has made no progress for a while, makes the service not ready.
+
+use crate::config::WorkerSettings;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A background loop of a service.
+pub trait Worker: Send + Sync + 'static {
+    fn status(&self) -> &WorkerStatus;
+    /// Runs until it fails. Returning (with or without an error) ends this life of the worker;
+    /// the supervisor starts the next one after a backoff.
+    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>>;
+}
+
+/// What a worker reports about itself; cheap to clone and to update once per unit of work.
+#[derive(Clone)]
+pub struct WorkerStatus(Arc<StatusInner>);
+
+struct StatusInner {
+    name: String,
+    state: Mutex<State>,
+    progress_gauge: metrics::Gauge,
+    backlog_gauge: metrics::Gauge,
+    up_gauge: metrics::Gauge,
+}
+
+struct State {
+    running: bool,
+    /// Set by the worker itself while it is alive but cannot do its job (e.g. its durable
+    /// consumer is gone and is being created again).
+    down: Option<String>,
+    last_error: Option<String>,
+    last_progress: Instant,
+    busy_since: Option<Instant>,
+    backlog: u64,
+    restarts: u64,
+}
+
+/// Why a worker makes its service not ready.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unhealthy {
+    pub worker: String,
+    pub reason: String,
+}
+
+impl WorkerStatus {
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        let labels = [("worker", name.clone())];
+        WorkerStatus(Arc::new(StatusInner {
+            progress_gauge: metrics::gauge!("worker_last_progress_timestamp_seconds", &labels),
+            backlog_gauge: metrics::gauge!("worker_backlog", &labels),
+            up_gauge: metrics::gauge!("worker_up", &labels),
+            name,
+            state: Mutex::new(State {
+                running: false,
+                down: None,
+                last_error: None,
+                last_progress: Instant::now(),
+                busy_since: None,
+                backlog: 0,
+                restarts: 0,
+            }),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the plain fields inconsistent.
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker did useful work (processed a batch, published rows, found nothing to do while
+    /// nothing was waiting).
+    pub fn progress(&self) {
+        let mut state = self.state();
+        state.last_progress = Instant::now();
+        state.last_error = None;
+        drop(state);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.0.progress_gauge.set(now.as_secs_f64());
+    }
+
+    /// Marks one unit of work in progress until the guard is dropped (also when the future
+    /// holding it is aborted).
+    pub fn busy(&self) -> BusyGuard<'_> {
+        self.state().busy_since = Some(Instant::now());
+        BusyGuard(self)
+    }
+
+    /// Work known to be waiting for this worker (consumer lag, outbox rows).
+    pub fn set_backlog(&self, backlog: u64) {
+        let mut state = self.state();
+        if state.backlog == 0 && backlog > 0 {
+            // Waiting starts now: a worker idle for an hour has not been stalled for an hour.
+            state.last_progress = Instant::now();
+        }
+        state.backlog = backlog;
+        drop(state);
+        self.0.backlog_gauge.set(backlog as f64);
+    }
+
+    /// The worker cannot do its job until it reports [`WorkerStatus::report_up`].
+    pub fn report_down(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut state = self.state();
+        state.last_error = Some(reason.clone());
+        state.down = Some(reason);
+    }
+
+    pub fn report_up(&self) {
+        self.state().down = None;
+    }
+
+    /// A failure the worker retries by itself; shown with a stall if it persists.
+    pub fn report_error(&self, error: impl Into<String>) {
+        self.state().last_error = Some(error.into());
+    }
+
+    pub fn backlog(&self) -> u64 {
+        self.state().backlog
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.state().restarts
+    }
+
+    fn started(&self) {
+        let mut state = self.state();
+        state.running = true;
+        state.down = None;
+        state.busy_since = None;
+        state.last_progress = Instant::now();
+        drop(state);
+        self.0.up_gauge.set(1.0);
+    }
+
+    fn stopped(&self, reason: String) {
+        let mut state = self.state();
+        state.running = false;
+        state.busy_since = None;
+        state.last_error = Some(reason);
+        state.restarts += 1;
+        drop(state);
+        self.0.up_gauge.set(0.0);
+        metrics::counter!("worker_restarts_total", "worker" => self.0.name.clone()).increment(1);
+    }
+
+    fn busy_for(&self) -> Option<Duration> {
+        self.state().busy_since.map(|since| since.elapsed())
+    }
+
+    /// `None` when healthy; otherwise why not. `supervised` is false when tests drive the
+    /// workers by hand (then "not running" is expected and only stalls count).
+    pub fn unhealthy(&self, stall_after: Duration, supervised: bool) -> Option<Unhealthy> {
+        let state = self.state();
+        let reason = if supervised && !state.running {
+            format!(
+                "not running (restarting after: {})",
+                state.last_error.as_deref().unwrap_or("not started yet")
+            )
+        } else if let Some(down) = &state.down {
+            down.clone()
+        } else if let Some(busy) = state.busy_since.map(|s| s.elapsed()) {
+            if busy <= stall_after {
+                return None;
+            }
+            format!("busy with one unit of work for {:.0} s", busy.as_secs_f64())
+        } else if state.backlog > 0 && state.last_progress.elapsed() > stall_after {
+            let mut reason = format!(
+                "{} waiting and no progress for {:.0} s",
+                state.backlog,
+                state.last_progress.elapsed().as_secs_f64()
+            );
+            if let Some(error) = &state.last_error {
+                reason.push_str(&format!(" (last error: {error})"));
+            }
+            reason
+        } else {
+            return None;
+        };
+        Some(Unhealthy {
+            worker: self.0.name.clone(),
+            reason,
+        })
+    }
+}
+
+pub struct BusyGuard<'a>(&'a WorkerStatus);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state().busy_since = None;
+    }
+}
+
+/// Runs workers, restarting each after it fails, panics or hangs; aborts them all when dropped.
+pub struct Supervisor {
+    tasks: JoinSet<()>,
+    statuses: Vec<WorkerStatus>,
+    policy: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A worker busy with one unit of work for longer than this is aborted and restarted.
+    pub hang_after: Duration,
+}
+
+impl RestartPolicy {
+    pub fn from_settings(settings: &WorkerSettings) -> Self {
+        RestartPolicy {
+            first_backoff: Duration::from_millis(settings.restart_backoff_ms),
+            max_backoff: Duration::from_millis(settings.max_restart_backoff_ms),
+            hang_after: Duration::from_secs(settings.hang_after_secs),
+        }
+    }
+
+    /// A life longer than this counts as healthy: the next failure starts the backoff over.
+    fn healthy_life(&self) -> Duration {
+        self.max_backoff.max(Duration::from_secs(10))
+    }
+}
+
+impl Supervisor {
+    pub fn new(policy: RestartPolicy) -> Self {
+        Supervisor {
+            tasks: JoinSet::new(),
+            statuses: Vec::new(),
+            policy,
+        }
+    }
+
+    pub fn spawn(&mut self, worker: Arc<dyn Worker>) {
+        self.statuses.push(worker.status().clone());
+        let policy = self.policy;
+        self.tasks
+            .spawn(async move { supervise(&*worker, policy).await });
+    }
+
+    pub fn statuses(&self) -> &[WorkerStatus] {
+        &self.statuses
+    }
+}
+
+enum End {
+    Returned(Result<(), WorkerError>),
+    Panicked(String),
+    Hung(Duration),
+}
+
+async fn supervise(worker: &dyn Worker, policy: RestartPolicy) {
+    let status = worker.status();
+    let mut backoff = policy.first_backoff;
+    loop {
+        status.started();
+        let began = Instant::now();
+        let end = tokio::select! {
+            result = AssertUnwindSafe(worker.run()).catch_unwind() => match result {
+                Ok(returned) => End::Returned(returned),
+                Err(panic) => End::Panicked(panic_message(panic.as_ref())),
+            },
+            busy = hang_watch(status, policy.hang_after) => End::Hung(busy),
+        };
+        let reason = match end {
+            End::Returned(Ok(())) => "returned".to_owned(),
+            End::Returned(Err(error)) => error.to_string(),
+            End::Panicked(message) => format!("panicked: {message}"),
+            End::Hung(busy) => format!(
+                "hung: one unit of work took longer than {:.0} s; aborted",
+                busy.as_secs_f64()
+            ),
+        };
+        if began.elapsed() > policy.healthy_life() {
+            backoff = policy.first_backoff;
+        }
+        tracing::error!(worker = status.name(), %reason, restart_in_ms = backoff.as_millis() as u64, "worker stopped; restarting");
+        status.stopped(reason);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(policy.max_backoff);
+    }
+}
+
+/// Resolves when the worker has been busy with one unit of work for longer than `limit`.
+async fn hang_watch(status: &WorkerStatus, limit: Duration) -> Duration {
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(limit));
+    loop {
+        tick.tick().await;
+        if let Some(busy) = status.busy_for().filter(|busy| *busy > limit) {
+            return busy;
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!("...")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct Flaky {
+        status: WorkerStatus,
+        lives: AtomicU32,
+    }
+
+    impl Worker for Flaky {
+        fn status(&self) -> &WorkerStatus {
+            &self.status
+        }
+
+        fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+            Box::pin(async move {
+                match self.lives.fetch_add(1, Ordering::SeqCst) {
+                    0 => panic!("first life panics"),
+                    1 => Err("second life fails".into()),
+                    2 => {
+                        // Third life hangs inside one unit of work.
+                        let _busy = self.status.busy();
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                    _ => {
+                        self.status.progress();
+                        std::future::pending().await
+                    }
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_is_restarted_after_a_panic_an_error_and_a_hang() {
+        let worker = Arc::new(Flaky {
+            status: WorkerStatus::new("flaky"),
+            lives: AtomicU32::new(0),
+        });
+        let mut supervisor = Supervisor::new(RestartPolicy {
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            hang_after: Duration::from_secs(5),
+        });
+        supervisor.spawn(worker.clone());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(worker.lives.load(Ordering::SeqCst), 4);
+        assert_eq!(worker.status.restarts(), 3);
+        assert_eq!(worker.status.unhealthy(Duration::from_secs(10), true), None);
+    }
+
+    #[test]
+    fn health_tells_why_a_worker_is_not_ready() {
+        let status = WorkerStatus::new("w");
+        let stall = Duration::from_secs(10);
+        assert!(status
+            .unhealthy(stall, true)
+            .unwrap()
+            .reason
+            .contains("not running"));
+        assert_eq!(status.unhealthy(stall, false), None, "driven by hand");
+        status.started();
+        assert_eq!(status.unhealthy(stall, true), None);
+        status.stopped("boom".into());
+        let why = status.unhealthy(stall, true).unwrap();
+        assert_eq!(why.worker, "w");
+        assert!(why.reason.contains("boom"), "{}", why.reason);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_work_without_progress_is_a_stall() {
+        let status = WorkerStatus::new("w");
+        status.started();
+        status.set_backlog(5);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(status.unhealthy(Duration::from_secs(10), true), None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let why = status.unhealthy(Duration::from_secs(10), true).unwrap();
+        assert!(why.reason.contains("5 waiting"), "{}", why.reason);
+        status.progress();
+        assert_eq!(status.unhealthy(Duration::from_secs(10), true), None);
+        status.report_down("consumer deleted");
+        assert_eq!(
+            status
+                .unhealthy(Duration::from_secs(10), false)
+                .unwrap()
+                .reason,
+            "consumer deleted"
+        );
+        status.report_up();
+        let busy = status.busy();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(status
+            .unhealthy(Duration::from_secs(10), true)
+            .unwrap()
+            .reason
+            .contains("busy"));
+        drop(busy);
+        status.set_backlog(0);
+        assert_eq!(status.unhealthy(Duration::from_secs(10), true), None);
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_both_payload_kinds() {
+        let text = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(text.as_ref()), "plain");
+        let formatted = std::panic::catch_unwind(|| panic!("n = {}", 3)).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "n = 3");
+    }
+}

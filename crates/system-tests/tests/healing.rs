@@ -1,0 +1,307 @@
+//! Liveness outside the faults the chaos suite chose: a poison input, a deleted durable
+//! consumer, a deleted stream, a lost compensation. Each time every order must still reach a
+//! final status, with `/ready` telling the truth meanwhile.
+
+use platform::events::Source;
+use serde_json::json;
+use std::time::Duration;
+use system_tests::{Options, TestSystem, ADMIN_TOKEN};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The reproduction from the issue: a price that overflowed `price * quantity` made the
+/// inventory consumer panic and every later order stay PENDING. The API now refuses the price,
+/// and a product that already has such a price (entered before the cap) fails the order with a
+/// reason instead of panicking; the order after it completes.
+#[tokio::test]
+async fn an_overflowing_price_neither_panics_nor_stops_the_pipeline() {
+    let system = TestSystem::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let refused = system
+        .http
+        .post(format!("{}/products", system.inventory.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": 777001, "name": "poison", "price_cents": 100_000_000_000_000_000i64, "stock": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    // The same product, as it could exist from before the cap.
+    sqlx::query(
+        "INSERT INTO products (id, name, price_cents, stock, received) VALUES (777001, 'poison', 100000000000000000, 1000, 1000)",
+    )
+    .execute(&system.inventory.pool)
+    .await
+    .unwrap();
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 1_000_000).await;
+
+    let poison = system.accepted_order(7, 777001, 93).await;
+    let after = system.accepted_order(7, 1, 1).await;
+
+    let failed = system.wait_for_status(7, &poison, "FAILED", DEADLINE).await;
+    assert_eq!(failed["failure_reason"], "AMOUNT_TOO_LARGE");
+    system
+        .wait_for_status(7, &after, "COMPLETED", DEADLINE)
+        .await;
+    assert_eq!(system.stock(777001).await, 1000, "no stock taken");
+    assert_eq!(system.stock(1).await, 9);
+    assert_eq!(system.ready(&system.inventory).await.0, 200);
+    assert_eq!(
+        TestSystem::count(&system.inventory.pool, "SELECT count(*) FROM dead_letters").await,
+        0
+    );
+}
+
+/// The second reproduction, driven step by step so the test sees each state: the durable
+/// consumer is deleted, the consumer notices on its next fetch and reports itself down
+/// (`/ready` 503 naming it), then creates the durable consumer again and the order completes.
+#[tokio::test]
+async fn a_deleted_durable_consumer_is_reported_and_created_again() {
+    let system = TestSystem::start(Options::default()).await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let first = system.accepted_order(7, 1, 1).await;
+    system.settle().await;
+    assert_eq!(system.order(7, &first).await["status"], "COMPLETED");
+
+    system
+        .delete_consumer(Source::Order, "inventory-service-orders")
+        .await;
+    let second = system.accepted_order(7, 1, 1).await;
+    let (_, errors) = system.step_tolerant().await;
+    assert!(
+        errors.iter().any(|e| e.contains("JetStream")),
+        "the inventory consumer should fail to fetch: {errors:?}"
+    );
+    let (status, body) = system.ready(&system.inventory).await;
+    assert_eq!(status, 503, "{body}");
+    let workers = body["workers"].to_string();
+    assert!(
+        workers.contains("consumer:inventory-service-orders"),
+        "{body}"
+    );
+
+    system.settle().await;
+    assert_eq!(system.order(7, &second).await["status"], "COMPLETED");
+    assert_eq!(system.ready(&system.inventory).await.0, 200);
+    assert_eq!(
+        system.stock(1).await,
+        8,
+        "the replayed first order is not applied twice"
+    );
+}
+
+/// The same with the real supervised workers: nobody steps anything, the consumer notices by
+/// itself and the next order completes.
+#[tokio::test]
+async fn a_running_consumer_heals_a_deleted_durable_consumer_by_itself() {
+    let system = TestSystem::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let first = system.accepted_order(7, 1, 1).await;
+    system
+        .wait_for_status(7, &first, "COMPLETED", DEADLINE)
+        .await;
+
+    for (source, durable) in [
+        (Source::Order, "inventory-service-orders"),
+        (Source::Inventory, "payment-service-reservations"),
+        (Source::Payment, "order-service-payment"),
+    ] {
+        system.delete_consumer(source, durable).await;
+    }
+    let second = system.accepted_order(7, 1, 1).await;
+    system
+        .wait_for_status(7, &second, "COMPLETED", DEADLINE)
+        .await;
+    assert_eq!(system.stock(1).await, 8);
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        2
+    );
+    for service in [&system.order, &system.inventory, &system.payment] {
+        let ready = platform::testing::eventually(DEADLINE, || async {
+            (system.ready(service).await.0 == 200).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "{} not ready again", service.base_url);
+    }
+}
+
+/// A stream deleted with a message nobody consumed yet: the relay and the consumer create the
+/// stream (and the durable consumer) again, and the order whose `OrderCreated` was lost is
+/// re-driven — asked again — and completes.
+#[tokio::test]
+async fn an_order_lost_with_its_stream_is_redriven_to_completion() {
+    let system = TestSystem::start(Options {
+        extra: "[redrive]\nafter_secs = 0\n",
+        ..Options::default()
+    })
+    .await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let lost = system.accepted_order(7, 1, 2).await;
+    // Published, then gone with the stream before inventory took it.
+    system
+        .order
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
+    system.delete_stream(Source::Order).await;
+
+    system.settle_after_fault().await;
+    let order = system.order(7, &lost).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(system.stock(1).await, 8);
+    let redriven: i64 = sqlx::query_scalar("SELECT redrive_count::bigint FROM orders")
+        .fetch_one(&system.order.pool)
+        .await
+        .unwrap();
+    assert!(redriven >= 1);
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
+}
+
+/// The compensation lost: payment failed, the order service heard it (the order is FAILED),
+/// but inventory's copy of `PaymentFailed` went with its stream, so the stock stays reserved.
+/// The order's saga is still open; the re-drive asks again, each service answers from its own
+/// records (reservation, failed charge), and inventory releases the stock exactly once.
+#[tokio::test]
+async fn a_lost_compensation_is_redriven_and_the_stock_comes_back_once() {
+    let system = TestSystem::start(Options {
+        decline_rate: 1.0,
+        extra: "[redrive]\nafter_secs = 0\n",
+        ..Options::default()
+    })
+    .await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let id = system.accepted_order(7, 1, 3).await;
+
+    // Run the pipeline by hand up to the payment's outcome, then lose inventory's copy.
+    system
+        .order
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
+    let [to_inventory, _] = &system.inventory.driver.consumers[..] else {
+        panic!("inventory has two consumers");
+    };
+    to_inventory.process_available().await.unwrap();
+    system
+        .inventory
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
+    system.payment.driver.consumers[0]
+        .process_available()
+        .await
+        .unwrap();
+    system
+        .payment
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
+    for consumer in &system.order.driver.consumers {
+        consumer.process_available().await.unwrap();
+    }
+    assert_eq!(system.order(7, &id).await["status"], "FAILED");
+    system.delete_stream(Source::Payment).await;
+    assert_eq!(system.stock(1).await, 7, "stock still reserved");
+
+    system.settle_after_fault().await;
+    assert_eq!(system.stock(1).await, 10, "stock back");
+    let order = system.order(7, &id).await;
+    assert_eq!(order["status"], "FAILED");
+    assert_eq!(order["failure_reason"], "PAYMENT_DECLINED");
+    let released: Option<String> = sqlx::query_scalar("SELECT stock_released_at::text FROM orders")
+        .fetch_one(&system.order.pool)
+        .await
+        .unwrap();
+    assert!(released.is_some(), "the saga is closed");
+    assert_eq!(
+        TestSystem::count(
+            &system.inventory.pool,
+            "SELECT count(*) FROM reservations WHERE status = 'RELEASED'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
+}
+
+/// Asking again is harmless: a second `OrderCreated` (a new event id, as a re-drive sends) for
+/// an order that completed gets the recorded answers and changes nothing.
+#[tokio::test]
+async fn an_order_asked_about_again_is_answered_from_the_records() {
+    let system = TestSystem::start(Options::default()).await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let id = system.accepted_order(7, 1, 2).await;
+    system.settle().await;
+    assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
+
+    let event = platform::events::Event::OrderCreated(platform::events::OrderCreated {
+        order_id: id.parse().unwrap(),
+        user_id: 7,
+        product_id: 1,
+        quantity: 2,
+    });
+    let envelope = event
+        .into_envelope(platform::envelope::TraceContext::default())
+        .unwrap();
+    let js = system.jetstream().await;
+    js.send_publish(
+        system.subject("order.created"),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(envelope.encode().unwrap().into())
+            .message_id(envelope.id.to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    system.settle().await;
+
+    assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
+    assert_eq!(system.stock(1).await, 8);
+    assert_eq!(system.balance(7).await, 98_000);
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
+    // The answers travelled again: two StockReserved, two PaymentCompleted events handled.
+    assert_eq!(
+        TestSystem::count(
+            &system.order.pool,
+            "SELECT count(*) FROM inbox WHERE consumer = 'order-service-payment'"
+        )
+        .await,
+        2
+    );
+}
