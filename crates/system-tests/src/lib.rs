@@ -65,8 +65,9 @@ acquire_timeout_ms = 5000
 [nats]
 url = "{nats}"
 prefix = "{prefix}"
-# JetStream reserves a stream's max_bytes on the server: keep test streams small.
-stream_max_bytes = 16777216
+# JetStream reserves a stream's max_bytes on the server, and tests leave their streams behind:
+# no byte limit (no reservation) for test streams.
+stream_max_bytes = -1
 [auth]
 jwt_secret = "{JWT_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
