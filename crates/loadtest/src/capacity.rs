@@ -1147,9 +1147,7 @@ pub async fn run_capacity(plan: &CapacityPlan, options: &CapacityOptions) -> Res
     };
 
     println!("▶ stopping what the run started…");
-    if let Err(e) = deploy::stop_services(&state).await {
-        eprintln!("warning: stopping the services: {e:#}");
-    }
+    deploy::finish_run(&state, &infra.nats_url).await;
     let ours_now =
         stack::pid_of(&state, "postgres").is_some() || stack::pid_of(&state, "nats").is_some();
     if !postgres_before && !nats_before && ours_now {

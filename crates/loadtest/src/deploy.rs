@@ -333,6 +333,21 @@ pub fn recorded_prefix(state: &StateDir) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// After a load-test run: stops its services and deletes its streams (a run's prefix is its
+/// own, see [`run_prefix`]; the `up` stack's streams are kept). Problems are warnings: the run's
+/// result stands.
+pub async fn finish_run(state: &StateDir, nats_url: &str) {
+    let prefix = recorded_prefix(state);
+    if let Err(e) = stop_services(state).await {
+        eprintln!("warning: stopping the services: {e:#}");
+    }
+    if let Some(prefix) = prefix.filter(|p| p.starts_with("run")) {
+        if let Err(e) = crate::drain::delete_streams(nats_url, &prefix).await {
+            eprintln!("warning: deleting the run's streams: {e:#}");
+        }
+    }
+}
+
 /// A prefix unique to this run: `run` + unix seconds (only `[a-z0-9_]`).
 pub fn run_prefix() -> String {
     let seconds = std::time::SystemTime::now()

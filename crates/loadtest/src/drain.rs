@@ -45,6 +45,23 @@ pub fn stream_names(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Deletes the streams of a run's prefix (and their durable consumers) once the run is over:
+/// JetStream reserves each stream's `max_bytes` on the server, and a run's messages are of no
+/// use afterwards. Returns how many streams were deleted.
+pub async fn delete_streams(nats_url: &str, prefix: &str) -> Result<usize> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let js = jetstream::new(client);
+    let mut deleted = 0;
+    for name in stream_names(prefix) {
+        if js.delete_stream(&name).await.is_ok() {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// JetStream access for the drain.
 pub struct Broker {
     context: jetstream::Context,

@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod baseline;
 pub mod capacity;
 pub mod deploy;
@@ -5,6 +6,7 @@ pub mod drain;
 pub mod driver;
 pub mod faults;
 pub mod monitor;
+pub mod operator;
 pub mod report;
 pub mod runner;
 pub mod scenario;

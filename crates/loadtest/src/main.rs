@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser, Subcommand};
 
+use loadtest::admin::Resolution;
 use loadtest::baseline::{self, BaselineSettings};
 use loadtest::capacity::{self, CapacityOptions, CapacityPlan};
 use loadtest::deploy::{self, Credentials, Deployment};
 use loadtest::runner::{self, RunOptions};
 use loadtest::scenario::Scenario;
 use loadtest::stack::{self, StateDir};
-use loadtest::{seed, verify};
+use loadtest::{operator, seed, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,6 +105,12 @@ enum Command {
         #[arg(long, env = "ORDERSYS_PAYMENTS_DB")]
         payments_db: Option<String>,
     },
+    /// The services' dead letters: list them, or replay or discard them (one, or every open one
+    /// whose reason contains a text). Uses the running stack's admin credentials.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Print a buyer's JWT (`--user N`), or comma-separated JWTs of users 1..=N (`--users N`).
     #[command(group(ArgGroup::new("who").required(true).args(["user", "users"])))]
     Token {
@@ -117,6 +124,42 @@ enum Command {
         /// Validity in hours.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters (exits non-zero when there are any).
+    List {
+        /// order, inventory or payment (default: all three).
+        #[arg(long)]
+        service: Option<String>,
+        /// open, replayed, discarded or all.
+        #[arg(long, default_value = "open")]
+        status: String,
+        /// Only those whose reason contains this text.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Apply dead letters again through the consumer that parked them (once their cause is fixed).
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "reason"])))]
+    Replay {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Mark dead letters as discarded (kept for the record until retention prunes them).
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "reason"])))]
+    Discard {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -260,6 +303,46 @@ async fn execute(command: Command) -> Result<bool> {
                 checks.len()
             );
             Ok(failed == 0)
+        }
+        Command::DeadLetters { action } => {
+            let credentials = deploy::current_credentials(&StateDir::locate()?);
+            match action {
+                DeadLetterAction::List {
+                    service,
+                    status,
+                    reason,
+                } => operator::list(&credentials, service.as_deref(), &status, reason.as_deref())
+                    .await
+                    .map(|open| open == 0),
+                DeadLetterAction::Replay {
+                    service,
+                    id,
+                    reason,
+                } => {
+                    operator::resolve(
+                        &credentials,
+                        service.as_deref(),
+                        id,
+                        reason.as_deref(),
+                        Resolution::Replay,
+                    )
+                    .await
+                }
+                DeadLetterAction::Discard {
+                    service,
+                    id,
+                    reason,
+                } => {
+                    operator::resolve(
+                        &credentials,
+                        service.as_deref(),
+                        id,
+                        reason.as_deref(),
+                        Resolution::Discard,
+                    )
+                    .await
+                }
+            }
         }
         Command::Token {
             user,

@@ -83,6 +83,13 @@ pub struct FaultRecord {
     pub kind: String,
     pub target: String,
     pub recovered_after_s: Option<f64>,
+    /// When the system first showed it noticed, after the injection: an instance's `/ready`
+    /// said 503, or one of its healing counters moved (see `faults::probe::SIGNALS`).
+    #[serde(default)]
+    pub noticed_after_s: Option<f64>,
+    /// Orders re-driven (asked again) from the injection until the system caught up.
+    #[serde(default)]
+    pub redrives: Option<u64>,
     pub note: String,
 }
 
@@ -187,8 +194,13 @@ impl Report {
                     });
                 let _ = writeln!(
                     out,
-                    "    at {:>7.1} s  {} {}: {recovered}  {}",
-                    fault.at_s, fault.kind, fault.target, fault.note
+                    "    at {:>7.1} s  {} {}: {}, {recovered}, {}  {}",
+                    fault.at_s,
+                    fault.kind,
+                    fault.target,
+                    noticed_text(fault),
+                    redrives_text(fault),
+                    fault.note
                 );
             }
         }
@@ -343,7 +355,7 @@ impl Report {
             return html;
         }
         html.push_str(
-            "<table>\n<tr><th>at</th><th>kind</th><th>target</th><th>recovered after</th><th>note</th></tr>\n",
+            "<table>\n<tr><th>at</th><th>kind</th><th>target</th><th>noticed (/ready 503 or a healing counter)</th><th>recovered after the lift</th><th>re-drives</th><th>note</th></tr>\n",
         );
         for fault in &self.faults {
             let recovered = fault
@@ -351,11 +363,13 @@ impl Report {
                 .map_or("not recovered".to_string(), |s| format!("{s:.1} s"));
             let _ = writeln!(
                 html,
-                "<tr><td>{:.1} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{:.1} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 fault.at_s,
                 escape(&fault.kind),
                 escape(&fault.target),
+                escape(&noticed_text(fault)),
                 escape(&recovered),
+                escape(&redrives_text(fault)),
                 escape(&fault.note)
             );
         }
@@ -627,6 +641,21 @@ impl Series {
             ..self
         }
     }
+}
+
+fn noticed_text(fault: &FaultRecord) -> String {
+    fault.noticed_after_s.map_or(
+        "not noticed (no /ready 503, no healing counter moved)".to_string(),
+        |s| format!("noticed after {s:.1} s"),
+    )
+}
+
+fn redrives_text(fault: &FaultRecord) -> String {
+    fault
+        .redrives
+        .map_or("re-drives not measured".to_string(), |n| {
+            format!("{n} re-drives")
+        })
 }
 
 /// A vertical line across a chart, e.g. when a fault was injected.
@@ -956,6 +985,8 @@ mod tests {
                 kind: "kill".into(),
                 target: "payment".into(),
                 recovered_after_s: Some(1.25),
+                noticed_after_s: Some(0.5),
+                redrives: Some(3),
                 note: "restarted".into(),
             }],
             processes: vec![ProcessUsage {

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::admin::AdminClient;
 use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
 use crate::drain::{self, Broker, DrainOutcome, DrainStatus};
 use crate::driver::{self, LoadPlan, LoadState};
@@ -63,9 +64,7 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<R
         );
     } else {
         println!("▶ stopping what the run started…");
-        if let Err(e) = deploy::stop_services(&state).await {
-            eprintln!("warning: stopping the services: {e:#}");
-        }
+        deploy::finish_run(&state, &infra.nats_url).await;
         let ours_now =
             stack::pid_of(&state, "postgres").is_some() || stack::pid_of(&state, "nats").is_some();
         match (postgres_before, nats_before) {
@@ -102,10 +101,12 @@ async fn run(
         schedule,
         product_ids,
         load_plan: plan,
+        buyer_token,
         ..
     } = prepare(scenario, state, infra).await?;
     let specs = deploy::instance_specs(&deployment, &replication);
-    faults::preflight(state, &fault_plan, &specs)?;
+    let admin = AdminClient::new(&deployment.credentials.admin_token)?;
+    faults::preflight(state, &fault_plan, &specs, &admin).await?;
     let load_state = LoadState::new(&plan);
     let phase = Arc::new(Mutex::new(Phase::Load));
     let drain_status = Arc::new(Mutex::new(DrainStatus::default()));
@@ -140,10 +141,17 @@ async fn run(
 
     let (stop_probe, probe_signal) = watch::channel(false);
     let chaos = (!fault_plan.is_empty()).then(|| {
+        let targets = faults::ProbeTargets {
+            instances: specs
+                .iter()
+                .map(|s| (s.name.clone(), deploy::base_url(s.port)))
+                .collect(),
+        };
         let probe = faults::spawn_probe(
             dbs.clone(),
             infra.nats_url.clone(),
             prefix.clone(),
+            targets,
             start,
             probe_signal,
         );
@@ -153,6 +161,12 @@ async fn run(
                 specs,
                 start,
                 load: load_state.clone(),
+                admin,
+                buyer_token,
+                nats_url: infra.nats_url.clone(),
+                prefix: prefix.clone(),
+                inventory_db: deployment.databases.inventory.clone(),
+                hot_product: watched_product,
             },
             fault_plan.clone(),
         );
@@ -445,6 +459,8 @@ pub(crate) struct Prepared {
     pub schedule: Schedule,
     pub product_ids: Vec<i64>,
     pub load_plan: LoadPlan,
+    /// The token of user 1, for requests of the run's own (faults).
+    pub buyer_token: String,
 }
 
 /// Fresh databases and NATS prefix, the services (with `[deploy]` replicas), seed data, one
@@ -522,6 +538,7 @@ pub(crate) async fn prepare(
         schedule,
         product_ids,
         load_plan: plan,
+        buyer_token: tokens[0].clone(),
     })
 }
 

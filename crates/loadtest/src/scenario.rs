@@ -69,6 +69,14 @@ pub struct DeploySettings {
     /// seconds); unset: the services' default (30 s).
     #[serde(default, deserialize_with = "deserialize_optional_duration")]
     pub consumer_ack_wait: Option<Duration>,
+    /// How long a worker may have work waiting without progress before `/ready` says 503
+    /// (`APP_WORKERS__STALL_AFTER_SECS`); unset: the services' default (30 s).
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub stall_after: Option<Duration>,
+    /// How long an open order waits before the order service re-drives it
+    /// (`APP_REDRIVE__AFTER_SECS`); unset: the services' default (20 s).
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub redrive_after: Option<Duration>,
 }
 
 impl Default for DeploySettings {
@@ -76,6 +84,8 @@ impl Default for DeploySettings {
         DeploySettings {
             replicas: default_replicas(),
             consumer_ack_wait: None,
+            stall_after: None,
+            redrive_after: None,
         }
     }
 }

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use reqwest::Method;
 use serde_json::json;
 
+use crate::admin::AdminClient;
 use crate::deploy::{base_url, Credentials, INVENTORY_PORT, PAYMENT_PORT};
 use crate::scenario::Scenario;
 
@@ -31,12 +33,7 @@ pub fn balance_of(scenario: &Scenario, user: u32) -> i64 {
 /// Creates the scenario's products (inventory) and accounts (payment). A 409 means the row
 /// exists already and is counted, not treated as an error.
 pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<SeedSummary> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
-    let admin = format!("Bearer {}", credentials.admin_token);
+    let admin = AdminClient::new(&credentials.admin_token)?;
     let mut summary = SeedSummary::default();
 
     for product in &scenario.data.products {
@@ -47,7 +44,7 @@ pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<Seed
             "stock": product.stock,
         });
         let url = format!("{}/products", base_url(INVENTORY_PORT));
-        match post(&client, &url, &admin, &body).await? {
+        match create(&admin, &url, &body).await? {
             Created::New => summary.products_created += 1,
             Created::Existing => summary.products_existing += 1,
         }
@@ -57,8 +54,8 @@ pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<Seed
     let url = format!("{}/accounts", base_url(PAYMENT_PORT));
     let results = futures::future::join_all((1..=scenario.data.users).map(|user| {
         let body = json!({ "user_id": user, "balance_cents": balance_of(scenario, user) });
-        let (client, url, admin) = (&client, &url, &admin);
-        async move { post(client, url, admin, &body).await }
+        let (url, admin) = (&url, &admin);
+        async move { create(admin, url, &body).await }
     }))
     .await;
     for result in results {
@@ -70,32 +67,22 @@ pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<Seed
     Ok(summary)
 }
 
-enum Created {
+pub(crate) enum Created {
     New,
     Existing,
 }
 
-async fn post(
-    client: &reqwest::Client,
+/// Creates a row over the admin API; a 409 means it exists already.
+pub(crate) async fn create(
+    admin: &AdminClient,
     url: &str,
-    admin: &str,
     body: &serde_json::Value,
 ) -> Result<Created> {
-    let response = client
-        .post(url)
-        .header(reqwest::header::AUTHORIZATION, admin)
-        .json(body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = response.status().as_u16();
+    let (status, answer) = admin.send(Method::POST, url, Some(body)).await?;
     match status {
         200 | 201 => Ok(Created::New),
         409 => Ok(Created::Existing),
-        _ => {
-            let text = response.text().await.unwrap_or_default();
-            bail!("POST {url} {body} answered {status}: {text}")
-        }
+        _ => bail!("POST {url} {body} answered {status}: {answer}"),
     }
 }
 

@@ -64,9 +64,16 @@ pub const CHECK_NAMES: [&str; 12] = [
 ];
 
 /// Failure reasons meaning stock was never taken: no reservation at all, no charge.
-const STOCK_REASONS: [&str; 2] = ["OUT_OF_STOCK", "UNKNOWN_PRODUCT"];
+const STOCK_REASONS: [&str; 3] = ["OUT_OF_STOCK", "UNKNOWN_PRODUCT", "AMOUNT_TOO_LARGE"];
 /// Failure reasons meaning payment failed: a FAILED charge, reservation (if any) RELEASED.
 const PAYMENT_REASONS: [&str; 3] = ["PAYMENT_DECLINED", "INSUFFICIENT_FUNDS", "UNKNOWN_ACCOUNT"];
+
+fn is_payment_failure(order: &OrderRow) -> bool {
+    order
+        .failure_reason
+        .as_deref()
+        .is_some_and(|reason| PAYMENT_REASONS.contains(&reason))
+}
 
 /// How many offending items a detail line names before summarising the rest.
 const MAX_EXAMPLES: usize = 5;
@@ -182,6 +189,8 @@ struct OrderRow {
     status: String,
     failure_reason: Option<String>,
     amount_cents: Option<i64>,
+    /// Inventory confirmed the stock of a failed payment went back (the saga is closed).
+    stock_released: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -262,7 +271,7 @@ async fn count_outbox(conn: &mut PgConnection) -> anyhow::Result<i64> {
 
 async fn dead_letter_groups(conn: &mut PgConnection) -> anyhow::Result<Vec<DeadLetterGroup>> {
     Ok(sqlx::query_as(
-        "SELECT consumer, subject, reason, count(*) AS n FROM dead_letters \
+        "SELECT consumer, subject, reason, count(*) AS n FROM dead_letters WHERE status = 'open' \
          GROUP BY consumer, subject, reason ORDER BY n DESC, consumer, subject, reason",
     )
     .fetch_all(conn)
@@ -272,8 +281,8 @@ async fn dead_letter_groups(conn: &mut PgConnection) -> anyhow::Result<Vec<DeadL
 async fn load_orders(pool: &PgPool) -> anyhow::Result<OrdersSnapshot> {
     let mut tx = snapshot_tx(pool).await?;
     let orders = sqlx::query_as(
-        "SELECT id, user_id, product_id, quantity, status, failure_reason, amount_cents \
-         FROM orders",
+        "SELECT id, user_id, product_id, quantity, status, failure_reason, amount_cents, \
+         stock_released_at IS NOT NULL AS stock_released FROM orders",
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -740,25 +749,30 @@ impl<'a> World<'a> {
         Check::new(CHECK_ORPHANS, passed, detail)
     }
 
-    /// Check 5a: No order left PENDING or RESERVED.
+    /// Check 5a: No order left PENDING or RESERVED, and no saga left open: every order whose
+    /// payment failed had inventory confirm that its stock went back.
     fn orders_final(&self) -> Check {
         let mut pending = Problems::default();
         let mut reserved = Problems::default();
+        let mut unconfirmed = Problems::default();
         for o in self.orders {
             match o.status.as_str() {
                 "PENDING" => pending.add(o.id),
                 "RESERVED" => reserved.add(o.id),
+                "FAILED" if is_payment_failure(o) && !o.stock_released => unconfirmed.add(o.id),
                 _ => {}
             }
         }
-        let passed = pending.is_empty() && reserved.is_empty();
+        let passed = pending.is_empty() && reserved.is_empty() && unconfirmed.is_empty();
         let detail = format!(
-            "{} orders: {} PENDING{}, {} RESERVED{}",
+            "{} orders: {} PENDING{}, {} RESERVED{}, {} payment failures without a confirmed stock release{}",
             self.orders.len(),
             pending.count,
             pending.examples(),
             reserved.count,
             reserved.examples(),
+            unconfirmed.count,
+            unconfirmed.examples(),
         );
         Check::new(CHECK_ORDERS_FINAL, passed, detail)
     }
@@ -894,10 +908,10 @@ pub async fn progress(dbs: &Databases) -> anyhow::Result<Progress> {
         Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
     }
     const OUTBOX: &str = "SELECT count(*) FROM outbox";
-    const DEAD: &str = "SELECT count(*) FROM dead_letters";
+    const DEAD: &str = "SELECT count(*) FROM dead_letters WHERE status = 'open'";
     let (non_final_orders, by_status, stock, outbox_o, outbox_i, outbox_p, dead_o, dead_i, dead_p) =
         tokio::try_join!(
-            // Matches the predicate of the orders_unfinished partial index.
+            // Implies the predicate of the orders_open partial index.
             count(
                 &dbs.orders,
                 "SELECT count(*) FROM orders WHERE status IN ('PENDING', 'RESERVED')"
@@ -944,7 +958,7 @@ pub async fn progress(dbs: &Databases) -> anyhow::Result<Progress> {
 }
 
 /// Like [`progress`], without scanning the whole orders table: only the non-final orders are
-/// counted, by status, through the `orders_unfinished` partial index, so a sample stays cheap on
+/// counted, by status, through the `orders_open` partial index, so a sample stays cheap on
 /// a table of millions of rows (capacity runs). `orders_by_status` holds PENDING and RESERVED
 /// only.
 pub async fn progress_light(dbs: &Databases) -> anyhow::Result<Progress> {
@@ -952,7 +966,7 @@ pub async fn progress_light(dbs: &Databases) -> anyhow::Result<Progress> {
         Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
     }
     const OUTBOX: &str = "SELECT count(*) FROM outbox";
-    const DEAD: &str = "SELECT count(*) FROM dead_letters";
+    const DEAD: &str = "SELECT count(*) FROM dead_letters WHERE status = 'open'";
     let (by_status, stock, outbox_o, outbox_i, outbox_p, dead_o, dead_i, dead_p) = tokio::try_join!(
         async {
             Ok::<Vec<(String, i64)>, anyhow::Error>(

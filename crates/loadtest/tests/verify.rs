@@ -20,12 +20,21 @@ use uuid::Uuid;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
 
-const MESSAGING_SQL: &str = include_str!("../../platform/migrations/20260101000000_messaging.sql");
-const ORDERS_SQL: &str = include_str!("../../order-service/migrations/20260101000100_orders.sql");
-const INVENTORY_SQL: &str =
-    include_str!("../../inventory-service/migrations/20260101000100_inventory.sql");
-const PAYMENTS_SQL: &str =
-    include_str!("../../payment-service/migrations/20260101000100_payments.sql");
+const MESSAGING_SQL: [&str; 2] = [
+    include_str!("../../platform/migrations/20260101000000_messaging.sql"),
+    include_str!("../../platform/migrations/20261201000000_healing.sql"),
+];
+const ORDERS_SQL: [&str; 2] = [
+    include_str!("../../order-service/migrations/20260101000100_orders.sql"),
+    include_str!("../../order-service/migrations/20261201000100_saga.sql"),
+];
+const INVENTORY_SQL: [&str; 2] = [
+    include_str!("../../inventory-service/migrations/20260101000100_inventory.sql"),
+    include_str!("../../inventory-service/migrations/20261201000100_stock_decisions.sql"),
+];
+const PAYMENTS_SQL: [&str; 1] = [include_str!(
+    "../../payment-service/migrations/20260101000100_payments.sql"
+)];
 
 fn admin_url() -> String {
     std::env::var("ORDERSYS_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
@@ -93,13 +102,14 @@ impl World {
         )
         .await
         .expect("connect to the test databases");
-        for (pool, sql) in [
-            (&dbs.orders, ORDERS_SQL),
-            (&dbs.inventory, INVENTORY_SQL),
-            (&dbs.payments, PAYMENTS_SQL),
+        for (pool, service) in [
+            (&dbs.orders, &ORDERS_SQL[..]),
+            (&dbs.inventory, &INVENTORY_SQL[..]),
+            (&dbs.payments, &PAYMENTS_SQL[..]),
         ] {
-            sqlx::raw_sql(MESSAGING_SQL).execute(pool).await.unwrap();
-            sqlx::raw_sql(sql).execute(pool).await.unwrap();
+            for sql in MESSAGING_SQL.iter().chain(service) {
+                sqlx::raw_sql(sql).execute(pool).await.unwrap();
+            }
         }
 
         let completed: Vec<Uuid> = COMPLETED_QTY.iter().map(|_| Uuid::new_v4()).collect();
@@ -142,6 +152,12 @@ impl World {
         )
         .await;
         insert_reservation(&dbs, declined, USER_B, DECLINED_QTY, "RELEASED").await;
+        exec(
+            &dbs.orders,
+            "UPDATE orders SET stock_released_at = now() WHERE id = $1",
+            |q| q.bind(declined),
+        )
+        .await;
         insert_charge(
             &dbs,
             declined,
@@ -481,6 +497,34 @@ async fn outbox_row_left() {
             c.detail,
             "1 unpublished outbox rows (orders 0, inventory 0, payments 1)"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_an_operator_resolved_is_not_counted() {
+    with_world(|w| async move {
+        sql(
+            &w.dbs.inventory,
+            "INSERT INTO dead_letters (consumer, subject, deliveries, reason, payload, status, resolved_at, resolved_by) \
+             VALUES ('inventory-orders', 'orders.created', 1, 'poison', '\\x00', 'discarded', now(), 'alice')",
+        )
+        .await;
+        w.assert_failing(&[]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_payment_failure_without_a_confirmed_stock_release_leaves_its_saga_open() {
+    with_world(|w| async move {
+        exec(
+            &w.dbs.orders,
+            "UPDATE orders SET stock_released_at = NULL WHERE id = $1",
+            |q| q.bind(w.declined),
+        )
+        .await;
+        w.assert_failing(&[CHECK_ORDERS_FINAL]).await;
     })
     .await;
 }

@@ -66,6 +66,11 @@ impl EventHandler for OrderOutcomes {
             outcomes.push((incoming.event.order_id(), outcome));
         }
         if !released.is_empty() {
+            // Two statements update this batch's orders: take their row locks first, in one id
+            // order, as every other batch takes them (deadlocks otherwise, measured under load).
+            let mut ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
+            ids.extend(&released);
+            orders::lock_in_id_order(tx, &ids).await?;
             let existing = orders::mark_stock_released(tx, &released).await?;
             if let Some(missing) = released.iter().find(|id| !existing.contains(id)) {
                 return Err(HandlerError::Permanent(format!(

@@ -145,7 +145,8 @@ impl Writer {
             let batch = {
                 let mut receiver = self.receiver.lock().await;
                 let Some(first) = receiver.recv().await else {
-                    return Err("the order queue closed".into());
+                    // Every sender is gone: the service is shutting down.
+                    return Ok(());
                 };
                 let mut batch = Vec::with_capacity(self.max_batch);
                 take(&mut batch, first);

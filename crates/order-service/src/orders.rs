@@ -142,6 +142,15 @@ pub async fn apply_outcomes(
     .await
 }
 
+/// Locks these orders' rows in id order (the order every batch update takes them in).
+pub async fn lock_in_id_order(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Notes that inventory confirmed these orders' stock went back (their payment failed), which
 /// closes their saga. Returns the orders that exist.
 pub async fn mark_stock_released(

@@ -21,8 +21,10 @@ pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
 /// A background loop of a service.
 pub trait Worker: Send + Sync + 'static {
     fn status(&self) -> &WorkerStatus;
-    /// Runs until it fails. Returning (with or without an error) ends this life of the worker;
-    /// the supervisor starts the next one after a backoff.
+    /// Runs until it fails or its work is over. An error (or a panic, or a hang) ends this
+    /// life of the worker and the supervisor starts the next one after a backoff; `Ok` means
+    /// there is nothing left to do (the queue it serves closed at shutdown) and it stays
+    /// stopped.
     fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>>;
 }
 
@@ -284,7 +286,11 @@ async fn supervise(worker: &dyn Worker, policy: RestartPolicy) {
             busy = hang_watch(status, policy.hang_after) => End::Hung(busy),
         };
         let reason = match end {
-            End::Returned(Ok(())) => "returned".to_owned(),
+            End::Returned(Ok(())) => {
+                tracing::info!(worker = status.name(), "worker finished");
+                status.stopped("finished".to_owned());
+                return;
+            }
             End::Returned(Err(error)) => error.to_string(),
             End::Panicked(message) => format!("panicked: {message}"),
             End::Hung(busy) => format!(

@@ -99,6 +99,12 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             binary.display()
         );
     }
+    // A process just killed may still hold its port for a moment (its leader is a zombie
+    // while the other threads close the shared file table).
+    let free_by = Instant::now() + Duration::from_secs(5);
+    while process::port_open(spec.port).await && Instant::now() < free_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if process::port_open(spec.port).await {
         bail!(
             "127.0.0.1:{} is already in use by another process (wanted by {})",
