@@ -2,11 +2,13 @@
 
 SCENARIO ?= scenarios/seed.toml
 LOADTEST := target/debug/loadtest
+# A scenario with a `panic` fault needs the services' fault hooks, which a normal build leaves out.
+FEATURES ?= $(if $(shell grep -qs 'kind *= *"panic"' $(SCENARIO) && echo yes),--features platform/fault-injection)
 
 .PHONY: build up down loadtest verify infra-up infra-down status test
 
 build:
-	cargo build --workspace --bins
+	cargo build --workspace --bins $(FEATURES)
 
 # PostgreSQL, NATS and the three services on 127.0.0.1:18080-18082 (prefix `shop`, dev credentials).
 up: build

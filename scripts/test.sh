@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # `make test`: everything the tests need, then all of them.
-#  1. build the workspace (services, CLI, tests) in the one dev profile;
+#  1. build the workspace (services, CLI, tests) in the one dev profile, with the services' fault
+#     hooks (`platform/fault-injection`: the ci-heal scenario's panic fault arms them);
 #  2. install (if missing) and start private PostgreSQL and NATS instances (`loadtest infra-up`);
 #  3. run every test against them;
 #  4. run the short load-test scenario end to end (same code path and checks as the seed run),
-#     then the short chaos scenario (faults during the load, same checks);
+#     then the short chaos scenario (faults during the load, same checks), then the short
+#     self-healing scenario (deleted consumer and stream, a panicking handler, poison);
 #  5. stop what this script started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --workspace --bins --tests
+# One feature set for the build and the tests, so cargo builds everything once.
+features=(--features platform/fault-injection)
+cargo build --workspace --bins --tests "${features[@]}"
 
 loadtest=target/debug/loadtest
 already_up=$("$loadtest" status --infra-running 2>/dev/null || true)
@@ -21,7 +25,7 @@ fi
 
 echo "== tests (PostgreSQL: $ORDERSYS_DATABASE_URL, NATS: $ORDERSYS_NATS_URL)"
 test_log=$(mktemp)
-cargo test --workspace 2>&1 | tee "$test_log"
+cargo test --workspace "${features[@]}" 2>&1 | tee "$test_log"
 # Totals over every test binary (cargo prints one `test result:` line each).
 totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
               END { printf "%d passed, %d failed", p, f }' "$test_log")
@@ -32,5 +36,7 @@ if [ "${SKIP_LOADTEST:-0}" != "1" ]; then
     "$loadtest" run --scenario scenarios/ci-short.toml
     echo "== short chaos scenario (service kill, replica kill, NATS crash)"
     "$loadtest" run --scenario scenarios/ci-chaos.toml
+    echo "== short self-healing scenario (deleted consumer and stream, panicking handler, poison)"
+    "$loadtest" run --scenario scenarios/ci-heal.toml
 fi
 echo "tests: $totals"

@@ -6,8 +6,9 @@
 //! - its durable consumer or stream is deleted (or lost with the broker's store): the message
 //!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
 //!   down and creates both again with their configured settings;
-//! - a handler panics: the panic is caught per batch, the batch's events are retried one by one,
-//!   and an event that keeps panicking is dead-lettered with the panic message;
+//! - a handler panics: the panic is caught per batch, the batch is retried in halves until the
+//!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
+//!   panic message;
 //! - the database is away, a deadlock, a lock or statement timeout: the events are redelivered
 //!   later, without limit and never dead-lettered;
 //! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
@@ -398,8 +399,8 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Handles the messages taken together: their events are applied in one transaction, or one
-    /// by one if that fails, so one bad event cannot hold back the others. A message is acked
+    /// Handles the messages taken together: their events are applied in one transaction, or in
+    /// halves if that fails, so one bad event cannot hold back the others. A message is acked
     /// once every event in it was applied, found to be a duplicate, or dead-lettered; a message
     /// with an event that failed otherwise is nak'ed and comes back (the inbox absorbs the events
     /// of it that were applied). Returns how many messages were acked.
@@ -434,11 +435,12 @@ impl<H: EventHandler> EventConsumer<H> {
                 if error.failure() == Failure::Unavailable {
                     tracing::warn!(consumer = self.name(), %error, "database unavailable; the batch will be redelivered");
                     retry.extend(items.iter().map(|item| item.message));
+                } else if let [item] = &items[..] {
+                    self.failed_alone(&messages[item.message], item, &error, &mut retry)
+                        .await;
                 } else {
-                    if items.len() > 1 {
-                        tracing::warn!(consumer = self.name(), %error, size = items.len(), "batch failed; retrying its events one by one");
-                    }
-                    self.apply_one_by_one(&messages, &items, &mut retry).await;
+                    tracing::warn!(consumer = self.name(), %error, size = items.len(), "batch failed; retrying it in halves");
+                    self.apply_bisecting(&messages, &items, &mut retry).await;
                 }
             }
         }
@@ -468,56 +470,82 @@ impl<H: EventHandler> EventConsumer<H> {
         acked
     }
 
-    async fn apply_one_by_one(
+    /// After a failed batch: applies its halves, and their halves, until each failing event
+    /// stands alone (one bad event among N costs about 2·log₂N transactions, not N), keeping
+    /// the events' order. A lone failing event is dead-lettered if its failure is permanent (or
+    /// it panicked on its last allowed delivery), else its message is redelivered later; when
+    /// the database is unavailable, everything not yet applied is redelivered later.
+    async fn apply_bisecting(
         &self,
         messages: &[jetstream::Message],
         items: &[Decoded],
         retry: &mut HashSet<usize>,
     ) {
-        for (position, item) in items.iter().enumerate() {
-            let Err(error) = self.apply(std::slice::from_ref(item)).await else {
+        let half = items.len() / 2;
+        let mut pending = vec![half..items.len(), 0..half];
+        while let Some(range) = pending.pop() {
+            let part = &items[range.clone()];
+            if part.is_empty() {
+                continue;
+            }
+            let Err(error) = self.apply(part).await else {
                 continue;
             };
-            let message = &messages[item.message];
-            let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-            let kind = match error.failure() {
-                Failure::Permanent => Some(DeadLetterKind::Rejected),
-                Failure::Panic if deliveries >= self.settings.max_deliveries => {
-                    Some(DeadLetterKind::Panic)
+            if error.failure() == Failure::Unavailable {
+                tracing::warn!(consumer = self.name(), %error, "database unavailable; the rest of the batch will be redelivered");
+                retry.extend(part.iter().map(|item| item.message));
+                for rest in pending.drain(..) {
+                    retry.extend(items[rest].iter().map(|item| item.message));
                 }
-                Failure::Panic | Failure::Transient => None,
-                Failure::Unavailable => {
-                    // It would most likely hit every event after it too: redeliver them all
-                    // later instead of waiting out one timeout per event now.
-                    tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "database unavailable; this event and the rest of the batch will be redelivered");
-                    retry.extend(items[position..].iter().map(|rest| rest.message));
-                    return;
-                }
-            };
-            match kind {
-                Some(kind) => {
-                    let reason = format!(
-                        "{} (after {deliveries} deliveries): {error}",
-                        item.envelope.event_type
-                    );
-                    let bytes = item.envelope.encode().unwrap_or_default();
-                    let letter = dead_letters::NewDeadLetter {
-                        kind,
-                        event_id: Some(item.envelope.id),
-                        reason,
-                        payload: &bytes,
-                    };
-                    if !self.dead_letter(message, letter).await {
-                        retry.insert(item.message);
-                    }
-                }
-                None => {
-                    metrics::counter!("consumer_retried_total", "consumer" => self.name().to_owned())
-                        .increment(1);
-                    tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it will be redelivered");
-                    retry.insert(item.message);
-                }
+                return;
             }
+            if let [item] = part {
+                self.failed_alone(&messages[item.message], item, &error, retry)
+                    .await;
+                continue;
+            }
+            let mid = range.start + part.len() / 2;
+            pending.push(mid..range.end);
+            pending.push(range.start..mid);
+        }
+    }
+
+    /// One event that failed on its own: dead-lettered or redelivered later.
+    async fn failed_alone(
+        &self,
+        message: &jetstream::Message,
+        item: &Decoded,
+        error: &HandlerError,
+        retry: &mut HashSet<usize>,
+    ) {
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+        let kind = match error.failure() {
+            Failure::Permanent => Some(DeadLetterKind::Rejected),
+            Failure::Panic if deliveries >= self.settings.max_deliveries => {
+                Some(DeadLetterKind::Panic)
+            }
+            Failure::Panic | Failure::Transient | Failure::Unavailable => None,
+        };
+        let Some(kind) = kind else {
+            metrics::counter!("consumer_retried_total", "consumer" => self.name().to_owned())
+                .increment(1);
+            tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it will be redelivered");
+            retry.insert(item.message);
+            return;
+        };
+        let reason = format!(
+            "{} (after {deliveries} deliveries): {error}",
+            item.envelope.event_type
+        );
+        let bytes = item.envelope.encode().unwrap_or_default();
+        let letter = dead_letters::NewDeadLetter {
+            kind,
+            event_id: Some(item.envelope.id),
+            reason,
+            payload: &bytes,
+        };
+        if !self.dead_letter(message, letter).await {
+            retry.insert(item.message);
         }
     }
 

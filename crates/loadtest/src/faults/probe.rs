@@ -143,7 +143,8 @@ fn counter_at(samples: &[HealthSample], counter: &str, t: f64) -> Option<u64> {
 }
 
 /// The first sample in `from_s..=to_s` in which the system showed it noticed: an instance's
-/// `/ready` said 503, or one of its healing counters moved. Seconds after `from_s`, and what.
+/// `/ready` said 503 or did not answer (what a load balancer sees), or one of its healing
+/// counters moved. Seconds after `from_s`, and what.
 pub fn noticed_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> Option<(f64, String)> {
     samples
         .iter()
@@ -151,6 +152,9 @@ pub fn noticed_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> Opti
         .find_map(|s| {
             if let Some((who, why)) = s.not_ready.first() {
                 return Some((s.at_s - from_s, format!("/ready 503 from {who}: {why}")));
+            }
+            if let Some(who) = s.unreachable.first() {
+                return Some((s.at_s - from_s, format!("/ready did not answer from {who}")));
             }
             let moved: Vec<String> = s
                 .counters
@@ -698,6 +702,14 @@ mod tests {
             "a counter that moved is noticing too"
         );
         assert_eq!(noticed_between(&samples, 6.5, 7.5), None);
+        samples[7].unreachable = vec!["payment-service".into()];
+        assert_eq!(
+            noticed_between(&samples, 6.5, 7.5),
+            Some((
+                0.5,
+                "/ready did not answer from payment-service".to_string()
+            ))
+        );
         assert_eq!(redrives_between(&samples, 2.0, 7.0), Some(35));
         assert_eq!(redrives_between(&samples, 0.0, 0.5), None);
     }
