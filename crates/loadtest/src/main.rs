@@ -142,25 +142,34 @@ enum DeadLetterAction {
         reason: Option<String>,
     },
     /// Apply dead letters again through the consumer that parked them (once their cause is fixed).
-    #[command(group(ArgGroup::new("which").required(true).args(["id", "reason"])))]
-    Replay {
-        #[arg(long)]
-        service: Option<String>,
-        #[arg(long)]
-        id: Option<i64>,
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Replay(WhichDeadLetters),
     /// Mark dead letters as discarded (kept for the record until retention prunes them).
-    #[command(group(ArgGroup::new("which").required(true).args(["id", "reason"])))]
-    Discard {
-        #[arg(long)]
-        service: Option<String>,
-        #[arg(long)]
-        id: Option<i64>,
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Discard(WhichDeadLetters),
+}
+
+/// One dead letter (`--service S --id N`) or every open one whose reason contains a text.
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["id", "reason"])))]
+struct WhichDeadLetters {
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long)]
+    id: Option<i64>,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl WhichDeadLetters {
+    async fn resolve(&self, credentials: &Credentials, how: Resolution) -> Result<bool> {
+        operator::resolve(
+            credentials,
+            self.service.as_deref(),
+            self.id,
+            self.reason.as_deref(),
+            how,
+        )
+        .await
+    }
 }
 
 #[tokio::main]
@@ -314,33 +323,11 @@ async fn execute(command: Command) -> Result<bool> {
                 } => operator::list(&credentials, service.as_deref(), &status, reason.as_deref())
                     .await
                     .map(|open| open == 0),
-                DeadLetterAction::Replay {
-                    service,
-                    id,
-                    reason,
-                } => {
-                    operator::resolve(
-                        &credentials,
-                        service.as_deref(),
-                        id,
-                        reason.as_deref(),
-                        Resolution::Replay,
-                    )
-                    .await
+                DeadLetterAction::Replay(which) => {
+                    which.resolve(&credentials, Resolution::Replay).await
                 }
-                DeadLetterAction::Discard {
-                    service,
-                    id,
-                    reason,
-                } => {
-                    operator::resolve(
-                        &credentials,
-                        service.as_deref(),
-                        id,
-                        reason.as_deref(),
-                        Resolution::Discard,
-                    )
-                    .await
+                DeadLetterAction::Discard(which) => {
+                    which.resolve(&credentials, Resolution::Discard).await
                 }
             }
         }

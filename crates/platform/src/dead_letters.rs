@@ -146,8 +146,9 @@ pub struct DeadLetterDesk {
     signal: OutboxSignal,
 }
 
+/// What an operator does with a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resolution {
+pub enum Resolution {
     Replay,
     Discard,
 }
@@ -199,12 +200,8 @@ impl DeadLetterDesk {
         self.resolve(id, actor, Resolution::Replay).await
     }
 
-    pub async fn discard(&self, id: i64, actor: &str) -> Result<(), DeskError> {
-        self.resolve(id, actor, Resolution::Discard).await
-    }
-
     /// Replays (or discards) every open dead letter whose reason contains `reason`, oldest first.
-    async fn resolve_matching(
+    pub async fn resolve_matching(
         &self,
         reason: &str,
         actor: &str,
@@ -241,28 +238,10 @@ impl DeadLetterDesk {
         }
     }
 
-    pub async fn replay_matching(
-        &self,
-        reason: &str,
-        actor: &str,
-    ) -> Result<BulkOutcome, sqlx::Error> {
-        self.resolve_matching(reason, actor, Resolution::Replay)
-            .await
-    }
-
-    pub async fn discard_matching(
-        &self,
-        reason: &str,
-        actor: &str,
-    ) -> Result<BulkOutcome, sqlx::Error> {
-        self.resolve_matching(reason, actor, Resolution::Discard)
-            .await
-    }
-
     /// Replays or discards one dead letter. The dead letter's row is locked and its new status
     /// written in the transaction that applies the event, so a replay takes effect once however
     /// often it is asked for. Every attempt is recorded.
-    async fn resolve(&self, id: i64, actor: &str, how: Resolution) -> Result<(), DeskError> {
+    pub async fn resolve(&self, id: i64, actor: &str, how: Resolution) -> Result<(), DeskError> {
         let result = self.try_resolve(id, actor, how).await;
         let detail = result.as_ref().err().map(DeskError::to_string);
         if !matches!(result, Err(DeskError::NotFound)) && result.is_err() {
@@ -447,29 +426,30 @@ pub struct Resolved {
     pub status: String,
 }
 
-async fn replay_one(
-    _: Admin,
-    State(state): State<DeskState>,
-    headers: HeaderMap,
-    PathParam(id): PathParam<i64>,
-) -> Result<Json<Resolved>, Problem> {
-    state.desk.replay(id, &actor(&headers)).await?;
-    Ok(Json(Resolved {
-        id,
-        status: "replayed".into(),
-    }))
+/// `replay` or `discard`, as the last path segment says.
+fn resolution(action: &str) -> Result<Resolution, Problem> {
+    match action {
+        "replay" => Ok(Resolution::Replay),
+        "discard" => Ok(Resolution::Discard),
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such resource",
+        )),
+    }
 }
 
-async fn discard_one(
+async fn resolve_one(
     _: Admin,
     State(state): State<DeskState>,
     headers: HeaderMap,
-    PathParam(id): PathParam<i64>,
+    PathParam((id, action)): PathParam<(i64, String)>,
 ) -> Result<Json<Resolved>, Problem> {
-    state.desk.discard(id, &actor(&headers)).await?;
+    let how = resolution(&action)?;
+    state.desk.resolve(id, &actor(&headers), how).await?;
     Ok(Json(Resolved {
         id,
-        status: "discarded".into(),
+        status: how.status().into(),
     }))
 }
 
@@ -480,29 +460,17 @@ pub struct Matching {
     pub reason: String,
 }
 
-async fn replay_all(
+async fn resolve_all(
     _: Admin,
     State(state): State<DeskState>,
     headers: HeaderMap,
+    PathParam(action): PathParam<String>,
     JsonBody(matching): JsonBody<Matching>,
 ) -> Result<Json<BulkOutcome>, Problem> {
+    let how = resolution(&action)?;
     state
         .desk
-        .replay_matching(&matching.reason, &actor(&headers))
-        .await
-        .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
-}
-
-async fn discard_all(
-    _: Admin,
-    State(state): State<DeskState>,
-    headers: HeaderMap,
-    JsonBody(matching): JsonBody<Matching>,
-) -> Result<Json<BulkOutcome>, Problem> {
-    state
-        .desk
-        .discard_matching(&matching.reason, &actor(&headers))
+        .resolve_matching(&matching.reason, &actor(&headers), how)
         .await
         .map(Json)
         .map_err(|e| crate::http::database_problem(&e))
@@ -535,9 +503,7 @@ pub fn routes(desk: DeadLetterDesk, admin: AdminToken) -> Router {
     Router::new()
         .route("/admin/dead-letters", get(list_letters))
         .route("/admin/dead-letters/actions", get(list_actions))
-        .route("/admin/dead-letters/replay", post(replay_all))
-        .route("/admin/dead-letters/discard", post(discard_all))
-        .route("/admin/dead-letters/{id}/replay", post(replay_one))
-        .route("/admin/dead-letters/{id}/discard", post(discard_one))
+        .route("/admin/dead-letters/{action}", post(resolve_all))
+        .route("/admin/dead-letters/{id}/{action}", post(resolve_one))
         .with_state(DeskState { desk, admin })
 }
