@@ -8,8 +8,10 @@
 //! Load shedding: a request that no writer has taken within the commit deadline (a slow or
 //! stalled database) is answered `503` with `Retry-After`, and its order is never written — a
 //! writer skips a request that was given up on, and a request, once taken, waits for its
-//! transaction (bounded by the statement timeout). So waiting requests and their memory are
-//! bounded by rate × deadline, and nothing is half-written.
+//! transaction (bounded by the statement timeout). When a batch fails because the database
+//! cannot be reached (or a lock wait timed out), the requests queued behind it are answered
+//! `503` at once. So waiting requests and their memory are bounded by rate × deadline, and
+//! nothing is half-written.
 
 use crate::error::OrderError;
 use crate::orders::{self, NewOrder, Order};
@@ -179,12 +181,44 @@ impl Writer {
             }
             Err(error) => {
                 tracing::warn!(%error, orders = batch.len(), "order batch not written");
+                let unavailable = matches!(
+                    OrderError::from_batch_failure(&error),
+                    OrderError::Unavailable
+                );
                 for request in batch {
                     let _ = request
                         .reply
                         .send(Err(OrderError::from_batch_failure(&error)));
                 }
+                if unavailable {
+                    self.refuse_queued().await;
+                }
             }
+        }
+    }
+
+    /// The database cannot take orders right now (unreachable, or a lock wait timed out): the
+    /// requests queued behind the failed batch would fail the same way, so they are answered
+    /// `503` at once instead of each waiting out its deadline. Later requests are tried again.
+    async fn refuse_queued(&self) {
+        let mut receiver = self.receiver.lock().await;
+        let mut refused = 0u64;
+        while let Ok(request) = receiver.try_recv() {
+            let taken = request
+                .state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if taken {
+                let _ = request.reply.send(Err(OrderError::Unavailable));
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            metrics::counter!("order_intake_refused_total").increment(refused);
+            tracing::warn!(
+                orders = refused,
+                "database unavailable; queued orders refused"
+            );
         }
     }
 

@@ -256,6 +256,33 @@ async fn orders_that_cannot_be_committed_in_time_are_shed_and_never_written() {
     assert_eq!(system.place_order(7, 1, 1).await.status(), 202);
 }
 
+/// When a batch fails because the database cannot take it (here: a lock wait timed out), the
+/// requests queued behind it are refused at once instead of each waiting its turn to fail.
+#[tokio::test]
+async fn requests_queued_behind_an_unavailable_database_are_refused_at_once() {
+    let system = TestSystem::start(Options {
+        extra: "[orders]\ncommit_deadline_ms = 10000\nmax_batch = 1\nwriters = 1\n[database]\nlock_timeout_ms = 500\n",
+        ..Options::default()
+    })
+    .await;
+    let mut holder = system.order.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..20).map(|_| system.place_order(7, 1, 1))).await;
+    let waited = started.elapsed();
+    holder.rollback().await.unwrap();
+    assert!(answers.iter().all(|a| a.status() == 503));
+    // One batch waits out its lock timeout; the rest are refused with it, not 19 × 0.5 s later.
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    assert_eq!(
+        TestSystem::count(&system.order.pool, "SELECT count(*) FROM orders").await,
+        0
+    );
+}
+
 /// A compensation batch and a reservation batch over the same products, at the same time: both
 /// must take the product locks in one order. The reservation waits on product 1 first (held by
 /// an outside session); the release starts after it. Taking locks in plan order, the release
