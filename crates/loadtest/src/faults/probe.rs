@@ -115,9 +115,10 @@ impl CounterSum {
     }
 }
 
-/// The sums of the [`SIGNALS`] counters in a Prometheus text page (over all label sets).
+/// The sums of the [`SIGNALS`] counters in a Prometheus text page (over all label sets); a
+/// counter that never moved is not on the page yet, and counts 0.
 fn signal_values(metrics: &str) -> BTreeMap<&'static str, u64> {
-    let mut values = BTreeMap::new();
+    let mut values: BTreeMap<&'static str, u64> = SIGNALS.iter().map(|s| (*s, 0)).collect();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let name = line.split(['{', ' ']).next().unwrap_or("");
         let Some(signal) = SIGNALS.iter().find(|s| **s == name) else {
@@ -727,7 +728,8 @@ mod tests {
         let values = signal_values(page);
         assert_eq!(values["consumer_created_total"], 3);
         assert_eq!(values[REDRIVES], 7);
-        assert_eq!(values.len(), 2);
+        assert_eq!(values["worker_restarts_total"], 0, "absent: never moved");
+        assert_eq!(values.len(), SIGNALS.len());
     }
 
     #[test]
