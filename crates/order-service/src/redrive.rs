@@ -97,7 +97,8 @@ impl Redrive {
     }
 
     async fn run(&self) -> Result<(), WorkerError> {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.interval_ms));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.settings.interval_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

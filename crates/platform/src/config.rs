@@ -136,6 +136,13 @@ impl CommonSettings {
         if self.consumer.max_deliveries < 1 {
             return Err("consumer.max_deliveries must be at least 1".into());
         }
+        let workers = &self.workers;
+        if workers.restart_backoff_ms < 1
+            || workers.max_restart_backoff_ms < workers.restart_backoff_ms
+            || workers.hang_after_secs < 1
+        {
+            return Err("workers: restart_backoff_ms must be at least 1 and at most max_restart_backoff_ms, hang_after_secs at least 1".into());
+        }
         Ok(())
     }
 }
@@ -264,6 +271,9 @@ mod tests {
         assert_eq!(settings.validate(), Ok(()));
         settings.retention.inbox_secs = settings.nats.stream_max_age_secs - 1;
         assert!(settings.validate().unwrap_err().contains("inbox_secs"));
+        settings.retention.inbox_secs = settings.nats.stream_max_age_secs;
+        settings.workers.hang_after_secs = 0;
+        assert!(settings.validate().unwrap_err().contains("hang_after_secs"));
     }
 
     #[test]

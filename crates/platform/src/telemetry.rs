@@ -46,8 +46,29 @@ pub fn init(default_filter: &str) -> LogGuard {
             .compact()
             .try_init()
     };
+    if result.is_ok() {
+        log_panics();
+    }
     // An Err only means a subscriber was already installed (and has its own writer).
     LogGuard {
         _writer: result.is_ok().then_some(guard),
     }
+}
+
+/// Panics go to the structured log as one line (workers contain and survive them; an operator
+/// finds them with the other errors). The default hook, which prints a backtrace and loads the
+/// debug info to do so (~70 MiB resident), still runs when `RUST_BACKTRACE` asks for one.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info.payload_as_str().unwrap_or("a panic without a message");
+        tracing::error!(panic = message, %location, "panicked");
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            default(info);
+        }
+    }));
 }
