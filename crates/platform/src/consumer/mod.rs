@@ -15,27 +15,23 @@
 
 use crate::broker::{self, Topology};
 use crate::config::ConsumerSettings;
-use crate::dead_letters::{self, DeadLetterKind};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::{Event, Source};
 use crate::outbox::{OutboxError, OutboxSignal};
-use crate::supervisor::{panic_message, Worker, WorkerError, WorkerStatus};
+use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
     context::ConsumerInfoErrorKind,
-    AckKind,
 };
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::HashSet;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
-use uuid::Uuid;
+
+mod batch;
 
 /// An event this consumer has not processed before, with the envelope it came in.
 #[derive(Debug, Clone)]
@@ -398,286 +394,6 @@ impl<H: EventHandler> EventConsumer<H> {
             }
         }
     }
-
-    /// Handles the messages taken together: their events are applied in one transaction, or in
-    /// halves if that fails, so one bad event cannot hold back the others. A message is acked
-    /// once every event in it was applied, found to be a duplicate, or dead-lettered; a message
-    /// with an event that failed otherwise is nak'ed and comes back (the inbox absorbs the events
-    /// of it that were applied). Returns how many messages were acked.
-    async fn process_batch(&self, messages: Vec<jetstream::Message>) -> usize {
-        let _busy = self.status.busy();
-        let mut items = Vec::with_capacity(messages.len());
-        let mut retry: HashSet<usize> = HashSet::new();
-        for (index, message) in messages.iter().enumerate() {
-            for decoded in decode_message(&message.payload) {
-                match decoded {
-                    Ok((envelope, event)) => items.push(Decoded {
-                        message: index,
-                        envelope,
-                        event,
-                    }),
-                    Err((bytes, error)) => {
-                        let letter = dead_letters::NewDeadLetter {
-                            kind: DeadLetterKind::Undecodable,
-                            event_id: None,
-                            reason: error.to_string(),
-                            payload: &bytes,
-                        };
-                        if !self.dead_letter(message, letter).await {
-                            retry.insert(index);
-                        }
-                    }
-                }
-            }
-        }
-        if !items.is_empty() {
-            if let Err(error) = self.apply(&items).await {
-                if error.failure() == Failure::Unavailable {
-                    tracing::warn!(consumer = self.name(), %error, "database unavailable; the batch will be redelivered");
-                    retry.extend(items.iter().map(|item| item.message));
-                } else if let [item] = &items[..] {
-                    self.failed_alone(&messages[item.message], item, &error, &mut retry)
-                        .await;
-                } else {
-                    tracing::warn!(consumer = self.name(), %error, size = items.len(), "batch failed; retrying it in halves");
-                    self.apply_bisecting(&messages, &items, &mut retry).await;
-                }
-            }
-        }
-        let mut acked = 0;
-        for (index, message) in messages.iter().enumerate() {
-            let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-            if deliveries > 1 {
-                metrics::counter!("consumer_redelivered_total", "consumer" => self.name().to_owned())
-                    .increment(1);
-            }
-            // A lost ack or nak only causes a redelivery, which the inbox absorbs.
-            let sent = if retry.contains(&index) {
-                message
-                    .ack_with(AckKind::Nak(Some(retry_delay(deliveries))))
-                    .await
-            } else {
-                acked += 1;
-                message.ack().await
-            };
-            if let Err(error) = sent {
-                tracing::warn!(consumer = self.name(), %error, "ack failed");
-            }
-        }
-        if acked > 0 {
-            self.status.progress();
-        }
-        acked
-    }
-
-    /// After a failed batch: applies its halves, and their halves, until each failing event
-    /// stands alone (one bad event among N costs about 2·log₂N transactions, not N), keeping
-    /// the events' order. A lone failing event is dead-lettered if its failure is permanent (or
-    /// it panicked on its last allowed delivery), else its message is redelivered later; when
-    /// the database is unavailable, everything not yet applied is redelivered later.
-    async fn apply_bisecting(
-        &self,
-        messages: &[jetstream::Message],
-        items: &[Decoded],
-        retry: &mut HashSet<usize>,
-    ) {
-        let half = items.len() / 2;
-        let mut pending = vec![half..items.len(), 0..half];
-        while let Some(range) = pending.pop() {
-            let part = &items[range.clone()];
-            if part.is_empty() {
-                continue;
-            }
-            let Err(error) = self.apply(part).await else {
-                continue;
-            };
-            if error.failure() == Failure::Unavailable {
-                tracing::warn!(consumer = self.name(), %error, "database unavailable; the rest of the batch will be redelivered");
-                retry.extend(part.iter().map(|item| item.message));
-                for rest in pending.drain(..) {
-                    retry.extend(items[rest].iter().map(|item| item.message));
-                }
-                return;
-            }
-            if let [item] = part {
-                self.failed_alone(&messages[item.message], item, &error, retry)
-                    .await;
-                continue;
-            }
-            let mid = range.start + part.len() / 2;
-            pending.push(mid..range.end);
-            pending.push(range.start..mid);
-        }
-    }
-
-    /// One event that failed on its own: dead-lettered or redelivered later.
-    async fn failed_alone(
-        &self,
-        message: &jetstream::Message,
-        item: &Decoded,
-        error: &HandlerError,
-        retry: &mut HashSet<usize>,
-    ) {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-        let kind = match error.failure() {
-            Failure::Permanent => Some(DeadLetterKind::Rejected),
-            Failure::Panic if deliveries >= self.settings.max_deliveries => {
-                Some(DeadLetterKind::Panic)
-            }
-            Failure::Panic | Failure::Transient | Failure::Unavailable => None,
-        };
-        let Some(kind) = kind else {
-            metrics::counter!("consumer_retried_total", "consumer" => self.name().to_owned())
-                .increment(1);
-            tracing::warn!(consumer = self.name(), order_id = %item.envelope.aggregate_id, %error, deliveries, "event failed; it will be redelivered");
-            retry.insert(item.message);
-            return;
-        };
-        let reason = format!(
-            "{} (after {deliveries} deliveries): {error}",
-            item.envelope.event_type
-        );
-        let bytes = item.envelope.encode().unwrap_or_default();
-        let letter = dead_letters::NewDeadLetter {
-            kind,
-            event_id: Some(item.envelope.id),
-            reason,
-            payload: &bytes,
-        };
-        if !self.dead_letter(message, letter).await {
-            retry.insert(item.message);
-        }
-    }
-
-    async fn apply(&self, batch: &[Decoded]) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await?;
-        self.apply_in(&mut tx, batch).await?;
-        tx.commit().await?;
-        self.signal.notify();
-        metrics::counter!("consumer_processed_total", "consumer" => self.name().to_owned())
-            .increment(batch.len() as u64);
-        Ok(())
-    }
-
-    /// Records the events in the inbox and lets the handler apply the new ones, in the caller's
-    /// transaction. A panic in the handler is caught here and becomes an error of this batch.
-    async fn apply_in(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        batch: &[Decoded],
-    ) -> Result<(), HandlerError> {
-        let ids: Vec<Uuid> = batch.iter().map(|d| d.envelope.id).collect();
-        let fresh: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
-             ON CONFLICT DO NOTHING RETURNING message_id",
-        )
-        .bind(self.name())
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
-        let mut applied = HashSet::with_capacity(fresh.len());
-        let mut incoming = Vec::with_capacity(fresh.len());
-        for item in batch {
-            let id = item.envelope.id;
-            if !fresh.contains(&id) || !applied.insert(id) {
-                metrics::counter!("consumer_duplicates_total", "consumer" => self.name().to_owned())
-                    .increment(1);
-                tracing::debug!(consumer = self.name(), event_id = %id, "duplicate event ignored");
-                continue;
-            }
-            incoming.push(Incoming {
-                envelope: item.envelope.clone(),
-                event: item.event.clone(),
-            });
-        }
-        if incoming.is_empty() {
-            return Ok(());
-        }
-        let span = tracing::info_span!("events", consumer = self.name(), batch = incoming.len());
-        let handled = async {
-            #[cfg(feature = "fault-injection")]
-            crate::fault_hooks::before_handle(&incoming);
-            self.handler.handle_batch(tx, &incoming).await
-        };
-        match AssertUnwindSafe(handled.instrument(span))
-            .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => {
-                metrics::counter!("consumer_panics_total", "consumer" => self.name().to_owned())
-                    .increment(1);
-                Err(HandlerError::Panicked(panic_message(panic.as_ref())))
-            }
-        }
-    }
-
-    /// Parks an event (or an undecodable message) with its reason. Returns false if the record
-    /// could not be written: the message is then not acked and comes back, so a poison message
-    /// is never silently dropped.
-    async fn dead_letter(
-        &self,
-        message: &jetstream::Message,
-        letter: dead_letters::NewDeadLetter<'_>,
-    ) -> bool {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-        let message_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned());
-        let recorded = dead_letters::record(
-            &self.pool,
-            self.name(),
-            message.subject.as_str(),
-            message_id.as_deref(),
-            deliveries,
-            &letter,
-        )
-        .await;
-        match recorded {
-            Ok(()) => {
-                metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name().to_owned(), "kind" => letter.kind.as_str())
-                    .increment(1);
-                tracing::error!(consumer = self.name(), subject = %message.subject, reason = letter.reason, kind = letter.kind.as_str(), "event dead-lettered");
-                true
-            }
-            Err(error) => {
-                tracing::warn!(consumer = self.name(), %error, "cannot record dead letter; message will be redelivered");
-                false
-            }
-        }
-    }
-
-    /// Applies a dead letter's payload again, in the caller's transaction (which also marks the
-    /// dead letter resolved). The inbox makes a second replay, or a replay of an event that was
-    /// applied meanwhile, a no-op.
-    async fn replay_in(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        payload: &[u8],
-    ) -> Result<(), HandlerError> {
-        let mut items = Vec::new();
-        for decoded in decode_message(payload) {
-            let (envelope, event) =
-                decoded.map_err(|(_, error)| HandlerError::Permanent(error.to_string()))?;
-            items.push(Decoded {
-                message: 0,
-                envelope,
-                event,
-            });
-        }
-        self.apply_in(tx, &items).await
-    }
-}
-
-struct Decoded {
-    /// Index of the broker message the event came in.
-    message: usize,
-    envelope: Envelope,
-    event: Event,
 }
 
 type Undecodable = (Vec<u8>, EnvelopeError);
@@ -753,6 +469,7 @@ impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     fn envelope_json(order: u8) -> String {
         let event = Event::OrderCreated(crate::events::OrderCreated {
