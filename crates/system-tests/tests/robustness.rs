@@ -203,6 +203,25 @@ async fn a_flood_of_reads_cannot_starve_the_workers_or_the_intake() {
     assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
 }
 
+/// A stalled database: an outside session locks the orders table (its transaction is returned,
+/// still holding the lock), and 20 orders are sent at once; their answers and how long it took.
+async fn twenty_orders_while_the_orders_table_is_locked(
+    system: &TestSystem,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Vec<reqwest::Response>,
+    Duration,
+) {
+    let mut holder = system.order.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..20).map(|_| system.place_order(7, 1, 1))).await;
+    (holder, answers, started.elapsed())
+}
+
 /// The database stalls (an outside session locks the orders table). Requests that cannot be
 /// written within the commit deadline get 503 + Retry-After quickly instead of piling up, and
 /// none of their orders is written later.
@@ -213,15 +232,7 @@ async fn orders_that_cannot_be_committed_in_time_are_shed_and_never_written() {
         ..Options::default()
     })
     .await;
-    let mut holder = system.order.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-
-    let started = Instant::now();
-    let answers = futures::future::join_all((0..20).map(|_| system.place_order(7, 1, 1))).await;
-    let waited = started.elapsed();
+    let (holder, answers, waited) = twenty_orders_while_the_orders_table_is_locked(&system).await;
     let (mut accepted, mut shed) = (0, 0);
     for answer in answers {
         match answer.status().as_u16() {
@@ -265,14 +276,7 @@ async fn requests_queued_behind_an_unavailable_database_are_refused_at_once() {
         ..Options::default()
     })
     .await;
-    let mut holder = system.order.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let answers = futures::future::join_all((0..20).map(|_| system.place_order(7, 1, 1))).await;
-    let waited = started.elapsed();
+    let (holder, answers, waited) = twenty_orders_while_the_orders_table_is_locked(&system).await;
     holder.rollback().await.unwrap();
     assert!(answers.iter().all(|a| a.status() == 503));
     // One batch waits out its lock timeout; the rest are refused with it, not 19 × 0.5 s later.
