@@ -52,7 +52,7 @@ use crate::stats::Percentiles;
 use crate::verify::{self, Databases, HttpFigures};
 
 /// The scenario `loadtest capacity` runs unless told otherwise.
-pub const DEFAULT_SCENARIO: &str = "scenarios/capacity.toml";
+pub const DEFAULT_PLAN: &str = "scenarios/capacity/capacity.toml";
 /// The check this mode adds: at least one step sustained.
 pub const CHECK_CAPACITY: &str = "capacity";
 /// Share of a step's requests still unanswered at its evaluation that puts its p99 over the
@@ -1135,6 +1135,7 @@ pub async fn run_capacity(plan: &CapacityPlan, options: &CapacityOptions) -> Res
         bail!("a capacity scenario cannot inject faults");
     }
     deploy::check_binaries()?;
+    let _lock = stack::run_lock::acquire()?;
     let state = StateDir::locate()?;
     let postgres_before = stack::pid_of(&state, "postgres").is_some();
     let nats_before = stack::pid_of(&state, "nats").is_some();
@@ -2056,7 +2057,8 @@ mod tests {
 
     #[test]
     fn the_shipped_capacity_scenario_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/capacity.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/capacity/capacity.toml");
         let plan = CapacityPlan::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
         let rates = plan.settings.step_rates();
         assert!(rates.len() >= 10, "{rates:?}");

@@ -133,7 +133,8 @@ pub fn check_binaries() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "service binaries missing: {}; build them first with `cargo build --workspace --bins` (or `make build`)",
+            "service binaries missing: {}; build them with this loadtest, in the same profile \
+             (`cargo build --release --workspace --bins`, or `make build`)",
             missing.join(", ")
         );
     }

@@ -45,11 +45,12 @@ enum Command {
         #[arg(long)]
         results_dir: Option<PathBuf>,
     },
-    /// Step the arrival rate up until the system stops keeping up (see scenarios/capacity.toml),
+    /// Step the arrival rate up until the system stops keeping up (see scenarios/capacity/capacity.toml),
     /// then drain, audit and measure the naive baseline; exits non-zero when a check fails.
     Capacity {
-        #[arg(long, default_value = capacity::DEFAULT_SCENARIO)]
-        scenario: PathBuf,
+        /// A capacity plan (scenarios/capacity/).
+        #[arg(long, alias = "scenario", default_value = capacity::DEFAULT_PLAN)]
+        plan: PathBuf,
         /// Where the report folder goes (default: <workspace>/results).
         #[arg(long)]
         results_dir: Option<PathBuf>,
@@ -206,11 +207,11 @@ async fn execute(command: Command) -> Result<bool> {
             Ok(report.passed())
         }
         Command::Capacity {
-            scenario,
+            plan,
             results_dir,
             skip_baseline,
         } => {
-            let plan = CapacityPlan::from_file(&scenario_path(&scenario)?)?;
+            let plan = CapacityPlan::from_file(&scenario_path(&plan)?)?;
             capacity::run_capacity(
                 &plan,
                 &CapacityOptions {
@@ -455,6 +456,7 @@ fn scenario_path(path: &Path) -> Result<PathBuf> {
 
 /// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
 async fn standalone_baseline(settings: &BaselineSettings) -> Result<()> {
+    let _lock = stack::run_lock::acquire()?;
     let state = StateDir::locate()?;
     let postgres_before = stack::pid_of(&state, "postgres").is_some();
     let nats_before = stack::pid_of(&state, "nats").is_some();

@@ -43,6 +43,7 @@ pub struct RunOptions {
 /// interrupted with Ctrl-C.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<Report> {
     deploy::check_binaries()?;
+    let _lock = stack::run_lock::acquire()?;
     let state = StateDir::locate()?;
     let postgres_before = stack::pid_of(&state, "postgres").is_some();
     let nats_before = stack::pid_of(&state, "nats").is_some();

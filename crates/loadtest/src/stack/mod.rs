@@ -19,6 +19,7 @@
 mod nats;
 mod postgres;
 pub mod process;
+pub mod run_lock;
 mod services;
 
 use anyhow::{bail, Context, Result};

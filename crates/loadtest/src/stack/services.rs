@@ -42,22 +42,15 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `<workspace>/target/debug/<name>`, or `$CARGO_TARGET_DIR/debug/<name>`.
+/// The service executable next to our own, whatever profile built us (`target/release/`,
+/// `target/debug/`, …); from a test binary in `deps/`, the directory above it.
 pub fn service_binary(name: &str) -> PathBuf {
-    let root = super::workspace_root().unwrap_or_else(|_| PathBuf::from("."));
-    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                // cargo resolves a relative CARGO_TARGET_DIR against the cwd
-                std::env::current_dir().unwrap_or(root).join(dir)
-            }
-        }
-        None => root.join("target"),
-    };
-    target.join("debug").join(name)
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir.pop();
+    }
+    dir.join(name)
 }
 
 /// Spawn the service detached (own session, output to `logs/<name>.log`),
