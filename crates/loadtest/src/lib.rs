@@ -1,17 +1,16 @@
-pub mod admin;
-pub mod baseline;
-pub mod capacity;
+//! The load-test harness: every mode compiles into one [`plan::RunPlan`] that one
+//! [`session`] executes. Dependencies point one way: `modes` → `session` → `plan`, `loadgen`,
+//! `observe`, `chaos`, `audit`, `report` → `deploy` → `infra` → `platform`
+//! (`docs/architecture.md` has the tree; `tests/layering.rs` keeps it).
+pub mod audit;
+pub mod chaos;
+pub mod commands;
 pub mod deploy;
-pub mod drain;
-pub mod driver;
-pub mod faults;
-pub mod monitor;
-pub mod operator;
+pub mod infra;
+pub mod loadgen;
+pub mod modes;
+pub mod observe;
+pub mod plan;
 pub mod report;
-pub mod runner;
-pub mod scenario;
-pub mod schedule;
 pub mod seed;
-pub mod stack;
-pub mod stats;
-pub mod verify;
+pub mod session;

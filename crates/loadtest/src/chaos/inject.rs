@@ -1,0 +1,382 @@
+//! Executing the fault schedule: inject each fault at its time, lift it after its duration,
+//! record what was done.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::heal::{self, Flood};
+use super::{Fault, FaultKind, Hits};
+use crate::deploy::admin::AdminClient;
+use crate::deploy::{self, services::ServiceSpec};
+use crate::infra::{self, StateDir};
+use crate::loadgen::LoadState;
+use crate::plan::duration;
+
+/// How long a killed process may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// What the fault task needs.
+pub struct FaultContext {
+    pub state: StateDir,
+    /// Every service instance as it was started (restarts use the same spec).
+    pub specs: Vec<ServiceSpec>,
+    /// The run's t = 0.
+    pub start: Instant,
+    pub load: Arc<LoadState>,
+    /// The deployment's admin API credentials, and a buyer's token.
+    pub admin: AdminClient,
+    pub buyer_token: String,
+    pub nats_url: String,
+    pub prefix: String,
+    /// The inventory database (for `lock-hold`) and the product the load buys.
+    pub inventory_db: String,
+    pub hot_product: i64,
+}
+
+/// One fault as it was executed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Executed {
+    pub kind: FaultKind,
+    pub target: String,
+    pub planned_at_s: f64,
+    pub planned_duration_s: f64,
+    /// When it was injected, seconds after t = 0.
+    pub injected_s: f64,
+    /// When it was lifted (restarted and ready, or continued); `None`: lifting failed.
+    pub lifted_s: Option<f64>,
+    /// What was done, in order.
+    pub actions: Vec<String>,
+    pub error: Option<String>,
+    /// Requests refused by a dead replica and sent to another one while the fault lasted.
+    pub failovers: u64,
+}
+
+/// The running fault schedule. Dropping it stops the schedule and continues whatever it had
+/// stopped with `SIGSTOP`.
+pub struct FaultRun {
+    handle: Option<JoinHandle<Vec<Executed>>>,
+    stopped: Arc<Mutex<Vec<u32>>>,
+}
+
+impl FaultRun {
+    /// Waits until every fault has been injected and lifted.
+    pub async fn finish(mut self) -> Result<Vec<Executed>> {
+        let handle = self
+            .handle
+            .take()
+            .context("fault schedule already finished")?;
+        handle.await.context("the fault task panicked")
+    }
+}
+
+impl Drop for FaultRun {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+        for pid in self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = infra::signal_process(pid, libc::SIGCONT);
+        }
+    }
+}
+
+/// Starts executing `faults` (ordered by start) relative to `context.start`.
+pub fn spawn(context: FaultContext, faults: Vec<Fault>) -> FaultRun {
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let handle = {
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut executed = Vec::with_capacity(faults.len());
+            for fault in faults {
+                tokio::time::sleep_until(context.start + fault.at).await;
+                executed.push(execute(&context, &fault, &stopped).await);
+            }
+            executed
+        })
+    };
+    FaultRun {
+        handle: Some(handle),
+        stopped,
+    }
+}
+
+fn seconds_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+async fn execute(context: &FaultContext, fault: &Fault, stopped: &Mutex<Vec<u32>>) -> Executed {
+    let failovers_before = context.load.failovers.load(Ordering::Relaxed);
+    let mut record = Executed {
+        kind: fault.kind,
+        target: fault.target.clone(),
+        planned_at_s: fault.at.as_secs_f64(),
+        planned_duration_s: fault.duration.as_secs_f64(),
+        injected_s: seconds_since(context.start),
+        lifted_s: None,
+        actions: Vec::new(),
+        error: None,
+        failovers: 0,
+    };
+    println!(
+        "▶ fault at {:.1} s: {} {} for {}",
+        record.injected_s,
+        fault.kind.name(),
+        fault.target,
+        duration::format(fault.duration)
+    );
+    let result = match inject(context, fault, stopped, &mut record.actions).await {
+        Ok(undo) => {
+            record.injected_s = seconds_since(context.start);
+            tokio::time::sleep_until(context.start + fault.end()).await;
+            let lifted = lift(context, undo, stopped, &mut record.actions).await;
+            if lifted.is_ok() {
+                record.lifted_s = Some(seconds_since(context.start));
+            }
+            lifted
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!(
+            "▶ fault {} {} failed: {e:#}",
+            fault.kind.name(),
+            fault.target
+        );
+        record.error = Some(format!("{e:#}"));
+    } else {
+        println!(
+            "▶ fault {} {} lifted at {:.1} s",
+            fault.kind.name(),
+            fault.target,
+            record.lifted_s.unwrap_or_default()
+        );
+    }
+    record.failovers = context
+        .load
+        .failovers
+        .load(Ordering::Relaxed)
+        .saturating_sub(failovers_before);
+    record
+}
+
+/// How to lift an injected fault.
+enum Undo {
+    Restart(Vec<String>),
+    Continue(Vec<(String, u32)>),
+    RestartNats,
+    StartPostgres,
+    /// Nothing to lift: the system must heal by itself.
+    Nothing,
+    /// Delete the stream, then kill and restart the paused consumers: what they had taken
+    /// but not applied is gone with them, as when a broker loses its store while consumers
+    /// are down.
+    DeleteStreamThenRestart(platform::events::Source, Vec<(String, u32)>),
+    DiscardPoison(Vec<String>),
+    DisarmAndReplay(Vec<String>),
+    StopFlood(Flood),
+    ReleaseLock(sqlx::PgConnection),
+}
+
+/// SIGSTOPs the instances, remembering them so that a dropped schedule continues them.
+fn pause(
+    state: &StateDir,
+    instances: &[String],
+    stopped: &Mutex<Vec<u32>>,
+    actions: &mut Vec<String>,
+) -> Result<Vec<(String, u32)>> {
+    let mut paused = Vec::new();
+    for instance in instances {
+        let pid = infra::signal_named(state, instance, libc::SIGSTOP)?;
+        stopped.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        actions.push(format!("SIGSTOP {instance} (pid {pid})"));
+        paused.push((instance.clone(), pid));
+    }
+    Ok(paused)
+}
+
+fn resume(
+    paused: Vec<(String, u32)>,
+    stopped: &Mutex<Vec<u32>>,
+    actions: &mut Vec<String>,
+) -> Result<()> {
+    for (name, pid) in paused {
+        infra::signal_process(pid, libc::SIGCONT)
+            .with_context(|| format!("SIGCONT {name} (pid {pid})"))?;
+        stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
+        actions.push(format!("SIGCONT {name} (pid {pid})"));
+    }
+    Ok(())
+}
+
+async fn inject(
+    context: &FaultContext,
+    fault: &Fault,
+    stopped: &Mutex<Vec<u32>>,
+    actions: &mut Vec<String>,
+) -> Result<Undo> {
+    let state = &context.state;
+    let instances = fault.hits.instances();
+    match (fault.kind, &fault.hits) {
+        (FaultKind::Kill, _) => {
+            for instance in instances {
+                let pid = infra::signal_named(state, instance, libc::SIGKILL)?;
+                if !infra::process::wait_gone(pid, KILL_WAIT).await {
+                    bail!("{instance} (pid {pid}) still alive {KILL_WAIT:?} after SIGKILL");
+                }
+                actions.push(format!("kill -9 {instance} (pid {pid})"));
+            }
+            Ok(Undo::Restart(instances.to_vec()))
+        }
+        (FaultKind::Pause, _) => Ok(Undo::Continue(pause(state, instances, stopped, actions)?)),
+        (FaultKind::KillNats, _) => {
+            let pid = infra::pid_of(state, "nats").context("our nats-server is not running")?;
+            infra::kill_nats(state).await?;
+            actions.push(format!("kill -9 nats-server (pid {pid})"));
+            Ok(Undo::RestartNats)
+        }
+        (FaultKind::StopPostgres, _) => {
+            let pid = infra::pid_of(state, "postgres").context("our PostgreSQL is not running")?;
+            infra::stop_postgres_immediate(state).await?;
+            actions.push(format!(
+                "immediate-mode stop of PostgreSQL (SIGQUIT to postmaster pid {pid})"
+            ));
+            Ok(Undo::StartPostgres)
+        }
+        (FaultKind::BrokerUnreachable, _) => {
+            let pid = infra::signal_named(state, "nats", libc::SIGSTOP)?;
+            stopped.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+            actions.push(format!("SIGSTOP nats-server (pid {pid})"));
+            Ok(Undo::Continue(vec![("nats-server".into(), pid)]))
+        }
+        (FaultKind::DeleteConsumer, Hits::Consumers(consumers)) => {
+            heal::delete_consumers(context, consumers, actions).await?;
+            Ok(Undo::Nothing)
+        }
+        (FaultKind::DeleteStream, Hits::Stream { source, paused }) => {
+            let paused = pause(state, paused, stopped, actions)?;
+            Ok(Undo::DeleteStreamThenRestart(*source, paused))
+        }
+        (FaultKind::Poison, Hits::Service { name, .. }) => Ok(Undo::DiscardPoison(
+            heal::publish_poison(context, name, actions).await?,
+        )),
+        (FaultKind::Panic, _) => {
+            heal::arm_panic(context, instances, actions).await?;
+            Ok(Undo::DisarmAndReplay(instances.to_vec()))
+        }
+        (FaultKind::PoolStarve, _) => {
+            let flood = Flood::start(context, instances)?;
+            actions.push(format!(
+                "started a flood of reads on {}",
+                instances.join(", ")
+            ));
+            Ok(Undo::StopFlood(flood))
+        }
+        (FaultKind::LockHold, _) => Ok(Undo::ReleaseLock(heal::hold_lock(context, actions).await?)),
+        (kind, hits) => bail!("fault {} cannot hit {hits:?}", kind.name()),
+    }
+}
+/// Starts the instances again with their original specification and waits until each is ready.
+async fn restart(
+    context: &FaultContext,
+    instances: &[String],
+    actions: &mut Vec<String>,
+) -> Result<()> {
+    let state = &context.state;
+    let began = Instant::now();
+    let specs: Vec<_> = instances
+        .iter()
+        .map(|name| {
+            context
+                .specs
+                .iter()
+                .find(|s| &s.name == name)
+                .with_context(|| format!("no start specification for {name}"))
+        })
+        .collect::<Result<_>>()?;
+    let started = futures::future::join_all(
+        specs
+            .iter()
+            .map(|spec| deploy::services::start_service(state, spec)),
+    )
+    .await;
+    for (spec, result) in specs.iter().zip(started) {
+        let pid = result.with_context(|| format!("restarting {}", spec.name))?;
+        actions.push(format!(
+            "restarted {} as pid {pid} (ready after {:.1} s)",
+            spec.name,
+            began.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+async fn lift(
+    context: &FaultContext,
+    undo: Undo,
+    stopped: &Mutex<Vec<u32>>,
+    actions: &mut Vec<String>,
+) -> Result<()> {
+    let state = &context.state;
+    let began = Instant::now();
+    match undo {
+        Undo::Restart(instances) => restart(context, &instances, actions).await?,
+        Undo::Continue(paused) => resume(paused, stopped, actions)?,
+        Undo::RestartNats => {
+            infra::restart_nats(state).await?;
+            let pid = infra::pid_of(state, "nats").unwrap_or_default();
+            actions.push(format!(
+                "restarted nats-server on the same store as pid {pid} (ready after {:.1} s)",
+                began.elapsed().as_secs_f64()
+            ));
+        }
+        Undo::StartPostgres => {
+            infra::start_postgres(state).await?;
+            let pid = infra::pid_of(state, "postgres").unwrap_or_default();
+            actions.push(format!(
+                "started PostgreSQL again as pid {pid} (crash recovery; accepting connections after {:.1} s)",
+                began.elapsed().as_secs_f64()
+            ));
+        }
+        Undo::Nothing => actions.push("nothing to lift: the services must heal".to_string()),
+        Undo::DeleteStreamThenRestart(source, paused) => {
+            let deleted = heal::delete_stream(context, source, actions).await;
+            let mut names = Vec::with_capacity(paused.len());
+            for (name, pid) in &paused {
+                infra::signal_process(*pid, libc::SIGKILL)
+                    .with_context(|| format!("kill -9 {name} (pid {pid})"))?;
+                if !infra::process::wait_gone(*pid, KILL_WAIT).await {
+                    bail!("{name} (pid {pid}) still alive {KILL_WAIT:?} after SIGKILL");
+                }
+                stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|p| p != pid);
+                actions.push(format!("kill -9 {name} (pid {pid})"));
+                names.push(name.clone());
+            }
+            deleted?;
+            restart(context, &names, actions).await?;
+        }
+        Undo::DiscardPoison(ids) => heal::discard_poison(context, &ids, actions).await?,
+        Undo::DisarmAndReplay(instances) => {
+            heal::disarm_and_replay(context, &instances, actions).await?
+        }
+        Undo::StopFlood(flood) => actions.push(flood.stop().await),
+        Undo::ReleaseLock(conn) => heal::release_lock(conn, actions).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Fault injection for chaos scenarios: a schedule of faults executed against the processes
+//! and broker state this CLI created, a probe that watches the system notice and catch up, and
+//! the recovery time of every fault.
+//!
+//! A scenario lists its faults as `[[faults]]` tables (`at`, `kind`, `target`, `duration`):
+//!
+//! | kind | target | what happens |
+//! | --- | --- | --- |
+//! | `kill` | a service or one instance | `kill -9`; after `duration` started again (same env and port) |
+//! | `pause` | a service or one instance | `SIGSTOP`; after `duration` `SIGCONT` |
+//! | `kill-nats` | `nats` | `kill -9` of nats-server; after `duration` restarted on the same store |
+//! | `stop-postgres` | `postgres` | immediate-mode stop (no checkpoint); after `duration` started again (crash recovery) |
+//! | `broker-unreachable` | `nats` | nats-server `SIGSTOP`ped: connections stay open, nothing answers; after `duration` `SIGCONT` |
+//! | `delete-consumer` | a durable consumer (`inventory-service-orders`) or a service (all of its) | deleted through the JetStream API; nothing is lifted: the services must create them again |
+//! | `delete-stream` | a stream (`order`, `inventory`, `payment`) | its consumers other than the order service are paused for `duration` so messages pile up, then the stream is deleted with them and the paused consumers are killed and started again (what they had taken goes with them): the lost messages' orders must be re-driven |
+//! | `poison` | a service | undecodable and unprocessable messages published straight to its subject; after `duration` each must be a dead letter, which is then discarded through the admin API |
+//! | `panic` | `inventory` | the services' panic hook (built with `--features platform/fault-injection`) armed for a product of its own, and orders placed for it; after `duration` disarmed and the dead letters replayed |
+//! | `pool-starve` | `order` | a flood of `GET /orders/{random}` from many connections, until `duration` is over |
+//! | `lock-hold` | `inventory` | an outside session holds `FOR UPDATE` on the hot product's row for `duration` |
+//!
+//! A service target is `order`, `inventory`, `payment` (or `order-service`, …) for every
+//! instance of that service, or `order-service-2` (etc.) for one replica; see
+//! [`crate::deploy::Replication`] for how replicas are named. Faults run one at a time: each
+//! must start after the previous one has been lifted. They may outlast the load; the drain
+//! starts when the last one is lifted.
+//!
+//! **Recovery** ([`probe`]). A probe samples the system once a second: the outbox backlog, the
+//! JetStream consumer backlog, the age of the oldest order that is not final, every instance's
+//! `/ready`, and the order service's re-drive counter. A fault was *noticed* when an instance's
+//! `/ready` first answered 503 after it was injected; the system has *caught up* when, in
+//! [`RECOVERY_SAMPLES`] samples in a row, the outbox holds at most [`RECOVERY_MAX_OUTBOX`] rows,
+//! the consumers at most [`RECOVERY_MAX_CONSUMER_BACKLOG`] messages, and no unfinished order is
+//! older than [`RECOVERY_MAX_OLDEST_UNFINISHED_S`] seconds. A fault's recovery time runs from
+//! the moment it was lifted to the first sample of that run of caught-up samples. The last
+//! condition is the decisive one: an order accepted during an outage stays unfinished until
+//! every hop it needs works again.
+
+mod heal;
+mod inject;
+pub mod probe;
+
+pub use crate::plan::faults::{Fault, FaultKind, Hits};
+pub use inject::{spawn, Executed, FaultContext, FaultRun};
+pub use probe::{
+    probe_time_needed, records, recovered_after, spawn_probe, worst_between, write_timeline,
+    Health, HealthSample, ProbeTargets,
+};
+
+use anyhow::{bail, Result};
+
+use crate::deploy::admin::AdminClient;
+use crate::deploy::{self, services::ServiceSpec};
+use crate::infra::{self, StateDir};
+
+/// The name of the check the runner adds when a scenario has faults.
+pub const CHECK_FAULTS: &str = "faults";
+
+/// Caught up: at most this many outbox rows (one relay batch) …
+pub const RECOVERY_MAX_OUTBOX: i64 = 500;
+/// … at most this many messages waiting in or delivered by the consumers (about one second of
+/// events at the seed plan's peak rate) …
+pub const RECOVERY_MAX_CONSUMER_BACKLOG: u64 = 2000;
+/// … no unfinished order older than this (the seed run's e2e p99 is well under a second) …
+pub const RECOVERY_MAX_OLDEST_UNFINISHED_S: f64 = 5.0;
+/// … in this many probe samples (one a second) in a row.
+pub const RECOVERY_SAMPLES: usize = 3;
+
+/// Errors unless every process the schedule needs is one we started (we signal only our own
+/// PIDs, never another PostgreSQL or NATS), and, for a `panic` fault, unless the services have
+/// their fault hooks.
+pub async fn preflight(
+    state: &StateDir,
+    faults: &[Fault],
+    specs: &[ServiceSpec],
+    admin: &AdminClient,
+) -> Result<()> {
+    for fault in faults {
+        let infra = match fault.hits {
+            Hits::Nats => Some("nats"),
+            Hits::Postgres => Some("postgres"),
+            _ => None,
+        };
+        if let Some(name) = infra {
+            if infra::pid_of(state, name).is_none() {
+                bail!(
+                    "fault {} needs our own {name} (started by this CLI), but none runs; unset ORDERSYS_DATABASE_URL / ORDERSYS_NATS_URL for chaos runs",
+                    fault.kind.name()
+                );
+            }
+        }
+        for instance in fault.hits.instances() {
+            if !specs.iter().any(|s| &s.name == instance) {
+                bail!(
+                    "fault {} targets {instance}, which this run did not start",
+                    fault.kind.name()
+                );
+            }
+        }
+        if fault.kind == FaultKind::Panic {
+            for spec in specs
+                .iter()
+                .filter(|s| fault.hits.instances().contains(&s.name))
+            {
+                // Disarming is harmless and tells whether the hook exists.
+                admin
+                    .set_panic_hook(&deploy::base_url(spec.port), None)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,699 @@
+//! The probe: once a second, how far behind the system is and whether it says so, and from
+//! its samples each fault's times (noticed, caught up) and the `faults` check.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{
+    Executed, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG, RECOVERY_MAX_OLDEST_UNFINISHED_S,
+    RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
+};
+use crate::audit::Check;
+use crate::observe::broker::Broker;
+use crate::observe::database::{self, Databases};
+use crate::report::FaultRecord;
+
+/// How often the probe samples.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one probe query may take; slower counts as "no sample" (not caught up).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an instance's `/ready` may take; slower counts as unreachable.
+const READY_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How far behind the system is at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Health {
+    /// Outbox rows over the three databases.
+    pub outbox: i64,
+    /// Messages not yet delivered plus delivered and unacknowledged, over every consumer.
+    pub consumer_backlog: u64,
+    /// Age of the oldest PENDING or RESERVED order (0 when there is none).
+    pub oldest_unfinished_s: f64,
+}
+
+impl Health {
+    pub fn caught_up(&self) -> bool {
+        self.outbox <= RECOVERY_MAX_OUTBOX
+            && self.consumer_backlog <= RECOVERY_MAX_CONSUMER_BACKLOG
+            && self.oldest_unfinished_s <= RECOVERY_MAX_OLDEST_UNFINISHED_S
+    }
+
+    /// The larger of each figure.
+    fn max(self, other: Health) -> Health {
+        Health {
+            outbox: self.outbox.max(other.outbox),
+            consumer_backlog: self.consumer_backlog.max(other.consumer_backlog),
+            oldest_unfinished_s: self.oldest_unfinished_s.max(other.oldest_unfinished_s),
+        }
+    }
+}
+
+/// One probe sample; `health` is `None` when a part could not be read (database or broker
+/// down, or slower than the probe timeout).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct HealthSample {
+    pub at_s: f64,
+    pub health: Option<Health>,
+    /// Per durable consumer (`<stream>/<consumer>`): pending + unacknowledged, for the record.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<(String, u64)>,
+    /// Instances whose `/ready` answered 503, with the reason they gave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<(String, String)>,
+    /// Instances whose `/ready` did not answer in time (stopped, paused, starting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
+    /// The services' own counters of what they noticed and healed ([`SIGNALS`]), summed over
+    /// every instance since the run began.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Counters each service keeps of its own healing: open orders re-driven, durable consumers
+/// created again, workers restarted, handler panics caught, events dead-lettered, orders shed.
+pub const SIGNALS: [&str; 6] = [
+    REDRIVES,
+    "consumer_created_total",
+    "worker_restarts_total",
+    "consumer_panics_total",
+    "consumer_dead_lettered_total",
+    "order_intake_shed_total",
+];
+const REDRIVES: &str = "orders_redriven_total";
+
+/// What the probe asks besides the databases and the broker: every instance's `/ready` and
+/// `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTargets {
+    /// (instance name, base URL) of every instance.
+    pub instances: Vec<(String, String)>,
+}
+
+/// Adds up counters of several processes across their restarts (a restarted process starts
+/// from zero).
+#[derive(Debug, Default)]
+struct CounterSum {
+    last: HashMap<(String, String), u64>,
+    total: BTreeMap<String, u64>,
+}
+
+impl CounterSum {
+    fn observe(&mut self, process: &str, counter: &str, value: u64) {
+        let last = self
+            .last
+            .insert((process.to_owned(), counter.to_owned()), value)
+            .unwrap_or(0);
+        *self.total.entry(counter.to_owned()).or_insert(0) +=
+            if value >= last { value - last } else { value };
+    }
+}
+
+/// The sums of the [`SIGNALS`] counters in a Prometheus text page (over all label sets); a
+/// counter that never moved is not on the page yet, and counts 0.
+fn signal_values(metrics: &str) -> BTreeMap<&'static str, u64> {
+    let mut values: BTreeMap<&'static str, u64> = SIGNALS.iter().map(|s| (*s, 0)).collect();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        let Some(signal) = SIGNALS.iter().find(|s| **s == name) else {
+            continue;
+        };
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        *values.entry(*signal).or_insert(0) += value as u64;
+    }
+    values
+}
+
+/// The last value of a counter at or before `t`.
+fn counter_at(samples: &[HealthSample], counter: &str, t: f64) -> Option<u64> {
+    samples
+        .iter()
+        .rev()
+        .filter(|s| s.at_s <= t)
+        .find_map(|s| s.counters.get(counter).copied())
+}
+
+/// The first sample in `from_s..=to_s` in which the system showed it noticed: an instance's
+/// `/ready` said 503 or did not answer (what a load balancer sees), or one of its healing
+/// counters moved. Seconds after `from_s`, and what.
+pub fn noticed_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> Option<(f64, String)> {
+    samples
+        .iter()
+        .filter(|s| (from_s..=to_s).contains(&s.at_s))
+        .find_map(|s| {
+            if let Some((who, why)) = s.not_ready.first() {
+                return Some((s.at_s - from_s, format!("/ready 503 from {who}: {why}")));
+            }
+            if let Some(who) = s.unreachable.first() {
+                return Some((s.at_s - from_s, format!("/ready did not answer from {who}")));
+            }
+            let moved: Vec<String> = s
+                .counters
+                .iter()
+                .filter_map(|(counter, value)| {
+                    let before = counter_at(samples, counter, from_s).unwrap_or(0);
+                    (*value > before).then(|| format!("{counter} +{}", value - before))
+                })
+                .collect();
+            (!moved.is_empty()).then(|| (s.at_s - from_s, moved.join(", ")))
+        })
+}
+
+/// Re-drives counted between the samples nearest `from_s` and `to_s`.
+pub fn redrives_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> Option<u64> {
+    let first = counter_at(samples, REDRIVES, from_s).unwrap_or(0);
+    let last = counter_at(samples, REDRIVES, to_s)?;
+    Some(last.saturating_sub(first))
+}
+
+/// Seconds from `lifted_s` to the first sample (at or after it) that starts
+/// [`RECOVERY_SAMPLES`] caught-up samples in a row; `None` when that never happened.
+pub fn recovered_after(samples: &[HealthSample], lifted_s: f64) -> Option<f64> {
+    let mut run_start: Option<f64> = None;
+    let mut run = 0;
+    for sample in samples.iter().filter(|s| s.at_s >= lifted_s) {
+        if sample.health.is_some_and(|h| h.caught_up()) {
+            run_start.get_or_insert(sample.at_s);
+            run += 1;
+            if run >= RECOVERY_SAMPLES {
+                return run_start.map(|at| at - lifted_s);
+            }
+        } else {
+            run_start = None;
+            run = 0;
+        }
+    }
+    None
+}
+
+/// The worst of each figure over the samples taken in `from_s..=to_s`, and how many samples
+/// in that window could not be taken.
+pub fn worst_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> (Option<Health>, usize) {
+    let window = samples.iter().filter(|s| (from_s..=to_s).contains(&s.at_s));
+    let mut worst: Option<Health> = None;
+    let mut missing = 0;
+    for sample in window {
+        match sample.health {
+            Some(h) => worst = Some(worst.map_or(h, |w| w.max(h))),
+            None => missing += 1,
+        }
+    }
+    (worst, missing)
+}
+
+/// How long the probe must still run after `now_s` so that every lifted fault has
+/// [`RECOVERY_SAMPLES`] samples after it (a fault lifted just before the drain ends would
+/// otherwise count as "never caught up" for want of samples).
+pub fn probe_time_needed(executed: &[Executed], now_s: f64) -> Duration {
+    let last_lift = executed
+        .iter()
+        .filter_map(|e| e.lifted_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let until = last_lift + (RECOVERY_SAMPLES as f64 + 1.0) * PROBE_EVERY.as_secs_f64();
+    Duration::from_secs_f64((until - now_s).max(0.0))
+}
+
+/// Samples the system's [`Health`], readiness and re-drives every second from `start` until
+/// `stop` turns true.
+pub fn spawn_probe(
+    dbs: Databases,
+    nats_url: String,
+    prefix: String,
+    targets: ProbeTargets,
+    start: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Vec<HealthSample>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(READY_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        let mut counters = CounterSum::default();
+        let mut broker: Option<Broker> = None;
+        let mut samples = Vec::new();
+        let mut ticks = tokio::time::interval_at(start, PROBE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let at_s = start.elapsed().as_secs_f64();
+            if broker.is_none() {
+                broker = tokio::time::timeout(PROBE_TIMEOUT, Broker::connect(&nats_url, &prefix))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+            let measured = match &broker {
+                Some(broker) => tokio::time::timeout(PROBE_TIMEOUT, health(&dbs, broker))
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            let (health, consumers) = match measured {
+                Some((health, consumers)) => (Some(health), consumers),
+                None => (None, Vec::new()),
+            };
+            let (not_ready, unreachable) = readiness(&http, &targets.instances).await;
+            for (name, url) in &targets.instances {
+                if let Some(page) = metrics_page(&http, url).await {
+                    for (signal, value) in signal_values(&page) {
+                        counters.observe(name, signal, value);
+                    }
+                }
+            }
+            samples.push(HealthSample {
+                at_s,
+                health,
+                consumers,
+                not_ready,
+                unreachable,
+                counters: counters.total.clone(),
+            });
+        }
+        samples
+    })
+}
+
+/// Asks every instance's `/ready` at once.
+async fn readiness(
+    http: &reqwest::Client,
+    instances: &[(String, String)],
+) -> (Vec<(String, String)>, Vec<String>) {
+    let answers = futures::future::join_all(instances.iter().map(|(name, url)| async move {
+        let answer = http.get(format!("{url}/ready")).send().await;
+        match answer {
+            Ok(response) if response.status().as_u16() == 503 => {
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                let why = body["detail"].as_str().unwrap_or("503").to_owned();
+                (name.clone(), Some(Err(why)))
+            }
+            Ok(_) => (name.clone(), Some(Ok(()))),
+            Err(_) => (name.clone(), None),
+        }
+    }))
+    .await;
+    let mut not_ready = Vec::new();
+    let mut unreachable = Vec::new();
+    for (name, answer) in answers {
+        match answer {
+            Some(Ok(())) => {}
+            Some(Err(why)) => not_ready.push((name, why)),
+            None => unreachable.push(name),
+        }
+    }
+    (not_ready, unreachable)
+}
+
+/// An instance's `/metrics` page, if it answers.
+async fn metrics_page(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+async fn health(dbs: &Databases, broker: &Broker) -> Result<(Health, Vec<(String, u64)>)> {
+    let (outbox, oldest, (_, consumers)) = tokio::try_join!(
+        database::outbox_rows(dbs),
+        database::oldest_open_order_s(dbs),
+        broker.consumers(),
+    )?;
+    let backlog: Vec<(String, u64)> = consumers
+        .into_iter()
+        .map(|c| (c.name, c.pending + c.ack_pending))
+        .collect();
+    let health = Health {
+        outbox,
+        consumer_backlog: backlog.iter().map(|(_, n)| n).sum(),
+        oldest_unfinished_s: oldest,
+    };
+    Ok((health, backlog))
+}
+
+/// The report's fault records and the `faults` check.
+pub fn records(executed: &[Executed], samples: &[HealthSample]) -> (Vec<FaultRecord>, Check) {
+    let mut records = Vec::with_capacity(executed.len());
+    let mut worst_recovery: Option<f64> = None;
+    let mut problems = Vec::new();
+    for (i, e) in executed.iter().enumerate() {
+        let recovered = e
+            .lifted_s
+            .and_then(|lifted| recovered_after(samples, lifted));
+        let next_injected = executed.get(i + 1).map(|next| next.injected_s);
+        let mut note = e.actions.join("; ");
+        if let Some(error) = &e.error {
+            note.push_str(&format!("; FAILED: {error}"));
+            problems.push(format!("{} {} failed", e.kind.name(), e.target));
+        }
+        let window_end = e
+            .lifted_s
+            .map_or(f64::INFINITY, |l| l + recovered.unwrap_or(0.0));
+        let (worst, missing) = worst_between(samples, e.injected_s, window_end);
+        if let Some(w) = worst {
+            note.push_str(&format!(
+                "; until caught up: outbox ≤ {}, consumer backlog ≤ {}, oldest unfinished order {:.1} s",
+                w.outbox, w.consumer_backlog, w.oldest_unfinished_s
+            ));
+        }
+        if missing > 0 {
+            note.push_str(&format!(" ({missing} probe samples unavailable)"));
+        }
+        if let (Some(lifted), Some(r), Some(next)) = (e.lifted_s, recovered, next_injected) {
+            if lifted + r > next {
+                note.push_str(
+                    "; the next fault began before the system had caught up, so this time includes it",
+                );
+            }
+        }
+        if e.failovers > 0 {
+            note.push_str(&format!(
+                "; {} requests refused by a dead replica were sent to another one",
+                e.failovers
+            ));
+        }
+        match (e.lifted_s, recovered) {
+            (Some(_), Some(r)) => worst_recovery = Some(worst_recovery.map_or(r, |w| w.max(r))),
+            (Some(_), None) => {
+                problems.push(format!("{} {} never caught up", e.kind.name(), e.target))
+            }
+            (None, _) => {}
+        }
+        let noticed = noticed_between(samples, e.injected_s, window_end);
+        if let Some((_, what)) = &noticed {
+            note.push_str(&format!("; noticed: {what}"));
+        }
+        let redrives = e
+            .lifted_s
+            .and_then(|_| redrives_between(samples, e.injected_s, window_end));
+        records.push(FaultRecord {
+            at_s: e.injected_s,
+            kind: e.kind.name().to_string(),
+            target: e.target.clone(),
+            recovered_after_s: recovered,
+            noticed_after_s: noticed.map(|(after, _)| after),
+            redrives,
+            note,
+        });
+    }
+    let passed = problems.is_empty() && !executed.is_empty();
+    let detail = if passed {
+        format!(
+            "{} faults injected and lifted; caught up after each within {:.1} s (outbox ≤ {RECOVERY_MAX_OUTBOX}, consumer backlog ≤ {RECOVERY_MAX_CONSUMER_BACKLOG}, no unfinished order older than {RECOVERY_MAX_OLDEST_UNFINISHED_S} s, {RECOVERY_SAMPLES} samples in a row)",
+            executed.len(),
+            worst_recovery.unwrap_or(0.0)
+        )
+    } else if executed.is_empty() {
+        "no fault was executed".to_string()
+    } else {
+        problems.join("; ")
+    };
+    (records, Check::new(CHECK_FAULTS, passed, detail))
+}
+
+/// Writes `faults.json` next to the report: every fault as executed and every probe sample,
+/// the evidence behind the recovery times.
+pub fn write_timeline(
+    dir: &std::path::Path,
+    executed: &[Executed],
+    samples: &[HealthSample],
+) -> Result<std::path::PathBuf> {
+    #[derive(Serialize)]
+    struct Timeline<'a> {
+        recovery_criteria: serde_json::Value,
+        faults: &'a [Executed],
+        probe: &'a [HealthSample],
+    }
+    let timeline = Timeline {
+        recovery_criteria: serde_json::json!({
+            "max_outbox": RECOVERY_MAX_OUTBOX,
+            "max_consumer_backlog": RECOVERY_MAX_CONSUMER_BACKLOG,
+            "max_oldest_unfinished_s": RECOVERY_MAX_OLDEST_UNFINISHED_S,
+            "samples_in_a_row": RECOVERY_SAMPLES,
+        }),
+        faults: executed,
+        probe: samples,
+    };
+    let path = dir.join("faults.json");
+    let text = serde_json::to_string_pretty(&timeline).context("serialising the fault timeline")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::FaultKind;
+
+    fn sample(at_s: f64, outbox: i64, backlog: u64, oldest: f64) -> HealthSample {
+        HealthSample {
+            at_s,
+            health: Some(Health {
+                outbox,
+                consumer_backlog: backlog,
+                oldest_unfinished_s: oldest,
+            }),
+            ..HealthSample::default()
+        }
+    }
+
+    fn gap(at_s: f64) -> HealthSample {
+        HealthSample {
+            at_s,
+            health: None,
+            ..HealthSample::default()
+        }
+    }
+
+    #[test]
+    fn recovery_is_the_start_of_the_first_caught_up_streak_after_the_lift() {
+        let samples = vec![
+            sample(10.0, 0, 0, 0.1), // before the fault: healthy
+            gap(11.0),               // fault: nothing readable
+            gap(12.0),
+            sample(13.0, 9000, 0, 3.0), // lifted at 12.5: backlog
+            sample(14.0, 100, 5000, 4.0),
+            sample(15.0, 0, 10, 9.0), // an old order still unfinished
+            sample(16.0, 0, 10, 0.5), // caught up …
+            sample(17.0, 0, 10, 0.4),
+            gap(18.0), // … but a missing sample breaks the streak
+            sample(19.0, 0, 0, 0.2),
+            sample(20.0, 0, 0, 0.2),
+            sample(21.0, 0, 0, 0.2),
+            sample(22.0, 0, 0, 0.2),
+        ];
+        assert_eq!(recovered_after(&samples, 12.5), Some(19.0 - 12.5));
+        // Lifted when everything was already fine: recovered at the first sample.
+        assert_eq!(recovered_after(&samples, 19.0), Some(0.0));
+        // Not enough caught-up samples after the lift.
+        assert_eq!(recovered_after(&samples, 20.5), None);
+        assert_eq!(recovered_after(&[], 0.0), None);
+    }
+
+    #[test]
+    fn recovery_thresholds_are_inclusive() {
+        let at_limit = |at| {
+            sample(
+                at,
+                RECOVERY_MAX_OUTBOX,
+                RECOVERY_MAX_CONSUMER_BACKLOG,
+                RECOVERY_MAX_OLDEST_UNFINISHED_S,
+            )
+        };
+        let samples: Vec<_> = (0..RECOVERY_SAMPLES).map(|i| at_limit(i as f64)).collect();
+        assert_eq!(recovered_after(&samples, 0.0), Some(0.0));
+        let over: Vec<_> = (0..5)
+            .map(|i| sample(i as f64, RECOVERY_MAX_OUTBOX + 1, 0, 0.0))
+            .collect();
+        assert_eq!(recovered_after(&over, 0.0), None);
+    }
+
+    #[test]
+    fn worst_figures_and_missing_samples_in_a_window() {
+        let samples = vec![
+            sample(1.0, 5, 1, 0.1),
+            sample(2.0, 700, 20, 2.0),
+            gap(3.0),
+            sample(4.0, 10, 900, 7.5),
+            sample(9.0, 99_999, 99_999, 99.0),
+        ];
+        let (worst, missing) = worst_between(&samples, 1.5, 4.0);
+        assert_eq!(
+            worst,
+            Some(Health {
+                outbox: 700,
+                consumer_backlog: 900,
+                oldest_unfinished_s: 7.5
+            })
+        );
+        assert_eq!(missing, 1);
+    }
+
+    fn executed(kind: FaultKind, injected: f64, lifted: Option<f64>) -> Executed {
+        Executed {
+            kind,
+            target: "payment".into(),
+            planned_at_s: injected,
+            planned_duration_s: 2.0,
+            injected_s: injected,
+            lifted_s: lifted,
+            actions: vec!["kill -9 payment-service (pid 7)".into()],
+            error: lifted.is_none().then(|| "restart failed".to_string()),
+            failovers: 3,
+        }
+    }
+
+    #[test]
+    fn records_and_check_summarise_every_fault() {
+        let samples: Vec<_> = (0..40)
+            .map(|s| {
+                let s = s as f64;
+                if (10.0..20.0).contains(&s) {
+                    sample(s, 2000, 0, 8.0)
+                } else {
+                    sample(s, 0, 0, 0.1)
+                }
+            })
+            .collect();
+        let ok = [executed(FaultKind::Kill, 8.0, Some(12.0))];
+        let (recorded, check) = records(&ok, &samples);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].kind, "kill");
+        assert_eq!(recorded[0].recovered_after_s, Some(8.0));
+        assert!(
+            recorded[0].note.contains("outbox ≤ 2000"),
+            "{}",
+            recorded[0].note
+        );
+        assert!(
+            recorded[0].note.contains("3 requests refused"),
+            "{}",
+            recorded[0].note
+        );
+        assert!(check.passed, "{}", check.detail);
+        assert_eq!(check.name, CHECK_FAULTS);
+
+        let failed = [
+            executed(FaultKind::Kill, 8.0, Some(12.0)),
+            executed(FaultKind::StopPostgres, 25.0, None),
+        ];
+        let (recorded, check) = records(&failed, &samples);
+        assert_eq!(recorded[1].recovered_after_s, None);
+        assert!(recorded[1].note.contains("FAILED: restart failed"));
+        assert!(!check.passed);
+        assert!(
+            check.detail.contains("stop-postgres payment failed"),
+            "{}",
+            check.detail
+        );
+
+        let overlapping = [
+            executed(FaultKind::Kill, 8.0, Some(12.0)),
+            executed(FaultKind::KillNats, 15.0, Some(17.0)),
+        ];
+        let (recorded, _) = records(&overlapping, &samples);
+        assert!(
+            recorded[0].note.contains("includes it"),
+            "{}",
+            recorded[0].note
+        );
+        assert!(
+            !recorded[1].note.contains("includes it"),
+            "{}",
+            recorded[1].note
+        );
+
+        let never = [executed(FaultKind::Pause, 30.0, Some(39.5))];
+        let (_, check) = records(&never, &samples);
+        assert!(!check.passed);
+        assert!(check.detail.contains("never caught up"), "{}", check.detail);
+
+        let (_, check) = records(&[], &samples);
+        assert!(!check.passed);
+    }
+
+    #[test]
+    fn noticing_and_redrives_are_read_from_the_samples() {
+        let mut samples: Vec<HealthSample> = (0..10).map(|s| sample(s as f64, 0, 0, 0.0)).collect();
+        samples[4].not_ready = vec![("inventory-service".into(), "consumer gone".into())];
+        samples[8].not_ready = vec![("order-service".into(), "later".into())];
+        for (s, redrives) in [(1, 5), (3, 5), (6, 40), (9, 41)] {
+            samples[s].counters.insert(REDRIVES.into(), redrives);
+        }
+        assert_eq!(
+            noticed_between(&samples, 2.0, 4.5),
+            Some((
+                2.0,
+                "/ready 503 from inventory-service: consumer gone".to_string()
+            ))
+        );
+        assert_eq!(
+            noticed_between(&samples, 5.0, 7.0),
+            Some((1.0, "orders_redriven_total +35".to_string())),
+            "a counter that moved is noticing too"
+        );
+        assert_eq!(noticed_between(&samples, 6.5, 7.5), None);
+        samples[7].unreachable = vec!["payment-service".into()];
+        assert_eq!(
+            noticed_between(&samples, 6.5, 7.5),
+            Some((
+                0.5,
+                "/ready did not answer from payment-service".to_string()
+            ))
+        );
+        assert_eq!(redrives_between(&samples, 2.0, 7.0), Some(35));
+        assert_eq!(redrives_between(&samples, 0.0, 0.5), None);
+    }
+
+    #[test]
+    fn counters_add_up_across_instances_and_restarts() {
+        let mut sum = CounterSum::default();
+        sum.observe("a", REDRIVES, 10);
+        sum.observe("b", REDRIVES, 5);
+        sum.observe("a", REDRIVES, 12);
+        // `a` restarted: counts from zero again.
+        sum.observe("a", REDRIVES, 3);
+        assert_eq!(sum.total[REDRIVES], 20);
+        let page = "# TYPE x counter\nconsumer_created_total{consumer=\"c1\"} 2\nconsumer_created_total{consumer=\"c2\"} 1\norders_redriven_total 7\nother_total 9\n";
+        let values = signal_values(page);
+        assert_eq!(values["consumer_created_total"], 3);
+        assert_eq!(values[REDRIVES], 7);
+        assert_eq!(values["worker_restarts_total"], 0, "absent: never moved");
+        assert_eq!(values.len(), SIGNALS.len());
+    }
+
+    #[test]
+    fn the_probe_outlives_the_last_lift() {
+        let lifted = [
+            executed(FaultKind::Kill, 8.0, Some(12.0)),
+            executed(FaultKind::Pause, 100.0, Some(119.0)),
+        ];
+        let needed = (RECOVERY_SAMPLES as f64 + 1.0) * PROBE_EVERY.as_secs_f64();
+        assert_eq!(
+            probe_time_needed(&lifted, 120.0),
+            Duration::from_secs_f64(119.0 + needed - 120.0)
+        );
+        assert_eq!(probe_time_needed(&lifted, 200.0), Duration::ZERO);
+        assert_eq!(probe_time_needed(&[], 5.0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,235 @@
+//! The commands that start, stop, seed and audit the stack by hand (the load modes are in
+//! `modes`): what `main` dispatches to once clap has parsed the line.
+
+pub mod dead_letters;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::audit;
+use crate::deploy::{self, services, Credentials, Deployment};
+use crate::infra::{self, StateDir};
+use crate::observe::baseline::{self, BaselineSettings};
+use crate::plan::scenario::Scenario;
+use crate::seed;
+
+/// `loadtest up`: PostgreSQL, NATS and the three services with the dev credentials.
+pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
+    if !(0.0..=1.0).contains(&decline_rate) {
+        bail!("--decline-rate must be within 0..=1 (got {decline_rate})");
+    }
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("--prefix may only hold a-z, 0-9 and _ (got {prefix:?})");
+    }
+    deploy::check_binaries()?;
+    let state = StateDir::locate()?;
+    let infra = infra::ensure_infra(&state).await?;
+    // Restart rather than reuse: running services may carry another run's prefix or credentials.
+    deploy::stop_services(&state).await?;
+    let databases = deploy::prepare_databases(&infra.admin_database_url, fresh).await?;
+    if fresh {
+        let removed = deploy::remove_streams(&infra.nats_url, &prefix).await?;
+        println!("fresh: databases recreated, {removed} NATS stream(s) of prefix {prefix} removed");
+    }
+    let credentials = Credentials::dev();
+    let deployment = Deployment {
+        databases,
+        nats_url: infra.nats_url.clone(),
+        prefix: prefix.clone(),
+        credentials: credentials.clone(),
+        decline_rate,
+    };
+    let started = deploy::start_services(&state, &deployment).await?;
+    for (name, pid) in &started {
+        let port = deploy::SERVICES
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, port)| *port);
+        println!("{name:<18} {}  (pid {pid})", deploy::base_url(port));
+    }
+    println!(
+        "postgres           {}",
+        infra::redact(&infra.admin_database_url)
+    );
+    println!("nats               {}  (prefix {prefix})", infra.nats_url);
+    println!("decline rate       {decline_rate}");
+    println!("JWT secret         {}", credentials.jwt_secret);
+    println!("admin token        {}", credentials.admin_token);
+    println!(
+        "credentials        {}",
+        deploy::credentials_file(&state).display()
+    );
+    println!("logs               {}", state.logs_dir().display());
+    Ok(())
+}
+
+/// `loadtest down`: the services, PostgreSQL and NATS that we started.
+pub async fn down() -> Result<()> {
+    let state = StateDir::locate()?;
+    let stopped_services = deploy::stop_services(&state).await;
+    let stopped_infra = infra::stop_infra(&state).await;
+    stopped_services?;
+    stopped_infra?;
+    println!("stopped the services, PostgreSQL and NATS we started");
+    Ok(())
+}
+
+/// `loadtest infra-up`: prints export lines for the URLs.
+pub async fn infra_up() -> Result<()> {
+    let state = StateDir::locate()?;
+    let infra = infra::ensure_infra(&state).await?;
+    println!("export ORDERSYS_DATABASE_URL={}", infra.admin_database_url);
+    println!("export ORDERSYS_NATS_URL={}", infra.nats_url);
+    Ok(())
+}
+
+pub async fn infra_down() -> Result<()> {
+    let state = StateDir::locate()?;
+    let running = services::running_services(&state);
+    if !running.is_empty() {
+        eprintln!(
+            "note: services still running ({}); `loadtest down` stops them too",
+            names(&running)
+        );
+    }
+    infra::stop_infra(&state).await?;
+    println!("stopped PostgreSQL and NATS");
+    Ok(())
+}
+
+/// `loadtest status`; with `infra_running`, only `yes` or `no` (for scripts).
+pub fn status(infra_running: bool) -> Result<()> {
+    let state = StateDir::locate()?;
+    if infra_running {
+        let up =
+            infra::pid_of(&state, "postgres").is_some() && infra::pid_of(&state, "nats").is_some();
+        println!("{}", if up { "yes" } else { "no" });
+        return Ok(());
+    }
+    println!("state directory    {}", state.path().display());
+    for name in ["postgres", "nats"] {
+        match infra::pid_of(&state, name) {
+            Some(pid) => println!("{name:<18} running (pid {pid})"),
+            None => println!("{name:<18} not running (not ours)"),
+        }
+    }
+    let running = services::running_services(&state);
+    if running.is_empty() {
+        println!("services           none running");
+    }
+    for (name, pid) in &running {
+        println!("{name:<18} running (pid {pid})");
+    }
+    if let Some(prefix) = deploy::recorded_prefix(&state) {
+        println!("nats prefix        {prefix}");
+        println!(
+            "credentials        {}",
+            deploy::credentials_file(&state).display()
+        );
+    }
+    Ok(())
+}
+
+/// `loadtest seed`: a scenario's products and accounts into the running services.
+pub async fn seed(scenario: &Path) -> Result<()> {
+    let scenario = Scenario::from_file(resolve(scenario)?)?;
+    let state = StateDir::locate()?;
+    let summary = seed::seed(&scenario, &deploy::current_credentials(&state)).await?;
+    println!(
+        "products: {} created, {} existed; accounts: {} created, {} existed",
+        summary.products_created,
+        summary.products_existing,
+        summary.accounts_created,
+        summary.accounts_existing
+    );
+    Ok(())
+}
+
+/// `loadtest verify`: every check of the audit; `Ok(false)` when one failed.
+pub async fn verify(
+    orders_db: Option<String>,
+    inventory_db: Option<String>,
+    payments_db: Option<String>,
+) -> Result<bool> {
+    let defaults = deploy::DatabaseUrls::on(&deploy::default_admin_url());
+    let dbs = crate::observe::database::Databases::connect(
+        &orders_db.unwrap_or(defaults.orders),
+        &inventory_db.unwrap_or(defaults.inventory),
+        &payments_db.unwrap_or(defaults.payments),
+    )
+    .await?;
+    let checks = audit::audit(&dbs, None).await;
+    dbs.close().await;
+    let checks = checks?;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    println!(
+        "{}: {failed} of {} checks failed",
+        if failed == 0 { "PASSED" } else { "FAILED" },
+        checks.len()
+    );
+    Ok(failed == 0)
+}
+
+/// `loadtest token`: one buyer's JWT, or comma-separated JWTs of users 1..=N.
+pub fn token(
+    user: Option<i64>,
+    users: Option<u32>,
+    secret: Option<String>,
+    hours: u64,
+) -> Result<()> {
+    let secret = match secret {
+        Some(secret) => secret,
+        None => deploy::current_credentials(&StateDir::locate()?).jwt_secret,
+    };
+    let ttl = Duration::from_secs(hours * 3600);
+    match (user, users) {
+        (Some(user), _) => println!(
+            "{}",
+            platform::auth::mint_token(&secret, user, ttl).context("signing the token")?
+        ),
+        (None, Some(users)) => println!("{}", seed::mint_tokens(&secret, users, ttl)?.join(",")),
+        (None, None) => bail!("give --user N or --users N"),
+    }
+    Ok(())
+}
+
+/// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
+pub async fn baseline(settings: &BaselineSettings) -> Result<()> {
+    let _lock = infra::run_lock::acquire()?;
+    let state = StateDir::locate()?;
+    let postgres_before = infra::pid_of(&state, "postgres").is_some();
+    let nats_before = infra::pid_of(&state, "nats").is_some();
+    let infra = infra::ensure_infra(&state).await?;
+    let result = baseline::measure(&infra.admin_database_url, settings).await;
+    if !postgres_before && !nats_before {
+        infra::stop_infra(&state).await?;
+    }
+    print!("{}", result?.table());
+    Ok(())
+}
+
+/// A scenario or plan path as given, else relative to the workspace root.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    Ok(if path.exists() || path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        infra::workspace_root()?.join(path)
+    })
+}
+
+fn names(services: &[(String, u32)]) -> String {
+    services
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,401 @@
+//! The infrastructure on this machine: install what is missing, start private PostgreSQL and
+//! NATS instances as detached background processes, and stop exactly what we started, by PID.
+//! (The services are `deploy`'s.)
+//!
+//! Layout of the state directory (default `<workspace>/.run`, overridden by
+//! `ORDERSYS_STATE_DIR`):
+//!
+//! ```text
+//! .run/
+//!   lock                    flock held while infrastructure starts/stops
+//!   logs/<name>.log         stdout+stderr of everything we start
+//!   pids/<name>.pid         pidfiles (pid=, binary=, port=)
+//!   postgres.json, nats.json  how our instances were configured (for restarts)
+//!   pg/data, pg/socket      PostgreSQL cluster (or /tmp/ordersys-<hash>/pg when
+//!                           the postgres user cannot traverse into .run)
+//!   nats/nats.conf, nats/jetstream
+//! ```
+
+mod nats;
+mod postgres;
+pub mod process;
+pub mod run_lock;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PG_PORT: u16 = 55432;
+pub const DEFAULT_NATS_PORT: u16 = 54222;
+pub const DEFAULT_NATS_MONITOR_PORT: u16 = 58222;
+
+/// How long infrastructure start/stop waits for another CLI holding the lock
+/// (an install of PostgreSQL can take a while).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The directory holding pidfiles, logs, configs and data of what we start.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// `ORDERSYS_STATE_DIR` if set, else `<workspace root>/.run`; created if missing.
+    pub fn locate() -> Result<StateDir> {
+        match std::env::var_os("ORDERSYS_STATE_DIR") {
+            Some(dir) if !dir.is_empty() => StateDir::at(PathBuf::from(dir)),
+            _ => StateDir::at(workspace_root()?.join(".run")),
+        }
+    }
+
+    /// A state directory at an explicit path (created if missing, made absolute).
+    pub fn at(path: impl Into<PathBuf>) -> Result<StateDir> {
+        let path = path.into();
+        let path = if path.is_absolute() {
+            path
+        } else {
+            std::env::current_dir()
+                .context("reading the current directory")?
+                .join(path)
+        };
+        for dir in [path.clone(), path.join("logs"), path.join("pids")] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating state directory {}", dir.display()))?;
+        }
+        Ok(StateDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.path.join("logs")
+    }
+
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log"))
+    }
+
+    pub fn pids_dir(&self) -> PathBuf {
+        self.path.join("pids")
+    }
+
+    pub fn pid_file(&self, name: &str) -> PathBuf {
+        self.pids_dir().join(format!("{name}.pid"))
+    }
+
+    fn lock_file(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+
+    async fn lock(&self) -> Result<process::StateLock> {
+        process::StateLock::acquire(&self.lock_file(), LOCK_TIMEOUT).await
+    }
+}
+
+/// The workspace root: the directory with the `[workspace]` Cargo.toml. The
+/// one this crate was compiled in is preferred; else walk up from the cwd.
+pub fn workspace_root() -> Result<PathBuf> {
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(root) = compiled.ancestors().find(|d| is_workspace_root(d)) {
+        return Ok(root.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    if let Some(root) = cwd.ancestors().find(|d| is_workspace_root(d)) {
+        return Ok(root.to_path_buf());
+    }
+    bail!(
+        "cannot find the workspace root (a Cargo.toml with [workspace]) above {} or {}; set ORDERSYS_STATE_DIR",
+        compiled.display(),
+        cwd.display()
+    )
+}
+
+fn is_workspace_root(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .map(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        .unwrap_or(false)
+}
+
+/// Where the infrastructure is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Infra {
+    /// URL of the `postgres` database as a superuser; create per-run databases from it.
+    pub admin_database_url: String,
+    pub nats_url: String,
+    /// `http://127.0.0.1:<port>` of NATS monitoring, when we run NATS ourselves.
+    pub nats_monitor_url: Option<String>,
+}
+
+/// Ports of our private instances, or existing servers to use instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfraOptions {
+    pub pg_port: u16,
+    pub nats_port: u16,
+    pub nats_monitor_port: u16,
+    /// An existing PostgreSQL (admin URL): then we start none and only create databases there.
+    pub database_url: Option<String>,
+    /// An existing NATS server: then we start none.
+    pub nats_url: Option<String>,
+}
+
+impl Default for InfraOptions {
+    /// From `ORDERSYS_PG_PORT`, `ORDERSYS_NATS_PORT`, `ORDERSYS_NATS_MONITOR_PORT`,
+    /// `ORDERSYS_DATABASE_URL`, `ORDERSYS_NATS_URL`; else 55432/54222/58222, our own servers.
+    fn default() -> Self {
+        fn port(var: &str, default: u16) -> u16 {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        }
+        fn url(var: &str) -> Option<String> {
+            std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+        }
+        InfraOptions {
+            pg_port: port("ORDERSYS_PG_PORT", DEFAULT_PG_PORT),
+            nats_port: port("ORDERSYS_NATS_PORT", DEFAULT_NATS_PORT),
+            nats_monitor_port: port("ORDERSYS_NATS_MONITOR_PORT", DEFAULT_NATS_MONITOR_PORT),
+            database_url: url("ORDERSYS_DATABASE_URL"),
+            nats_url: url("ORDERSYS_NATS_URL"),
+        }
+    }
+}
+
+/// Install what is missing and start what is not running, with [`InfraOptions::default`].
+pub async fn ensure_infra(state: &StateDir) -> Result<Infra> {
+    ensure_infra_with(state, &InfraOptions::default()).await
+}
+
+/// Install what is missing and start what is not running; reuses our running instances.
+pub async fn ensure_infra_with(state: &StateDir, opts: &InfraOptions) -> Result<Infra> {
+    let _lock = state.lock().await?;
+    let admin_database_url = match &opts.database_url {
+        Some(url) => {
+            postgres::check_connect(url)
+                .await
+                .with_context(|| format!("connecting to ORDERSYS_DATABASE_URL {}", redact(url)))?;
+            url.clone()
+        }
+        None => postgres::ensure(state, opts.pg_port).await?,
+    };
+    let (nats_url, nats_monitor_url) = match &opts.nats_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (url, monitor) =
+                nats::ensure(state, opts.nats_port, opts.nats_monitor_port).await?;
+            (url, Some(monitor))
+        }
+    };
+    Ok(Infra {
+        admin_database_url,
+        nats_url,
+        nats_monitor_url,
+    })
+}
+
+/// Stop our PostgreSQL and NATS (only those whose pidfiles we wrote). Services
+/// are left alone: see `deploy::services::stop_all`.
+pub async fn stop_infra(state: &StateDir) -> Result<()> {
+    let _lock = state.lock().await?;
+    let nats = nats::stop(state).await;
+    let pg = postgres::stop(state, postgres::StopMode::Fast).await;
+    nats.context("stopping NATS")?;
+    pg.context("stopping PostgreSQL")?;
+    Ok(())
+}
+
+/// `CREATE DATABASE` unless it exists; returns the URL of that database.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    postgres::create_database(admin_url, name).await?;
+    Ok(database_url(admin_url, name))
+}
+
+/// `DROP DATABASE IF EXISTS ... WITH (FORCE)`.
+pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    postgres::drop_database(admin_url, name).await
+}
+
+/// The URL of database `db` on the same server (and with the same credentials
+/// and query parameters) as `admin_url`.
+pub fn database_url(admin_url: &str, db: &str) -> String {
+    let (scheme_end, rest) = match admin_url.find("://") {
+        Some(i) => (i + 3, &admin_url[i + 3..]),
+        None => (0, admin_url),
+    };
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let after_authority = &rest[authority_len..];
+    let suffix = match after_authority.find(['?', '#']) {
+        Some(i) => &after_authority[i..],
+        None => "",
+    };
+    format!(
+        "{}{}/{}{}",
+        &admin_url[..scheme_end],
+        &rest[..authority_len],
+        percent_encode_path(db),
+        suffix
+    )
+}
+
+fn percent_encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A URL with its password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..start],
+            &authority[..colon],
+            &url[start + at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// The PID of `name` ("postgres", "nats", or a service name) if it is running
+/// and still the process we started.
+pub fn pid_of(state: &StateDir, name: &str) -> Option<u32> {
+    if name == "postgres" {
+        return postgres::running_pid(state);
+    }
+    process::PidFile::read(&state.pid_file(name))
+        .filter(|p| p.is_running())
+        .map(|p| p.pid)
+}
+
+/// Send a signal (SIGKILL, SIGSTOP, SIGCONT, ...) to one PID. Refuses PIDs 0
+/// and 1 and our own. Prefer [`signal_named`], which checks the PID is ours.
+pub fn signal_process(pid: u32, sig: i32) -> Result<()> {
+    process::send_signal(pid, sig)
+}
+
+/// Send a signal to the running process we started under `name`; returns its PID.
+pub fn signal_named(state: &StateDir, name: &str, sig: i32) -> Result<u32> {
+    let Some(pid) = pid_of(state, name) else {
+        bail!(
+            "no running process of ours named {name:?} in {}",
+            state.path().display()
+        );
+    };
+    process::send_signal(pid, sig)?;
+    Ok(pid)
+}
+
+/// SIGKILL our nats-server and wait until it is gone (the store stays).
+pub async fn kill_nats(state: &StateDir) -> Result<()> {
+    nats::kill(state).await
+}
+
+/// Start our nats-server again on the same config and store; waits for readiness.
+pub async fn restart_nats(state: &StateDir) -> Result<()> {
+    let _lock = state.lock().await?;
+    nats::restart(state).await
+}
+
+/// Immediate shutdown of our PostgreSQL (SIGQUIT to the postmaster, as
+/// `pg_ctl -m immediate stop`): no checkpoint, crash recovery at next start.
+pub async fn stop_postgres_immediate(state: &StateDir) -> Result<()> {
+    postgres::stop(state, postgres::StopMode::Immediate).await
+}
+
+/// Start our PostgreSQL again (same data directory and port) and wait until
+/// it accepts connections. A no-op when it is running.
+pub async fn start_postgres(state: &StateDir) -> Result<()> {
+    let _lock = state.lock().await?;
+    postgres::restart(state).await.map(|_| ())
+}
+
+/// Thousands of connections need thousands of descriptors; the services we start inherit it.
+pub fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_replaces_path() {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:55432/postgres", "run_1"),
+            "postgres://postgres@127.0.0.1:55432/run_1"
+        );
+        assert_eq!(
+            database_url("postgres://u:p%2Fw@h:5432", "orders"),
+            "postgres://u:p%2Fw@h:5432/orders"
+        );
+        assert_eq!(
+            database_url("postgresql://u@h/postgres?sslmode=disable&x=1", "db"),
+            "postgresql://u@h/db?sslmode=disable&x=1"
+        );
+        assert_eq!(
+            database_url("postgres://h:1/?application_name=a", "db"),
+            "postgres://h:1/db?application_name=a"
+        );
+        assert_eq!(
+            database_url("postgres://h:1/a/b#frag", "we ird"),
+            "postgres://h:1/we%20ird#frag"
+        );
+    }
+
+    #[test]
+    fn redact_hides_password_only() {
+        assert_eq!(
+            redact("postgres://user:secret@h:5/db"),
+            "postgres://user:***@h:5/db"
+        );
+        assert_eq!(redact("postgres://user@h:5/db"), "postgres://user@h:5/db");
+        assert_eq!(redact("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn state_dir_layout() {
+        let dir =
+            std::env::temp_dir().join(format!("ordersys-statedir-unit-{}", std::process::id()));
+        let state = StateDir::at(&dir).expect("state dir");
+        assert!(state.logs_dir().is_dir());
+        assert!(state.pids_dir().is_dir());
+        assert_eq!(state.log_file("nats"), dir.join("logs/nats.log"));
+        assert_eq!(
+            state.pid_file("order-service-2"),
+            dir.join("pids/order-service-2.pid")
+        );
+        assert_eq!(pid_of(&state, "nothing"), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn workspace_root_has_workspace_manifest() {
+        let root = workspace_root().expect("workspace root");
+        assert!(root.join("crates/loadtest").is_dir());
+    }
+}

@@ -1,0 +1,2 @@
+pub mod capacity;
+pub mod run;

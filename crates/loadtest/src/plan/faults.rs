@@ -1,0 +1,651 @@
+//! The fault schedule of a scenario (`[[faults]]`, see `chaos` for what each kind does),
+//! validated once: every fault resolved to what it hits, ordered, one at a time; and the
+//! replicas and service settings the scenario's `[deploy]` section asks for.
+
+use std::time::Duration;
+
+use platform::consumer::Subscription;
+use platform::events::Source;
+use serde::Serialize;
+
+use crate::deploy::{self, Replication, MAX_REPLICAS, SERVICES};
+use crate::plan::duration;
+use crate::plan::scenario::Scenario;
+
+/// The kinds of fault, as written in scenario files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    KillNats,
+    StopPostgres,
+    BrokerUnreachable,
+    DeleteConsumer,
+    DeleteStream,
+    Poison,
+    Panic,
+    PoolStarve,
+    LockHold,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::KillNats,
+        FaultKind::StopPostgres,
+        FaultKind::BrokerUnreachable,
+        FaultKind::DeleteConsumer,
+        FaultKind::DeleteStream,
+        FaultKind::Poison,
+        FaultKind::Panic,
+        FaultKind::PoolStarve,
+        FaultKind::LockHold,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::KillNats => "kill-nats",
+            FaultKind::StopPostgres => "stop-postgres",
+            FaultKind::BrokerUnreachable => "broker-unreachable",
+            FaultKind::DeleteConsumer => "delete-consumer",
+            FaultKind::DeleteStream => "delete-stream",
+            FaultKind::Poison => "poison",
+            FaultKind::Panic => "panic",
+            FaultKind::PoolStarve => "pool-starve",
+            FaultKind::LockHold => "lock-hold",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == text.trim())
+    }
+}
+
+/// What a fault hits, resolved from its target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hits {
+    /// Service instances (`kill`, `pause`).
+    Instances(Vec<String>),
+    Nats,
+    Postgres,
+    /// Durable consumers: (stream, durable name).
+    Consumers(Vec<(Source, String)>),
+    /// A stream, and the instances paused while its messages pile up.
+    Stream {
+        source: Source,
+        paused: Vec<String>,
+    },
+    /// A whole service (binary name) and its instances.
+    Service {
+        name: &'static str,
+        instances: Vec<String>,
+    },
+}
+
+impl Hits {
+    /// The service instances the fault signals or talks to.
+    pub fn instances(&self) -> &[String] {
+        match self {
+            Hits::Instances(instances)
+            | Hits::Stream {
+                paused: instances, ..
+            }
+            | Hits::Service { instances, .. } => instances,
+            Hits::Nats | Hits::Postgres | Hits::Consumers(_) => &[],
+        }
+    }
+}
+
+/// One validated fault of the schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub at: Duration,
+    pub kind: FaultKind,
+    /// As written in the scenario.
+    pub target: String,
+    pub hits: Hits,
+    pub duration: Duration,
+}
+
+impl Fault {
+    /// When the fault is planned to be lifted.
+    pub fn end(&self) -> Duration {
+        self.at + self.duration
+    }
+}
+
+/// The durable consumers of a service (binary name), as the service itself declares them.
+pub fn subscriptions_of(service: &str) -> Vec<Subscription> {
+    match service {
+        "order-service" => order_service::events::subscriptions(),
+        "inventory-service" => inventory_service::events::subscriptions(),
+        "payment-service" => payment_service::events::subscriptions(),
+        _ => Vec::new(),
+    }
+}
+
+fn source_named(name: &str) -> Option<Source> {
+    Source::ALL.into_iter().find(|s| s.token() == name)
+}
+
+/// Resolves a fault's target into what it hits.
+fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
+    let exactly = |expected: &str, hits: Hits| {
+        if target == expected {
+            Ok(hits)
+        } else {
+            Err(format!("target must be {expected:?} (got {target:?})"))
+        }
+    };
+    let service = |expected: &str| -> Result<Hits, String> {
+        let name = service_named(expected).ok_or(format!("no service {expected:?}"))?;
+        if service_named(target) != Some(name) {
+            return Err(format!("target must be {expected:?} (got {target:?})"));
+        }
+        Ok(Hits::Service {
+            name,
+            instances: resolve_target(target, replicas)?,
+        })
+    };
+    match kind {
+        FaultKind::Kill | FaultKind::Pause => resolve_target(target, replicas).map(Hits::Instances),
+        FaultKind::KillNats | FaultKind::BrokerUnreachable => exactly("nats", Hits::Nats),
+        FaultKind::StopPostgres => exactly("postgres", Hits::Postgres),
+        FaultKind::DeleteConsumer => {
+            let all: Vec<(&str, Subscription)> = SERVICES
+                .iter()
+                .flat_map(|(service, _)| {
+                    subscriptions_of(service)
+                        .into_iter()
+                        .map(move |s| (*service, s))
+                })
+                .collect();
+            let chosen: Vec<(Source, String)> = all
+                .iter()
+                .filter(|(service, s)| {
+                    s.durable_name == target || service_named(target) == Some(service)
+                })
+                .map(|(_, s)| (s.stream, s.durable_name.clone()))
+                .collect();
+            if chosen.is_empty() {
+                let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name.as_str()).collect();
+                return Err(format!(
+                    "unknown durable consumer {target:?}: one of {} or a service",
+                    names.join(", ")
+                ));
+            }
+            Ok(Hits::Consumers(chosen))
+        }
+        FaultKind::DeleteStream => {
+            let source = source_named(target).ok_or(format!(
+                "unknown stream {target:?}: order, inventory or payment"
+            ))?;
+            // The order service keeps taking orders: only the other consumers fall behind.
+            let paused = SERVICES
+                .iter()
+                .map(|(service, _)| *service)
+                .filter(|service| *service != "order-service")
+                .filter(|service| subscriptions_of(service).iter().any(|s| s.stream == source))
+                .flat_map(|service| {
+                    (1..=replicas).map(move |r| deploy::instance_name(service, r, replicas))
+                })
+                .collect();
+            Ok(Hits::Stream { source, paused })
+        }
+        FaultKind::Poison => {
+            let name = service_named(target).ok_or(format!(
+                "unknown service {target:?}: order, inventory or payment"
+            ))?;
+            service(name)
+        }
+        FaultKind::Panic | FaultKind::LockHold => service("inventory"),
+        FaultKind::PoolStarve => service("order"),
+    }
+}
+
+/// The scenario's fault schedule, validated and ordered by start time.
+pub fn schedule(scenario: &Scenario) -> Result<Vec<Fault>, Vec<String>> {
+    let replicas = scenario.deploy.replicas;
+    let mut problems = Vec::new();
+    let mut faults: Vec<(usize, Fault)> = Vec::new();
+    for (i, spec) in scenario.faults.iter().enumerate() {
+        let Some(kind) = FaultKind::parse(&spec.kind) else {
+            let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            problems.push(format!(
+                "faults[{i}]: unknown kind {:?} (one of {})",
+                spec.kind,
+                known.join(", ")
+            ));
+            continue;
+        };
+        let duration = match spec.duration {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                problems.push(format!(
+                    "faults[{i}] ({}): needs a duration > 0 (how long until it is lifted)",
+                    kind.name()
+                ));
+                continue;
+            }
+        };
+        let target = spec.target.trim();
+        let hits = match hits(kind, target, replicas) {
+            Ok(hits) => hits,
+            Err(problem) => {
+                problems.push(format!("faults[{i}] ({}): {problem}", kind.name()));
+                continue;
+            }
+        };
+        faults.push((
+            i,
+            Fault {
+                at: spec.at,
+                kind,
+                target: target.to_string(),
+                hits,
+                duration,
+            },
+        ));
+    }
+    faults.sort_by_key(|(_, f)| f.at);
+    for pair in faults.windows(2) {
+        let ((i, earlier), (j, later)) = (&pair[0], &pair[1]);
+        if later.at < earlier.end() {
+            problems.push(format!(
+                "faults[{j}] ({} at {}) starts before faults[{i}] ({} at {} for {}) is lifted; faults run one at a time",
+                later.kind.name(),
+                duration::format(later.at),
+                earlier.kind.name(),
+                duration::format(earlier.at),
+                duration::format(earlier.duration)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(faults.into_iter().map(|(_, f)| f).collect())
+    } else {
+        Err(problems)
+    }
+}
+
+/// What is wrong with the scenario's `[deploy]` section and fault schedule, all of it at once.
+pub fn problems(scenario: &Scenario) -> Vec<String> {
+    let mut problems = Vec::new();
+    let replicas = scenario.deploy.replicas;
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        problems.push(format!(
+            "deploy.replicas must be within 1..={MAX_REPLICAS} (got {replicas})"
+        ));
+        return problems;
+    }
+    if let Some(wait) = scenario.deploy.consumer_ack_wait {
+        if wait < Duration::from_secs(1) {
+            problems.push(format!(
+                "deploy.consumer_ack_wait must be at least 1s (got {})",
+                duration::format(wait)
+            ));
+        }
+    }
+    if let Err(more) = schedule(scenario) {
+        problems.extend(more);
+    }
+    problems
+}
+
+/// The service (binary name) a user-facing name stands for: `order`, `order-service`, ….
+fn service_named(name: &str) -> Option<&'static str> {
+    SERVICES
+        .iter()
+        .map(|(service, _)| *service)
+        .find(|service| *service == name || service.strip_suffix("-service") == Some(name))
+}
+
+/// The instances `target` names: every instance of a service, or one replica
+/// (`order-service-2`, `order-2`; replica numbers start at 1).
+pub fn resolve_target(target: &str, replicas: u32) -> Result<Vec<String>, String> {
+    if let Some(service) = service_named(target) {
+        return Ok((1..=replicas)
+            .map(|r| deploy::instance_name(service, r, replicas))
+            .collect());
+    }
+    if let Some((name, number)) = target.rsplit_once('-') {
+        if let (Some(service), Ok(replica)) = (service_named(name), number.parse::<u32>()) {
+            if (1..=replicas).contains(&replica) {
+                return Ok(vec![deploy::instance_name(service, replica, replicas)]);
+            }
+            return Err(format!(
+                "target {target:?}: replica {replica} does not exist (deploy.replicas = {replicas})"
+            ));
+        }
+    }
+    Err(format!(
+        "unknown target {target:?}: a service (order, inventory, payment) or one replica (e.g. payment-service-2)"
+    ))
+}
+
+/// The replicas and extra environment the scenario asks for.
+pub fn replication(scenario: &Scenario) -> Replication {
+    let mut extra_env = Vec::new();
+    let whole_seconds = |d: Duration| (d.as_secs_f64().ceil().max(1.0) as u64).to_string();
+    let settings = [
+        (
+            "APP_CONSUMER__ACK_WAIT_SECS",
+            scenario.deploy.consumer_ack_wait,
+        ),
+        ("APP_WORKERS__STALL_AFTER_SECS", scenario.deploy.stall_after),
+        ("APP_REDRIVE__AFTER_SECS", scenario.deploy.redrive_after),
+    ];
+    for (name, value) in settings {
+        if let Some(value) = value {
+            extra_env.push((name.to_string(), whole_seconds(value)));
+        }
+    }
+    Replication {
+        replicas: scenario.deploy.replicas,
+        extra_env,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RunPlan;
+
+    const BASE: &str = r#"
+        name = "chaos-unit"
+        [load]
+        stages = [{ duration = "60s", target = 10 }]
+        [data]
+        users = 2
+        initial_balance_cents = 1000
+        products = [{ id = 1, stock = 10, price_cents = 100 }]
+        [deploy]
+        replicas = 2
+        consumer_ack_wait = "10s"
+    "#;
+
+    fn with_faults(faults: &str) -> anyhow::Result<Scenario> {
+        RunPlan::from_scenario_toml(&format!("{BASE}\n{faults}")).map(|plan| plan.scenario)
+    }
+
+    fn fault(at: &str, kind: &str, target: &str, duration: &str) -> String {
+        format!(
+            "[[faults]]\nat = \"{at}\"\nkind = \"{kind}\"\ntarget = \"{target}\"\nduration = \"{duration}\"\n"
+        )
+    }
+
+    #[test]
+    fn parses_every_kind_and_orders_by_start() {
+        let text = [
+            fault("40s", "broker-unreachable", "nats", "5s"),
+            fault("5s", "kill", "order-service-2", "3s"),
+            fault("30s", "stop-postgres", "postgres", "4s"),
+            fault("10s", "pause", "payment", "12s"),
+            fault("25s", "kill-nats", "nats", "2s"),
+        ]
+        .concat();
+        let scenario = with_faults(&text).expect("valid");
+        let faults = schedule(&scenario).expect("valid plan");
+        let order: Vec<(u64, FaultKind)> =
+            faults.iter().map(|f| (f.at.as_secs(), f.kind)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (5, FaultKind::Kill),
+                (10, FaultKind::Pause),
+                (25, FaultKind::KillNats),
+                (30, FaultKind::StopPostgres),
+                (40, FaultKind::BrokerUnreachable),
+            ]
+        );
+        assert_eq!(faults[0].hits.instances(), ["order-service-2"]);
+        assert_eq!(
+            faults[1].hits.instances(),
+            ["payment-service-1", "payment-service-2"]
+        );
+        assert!(faults[2].hits.instances().is_empty());
+        assert_eq!(faults[1].end(), Duration::from_secs(22));
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_targets_missing_durations_and_overlaps() {
+        let text = [
+            fault("1s", "explode", "order", "1s"),
+            fault("2s", "kill", "order-service-3", "1s"),
+            fault("3s", "kill", "shipping", "1s"),
+            fault("4s", "kill-nats", "postgres", "1s"),
+            "[[faults]]\nat = \"5s\"\nkind = \"pause\"\ntarget = \"order\"\n".to_string(),
+            fault("10s", "kill", "payment-1", "10s"),
+            fault("15s", "stop-postgres", "postgres", "2s"),
+        ]
+        .concat();
+        let message = with_faults(&text).expect_err("invalid").to_string();
+        for expected in [
+            "unknown kind \"explode\"",
+            "replica 3 does not exist",
+            "unknown target \"shipping\"",
+            "target must be \"nats\"",
+            "needs a duration",
+            "starts before faults[5]",
+        ] {
+            assert!(message.contains(expected), "{message} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_replicas_and_ack_wait() {
+        let too_many = BASE.replace("replicas = 2", "replicas = 9");
+        let message = RunPlan::from_scenario_toml(&too_many)
+            .expect_err("9 replicas")
+            .to_string();
+        assert!(message.contains("deploy.replicas"), "{message}");
+        let short = BASE.replace("\"10s\"", "\"500ms\"");
+        let message = RunPlan::from_scenario_toml(&short)
+            .expect_err("short ack wait")
+            .to_string();
+        assert!(message.contains("consumer_ack_wait"), "{message}");
+    }
+
+    #[test]
+    fn targets_resolve_to_instances() {
+        assert_eq!(
+            resolve_target("inventory", 2),
+            Ok(vec![
+                "inventory-service-1".to_string(),
+                "inventory-service-2".to_string()
+            ])
+        );
+        assert_eq!(
+            resolve_target("order-2", 3),
+            Ok(vec!["order-service-2".to_string()])
+        );
+        // One replica: the instance is named after its service.
+        assert_eq!(
+            resolve_target("payment-service-1", 1),
+            Ok(vec!["payment-service".to_string()])
+        );
+        assert_eq!(
+            resolve_target("payment-service", 1),
+            Ok(vec!["payment-service".to_string()])
+        );
+        assert!(resolve_target("payment-service-0", 2).is_err());
+        assert!(resolve_target("nats", 2).is_err());
+    }
+
+    #[test]
+    fn replication_carries_replicas_and_ack_wait() {
+        let scenario = with_faults("").expect("valid");
+        let replication = replication(&scenario);
+        assert_eq!(replication.replicas, 2);
+        assert_eq!(
+            replication.extra_env,
+            vec![("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string())]
+        );
+    }
+
+    #[test]
+    fn instances_get_their_own_names_and_ports_and_share_the_rest() {
+        let deployment = deploy::Deployment {
+            databases: deploy::DatabaseUrls::on("postgres://postgres@127.0.0.1:1/postgres"),
+            nats_url: "nats://127.0.0.1:2".into(),
+            prefix: "run1".into(),
+            credentials: deploy::Credentials::random(),
+            decline_rate: 0.05,
+        };
+        let specs = deploy::instance_specs(
+            &deployment,
+            &Replication {
+                replicas: 2,
+                extra_env: vec![("APP_CONSUMER__ACK_WAIT_SECS".into(), "10".into())],
+            },
+        );
+        let names: Vec<(&str, u16)> = specs.iter().map(|s| (s.name.as_str(), s.port)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("order-service-1", 18080),
+                ("inventory-service-1", 18081),
+                ("payment-service-1", 18082),
+                ("order-service-2", 18090),
+                ("inventory-service-2", 18091),
+                ("payment-service-2", 18092),
+            ]
+        );
+        let env = |spec: &deploy::services::ServiceSpec, key: &str| {
+            spec.env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(env(&specs[3], "APP_HTTP__PORT").as_deref(), Some("18090"));
+        assert_eq!(
+            env(&specs[0], "APP_DATABASE__URL"),
+            env(&specs[3], "APP_DATABASE__URL")
+        );
+        assert!(specs[3].binary.ends_with("debug/order-service"));
+        assert!(specs
+            .iter()
+            .all(|s| env(s, "APP_CONSUMER__ACK_WAIT_SECS").as_deref() == Some("10")));
+        assert_eq!(
+            deploy::order_urls(2),
+            vec![
+                "http://127.0.0.1:18080/orders".to_string(),
+                "http://127.0.0.1:18090/orders".to_string()
+            ]
+        );
+        let single = deploy::instance_specs(&deployment, &Replication::default());
+        let names: Vec<&str> = single.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["order-service", "inventory-service", "payment-service"]
+        );
+    }
+
+    #[test]
+    fn the_healing_faults_resolve_their_targets() {
+        let text = [
+            fault("1s", "delete-consumer", "inventory-service-orders", "1s"),
+            fault("3s", "delete-consumer", "payment", "1s"),
+            fault("5s", "delete-stream", "order", "2s"),
+            fault("10s", "delete-stream", "payment", "2s"),
+            fault("15s", "poison", "order", "2s"),
+            fault("20s", "panic", "inventory", "2s"),
+            fault("25s", "pool-starve", "order", "2s"),
+            fault("30s", "lock-hold", "inventory", "2s"),
+        ]
+        .concat();
+        let faults = schedule(&with_faults(&text).expect("valid")).expect("valid plan");
+        assert_eq!(
+            faults[0].hits,
+            Hits::Consumers(vec![(Source::Order, "inventory-service-orders".into())])
+        );
+        assert_eq!(
+            faults[1].hits,
+            Hits::Consumers(vec![(
+                Source::Inventory,
+                "payment-service-reservations".into()
+            )])
+        );
+        // The order stream's consumer is inventory; the payment stream's, besides the order
+        // service (which keeps taking orders), inventory too.
+        for (fault, source) in [(&faults[2], Source::Order), (&faults[3], Source::Payment)] {
+            assert_eq!(
+                fault.hits,
+                Hits::Stream {
+                    source,
+                    paused: vec![
+                        "inventory-service-1".to_string(),
+                        "inventory-service-2".to_string()
+                    ]
+                }
+            );
+        }
+        assert!(matches!(
+            faults[4].hits,
+            Hits::Service {
+                name: "order-service",
+                ..
+            }
+        ));
+        assert_eq!(
+            faults[5].hits.instances(),
+            ["inventory-service-1", "inventory-service-2"]
+        );
+        assert_eq!(
+            faults[6].hits.instances(),
+            ["order-service-1", "order-service-2"]
+        );
+    }
+
+    #[test]
+    fn the_healing_faults_refuse_targets_they_cannot_hit() {
+        let text = [
+            fault("1s", "delete-consumer", "shipping-orders", "1s"),
+            fault("3s", "delete-stream", "orders", "1s"),
+            fault("5s", "panic", "payment", "1s"),
+            fault("7s", "pool-starve", "inventory", "1s"),
+            fault("9s", "lock-hold", "order", "1s"),
+            fault("11s", "poison", "nats", "1s"),
+        ]
+        .concat();
+        let message = with_faults(&text).expect_err("invalid").to_string();
+        for expected in [
+            "unknown durable consumer \"shipping-orders\"",
+            "unknown stream \"orders\"",
+            "target must be \"inventory\" (got \"payment\")",
+            "target must be \"order\" (got \"inventory\")",
+            "target must be \"inventory\" (got \"order\")",
+            "unknown service \"nats\"",
+        ] {
+            assert!(message.contains(expected), "{message} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn deploy_settings_become_service_environment() {
+        let scenario = Scenario::from_toml_str(&BASE.replace(
+            "consumer_ack_wait = \"10s\"",
+            "consumer_ack_wait = \"10s\"\nstall_after = \"5s\"\nredrive_after = \"1500ms\"",
+        ))
+        .expect("valid");
+        assert_eq!(
+            replication(&scenario).extra_env,
+            vec![
+                ("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string()),
+                ("APP_WORKERS__STALL_AFTER_SECS".to_string(), "5".to_string()),
+                ("APP_REDRIVE__AFTER_SECS".to_string(), "2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(kind.name()), Some(kind));
+        }
+        assert_eq!(FaultKind::parse("restart"), None);
+    }
+}
