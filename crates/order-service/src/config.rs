@@ -2,9 +2,6 @@ use platform::config::CommonSettings;
 use serde::Deserialize;
 
 const DEFAULTS: &str = r#"
-[http]
-port = 18080
-
 [orders]
 max_quantity = 100
 writers = 1
@@ -57,11 +54,11 @@ pub struct RedriveSettings {
 
 impl Settings {
     pub fn load() -> Result<Self, config::ConfigError> {
-        platform::config::load(DEFAULTS)
+        platform::config::load(platform::dev::ORDER_PORT, DEFAULTS)
     }
 
     /// The defaults with these TOML documents on top (no file, no environment): for tests.
     pub fn overridden(overrides: &[&str]) -> Result<Self, config::ConfigError> {
-        platform::config::load_overridden(DEFAULTS, overrides)
+        platform::config::load_overridden(platform::dev::ORDER_PORT, DEFAULTS, overrides)
     }
 }

@@ -2,9 +2,6 @@ use platform::config::CommonSettings;
 use serde::Deserialize;
 
 const DEFAULTS: &str = r#"
-[http]
-port = 18082
-
 [payment]
 decline_rate = 0.0
 max_deposited_cents = 10000000000000
@@ -29,11 +26,11 @@ pub struct PaymentSettings {
 
 impl Settings {
     pub fn load() -> Result<Self, config::ConfigError> {
-        platform::config::load(DEFAULTS)
+        platform::config::load(platform::dev::PAYMENT_PORT, DEFAULTS)
     }
 
     /// The defaults with these TOML documents on top (no file, no environment): for tests.
     pub fn overridden(overrides: &[&str]) -> Result<Self, config::ConfigError> {
-        platform::config::load_overridden(DEFAULTS, overrides)
+        platform::config::load_overridden(platform::dev::PAYMENT_PORT, DEFAULTS, overrides)
     }
 }

@@ -7,18 +7,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Loads a service's settings: [`COMMON_DEFAULTS`], then `service_defaults` (a TOML document
-/// with the service's own keys, e.g. its HTTP port), then the file, then the environment.
-pub fn load<T: DeserializeOwned>(service_defaults: &str) -> Result<T, config::ConfigError> {
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(
-            COMMON_DEFAULTS,
-            config::FileFormat::Toml,
-        ))
-        .add_source(config::File::from_str(
-            service_defaults,
-            config::FileFormat::Toml,
-        ));
+/// Loads a service's settings: [`COMMON_DEFAULTS`] and the development defaults of
+/// [`crate::dev`] (`port` is the service's HTTP port), then `service_defaults` (a TOML document
+/// with the service's own keys), then the file `APP_CONFIG_FILE`, then the environment.
+pub fn load<T: DeserializeOwned>(
+    port: u16,
+    service_defaults: &str,
+) -> Result<T, config::ConfigError> {
+    let mut builder = defaults(port, service_defaults)?;
     if let Ok(path) = std::env::var("APP_CONFIG_FILE") {
         builder = builder.add_source(config::File::with_name(&path).required(true));
     }
@@ -36,22 +32,35 @@ pub fn load<T: DeserializeOwned>(service_defaults: &str) -> Result<T, config::Co
 /// Settings from the defaults and the given TOML documents only (later ones win): no file, no
 /// environment. Tests build their services' settings with this.
 pub fn load_overridden<T: DeserializeOwned>(
+    port: u16,
     service_defaults: &str,
     overrides: &[&str],
 ) -> Result<T, config::ConfigError> {
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(
-            COMMON_DEFAULTS,
-            config::FileFormat::Toml,
-        ))
-        .add_source(config::File::from_str(
-            service_defaults,
-            config::FileFormat::Toml,
-        ));
+    let mut builder = defaults(port, service_defaults)?;
     for document in overrides {
         builder = builder.add_source(config::File::from_str(document, config::FileFormat::Toml));
     }
     builder.build()?.try_deserialize()
+}
+
+fn defaults(
+    port: u16,
+    service_defaults: &str,
+) -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
+    Ok(config::Config::builder()
+        .add_source(config::File::from_str(
+            COMMON_DEFAULTS,
+            config::FileFormat::Toml,
+        ))
+        .set_default("http.port", port)?
+        .set_default("database.url", crate::dev::admin_database_url())?
+        .set_default("nats.url", crate::dev::nats_url())?
+        .set_default("auth.jwt_secret", crate::dev::JWT_SECRET)?
+        .set_default("auth.admin_token", crate::dev::ADMIN_TOKEN)?
+        .add_source(config::File::from_str(
+            service_defaults,
+            config::FileFormat::Toml,
+        )))
 }
 
 /// Defaults every service shares; each service appends its own sections.
@@ -61,7 +70,6 @@ host = "127.0.0.1"
 max_body_bytes = 16384
 
 [database]
-url = "postgres://postgres@127.0.0.1:55432/postgres"
 http_connections = 8
 worker_connections = 8
 acquire_timeout_ms = 1000
@@ -70,14 +78,9 @@ lock_timeout_ms = 3000
 idle_in_transaction_timeout_ms = 30000
 
 [nats]
-url = "nats://127.0.0.1:54222"
 prefix = "shop"
 stream_max_age_secs = 604800
 stream_max_bytes = 1073741824
-
-[auth]
-jwt_secret = "dev-only-secret-change-me"
-admin_token = "dev-admin-token"
 
 [outbox]
 batch_size = 1000
@@ -267,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_defaults_pass_validation_and_an_inbox_shorter_than_the_stream_does_not() {
-        let mut settings = load::<Common>("[http]\nport = 1\n").unwrap().common;
+        let mut settings = load::<Common>(1, "").unwrap().common;
         assert_eq!(settings.validate(), Ok(()));
         settings.retention.inbox_secs = settings.nats.stream_max_age_secs - 1;
         assert!(settings.validate().unwrap_err().contains("inbox_secs"));
@@ -278,7 +281,7 @@ mod tests {
 
     #[test]
     fn defaults_parse_and_service_sections_merge() {
-        let s: Sample = load("[http]\nport = 1\n").expect("defaults load");
+        let s: Sample = load(1, "").expect("defaults load");
         assert_eq!(s.http.port, 1);
         assert_eq!(s.database.http_connections, 8);
         assert!(s.consumer.batch_size > 0);

@@ -8,12 +8,11 @@ use std::time::Duration;
 /// Admin URL of the PostgreSQL the tests use: `ORDERSYS_DATABASE_URL`, or the project's private
 /// instance that `make test` / `loadtest infra-up` start.
 pub fn admin_database_url() -> String {
-    std::env::var("ORDERSYS_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into())
+    std::env::var("ORDERSYS_DATABASE_URL").unwrap_or_else(|_| crate::dev::admin_database_url())
 }
 
 pub fn nats_url() -> String {
-    std::env::var("ORDERSYS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:54222".into())
+    std::env::var("ORDERSYS_NATS_URL").unwrap_or_else(|_| crate::dev::nats_url())
 }
 
 /// Replaces the database name (the URL's path) of a PostgreSQL URL.

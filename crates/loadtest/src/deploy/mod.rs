@@ -21,13 +21,13 @@ pub const ORDERS_DB: &str = "ordersys_orders";
 pub const INVENTORY_DB: &str = "ordersys_inventory";
 pub const PAYMENTS_DB: &str = "ordersys_payments";
 
-pub const ORDER_PORT: u16 = 18080;
-pub const INVENTORY_PORT: u16 = 18081;
-pub const PAYMENT_PORT: u16 = 18082;
+pub const ORDER_PORT: u16 = platform::dev::ORDER_PORT;
+pub const INVENTORY_PORT: u16 = platform::dev::INVENTORY_PORT;
+pub const PAYMENT_PORT: u16 = platform::dev::PAYMENT_PORT;
 
-/// The services' built-in development defaults (see `platform::config::COMMON_DEFAULTS`).
-pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
-pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
+/// The services' built-in development credentials.
+pub const DEV_JWT_SECRET: &str = platform::dev::JWT_SECRET;
+pub const DEV_ADMIN_TOKEN: &str = platform::dev::ADMIN_TOKEN;
 /// The subject and stream prefix `up` uses.
 pub const DEFAULT_PREFIX: &str = "shop";
 /// The decline rate `up` uses unless `ORDERSYS_DECLINE_RATE` says otherwise.

@@ -25,9 +25,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const DEFAULT_PG_PORT: u16 = 55432;
-pub const DEFAULT_NATS_PORT: u16 = 54222;
-pub const DEFAULT_NATS_MONITOR_PORT: u16 = 58222;
+pub const DEFAULT_PG_PORT: u16 = platform::dev::POSTGRES_PORT;
+pub const DEFAULT_NATS_PORT: u16 = platform::dev::NATS_PORT;
+pub const DEFAULT_NATS_MONITOR_PORT: u16 = platform::dev::NATS_MONITOR_PORT;
 
 /// How long infrastructure start/stop waits for another CLI holding the lock
 /// (an install of PostgreSQL can take a while).
@@ -89,8 +89,13 @@ impl StateDir {
         self.path.join("lock")
     }
 
-    async fn lock(&self) -> Result<process::StateLock> {
-        process::StateLock::acquire(&self.lock_file(), LOCK_TIMEOUT).await
+    async fn lock(&self) -> Result<process::FileLock> {
+        process::FileLock::acquire(
+            &self.lock_file(),
+            LOCK_TIMEOUT,
+            "another loadtest is starting or stopping the stack",
+        )
+        .await
     }
 }
 
