@@ -10,6 +10,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod dead_letters;
+pub mod dev;
 pub mod envelope;
 pub mod events;
 #[cfg(feature = "fault-injection")]
@@ -19,4 +20,5 @@ pub mod outbox;
 pub mod retention;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
