@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use platform::http::Problem;
+use platform::http::{on_constraint, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -28,26 +28,24 @@ impl IntoResponse for InventoryError {
                 "product-not-found",
                 "No such product",
             ),
-            InventoryError::Database(error) => {
-                match error.as_database_error().and_then(|e| e.constraint()) {
-                    Some("products_pkey") => Problem::new(
-                        StatusCode::CONFLICT,
-                        "product-exists",
-                        "A product with this id already exists",
-                    ),
-                    Some(
-                        name @ ("products_stock_check"
-                        | "products_price_cents_check"
-                        | "products_received_check"),
-                    ) => Problem::new(
+            InventoryError::Database(error) => on_constraint(error, |name| match name {
+                "products_pkey" => Some(Problem::new(
+                    StatusCode::CONFLICT,
+                    "product-exists",
+                    "A product with this id already exists",
+                )),
+                "products_stock_check"
+                | "products_price_cents_check"
+                | "products_received_check" => Some(
+                    Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid-product",
                         "The product is not valid",
                     )
                     .with_detail(format!("violates {name}")),
-                    _ => platform::http::database_problem(error),
-                }
-            }
+                ),
+                _ => None,
+            }),
         };
         problem.into_response()
     }

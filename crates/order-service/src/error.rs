@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use platform::http::Problem;
+use platform::http::{on_constraint, Problem};
 use platform::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +87,7 @@ impl IntoResponse for OrderError {
                 problem
             }
             OrderError::Internal => Problem::internal(),
-            OrderError::Database(error) => match constraint_problem(error) {
-                Some(problem) => problem,
-                None => platform::http::database_problem(error),
-            },
+            OrderError::Database(error) => on_constraint(error, constraint_problem),
             OrderError::Outbox(error) => {
                 tracing::error!(%error, "outbox error");
                 Problem::internal()
@@ -100,9 +97,8 @@ impl IntoResponse for OrderError {
     }
 }
 
-/// Constraint violations are the client's doing: name them instead of answering 500.
-fn constraint_problem(error: &sqlx::Error) -> Option<Problem> {
-    let constraint = error.as_database_error()?.constraint()?;
+/// The order API's constraints, by name.
+fn constraint_problem(constraint: &str) -> Option<Problem> {
     let detail = match constraint {
         "orders_quantity_check" => "quantity must be positive",
         "idempotency_keys_pkey" => {

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use platform::http::Problem;
+use platform::http::{on_constraint, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -28,24 +28,22 @@ impl IntoResponse for PaymentError {
                 "account-not-found",
                 "No such account",
             ),
-            PaymentError::Database(error) => {
-                match error.as_database_error().and_then(|e| e.constraint()) {
-                    Some("accounts_pkey") => Problem::new(
-                        StatusCode::CONFLICT,
-                        "account-exists",
-                        "An account for this user already exists",
-                    ),
-                    Some(
-                        name @ ("accounts_balance_cents_check" | "accounts_deposited_cents_check"),
-                    ) => Problem::new(
+            PaymentError::Database(error) => on_constraint(error, |name| match name {
+                "accounts_pkey" => Some(Problem::new(
+                    StatusCode::CONFLICT,
+                    "account-exists",
+                    "An account for this user already exists",
+                )),
+                "accounts_balance_cents_check" | "accounts_deposited_cents_check" => Some(
+                    Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid-account",
                         "The account is not valid",
                     )
                     .with_detail(format!("violates {name}")),
-                    _ => platform::http::database_problem(error),
-                }
-            }
+                ),
+                _ => None,
+            }),
         };
         problem.into_response()
     }

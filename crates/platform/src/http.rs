@@ -466,6 +466,20 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
             .is_some_and(|c| matches!(&*c, "40001" | "40P01" | "55P03" | "57014"))
 }
 
+/// The answer for a database error: the client's problem when it violated a constraint that
+/// `by_name` knows (constraint violations are the client's doing: named, not a 500), else
+/// [`database_problem`].
+pub fn on_constraint(
+    error: &sqlx::Error,
+    by_name: impl FnOnce(&str) -> Option<Problem>,
+) -> Problem {
+    error
+        .as_database_error()
+        .and_then(|e| e.constraint())
+        .and_then(by_name)
+        .unwrap_or_else(|| database_problem(error))
+}
+
 /// The answer for a database error that is not the client's doing: 503 while it may pass if
 /// retried (database unreachable, lock or statement timeout, deadlock), 500 otherwise. The
 /// error text is logged, never sent.
