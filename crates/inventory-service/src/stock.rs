@@ -1,6 +1,7 @@
 //! Products, stock and reservations in the database. Query functions take a connection; callers
 //! own the transaction.
 
+use platform::db::QueryError;
 use platform::events::FailureReason;
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -138,7 +139,7 @@ pub fn allocate(lines: &[OrderLine], on_hand: &mut HashMap<i64, (i64, i64)>) -> 
 async fn earlier_decisions(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Decision>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Decision>, QueryError> {
     let rows: Vec<(Uuid, i64, i64, i32, i64, Option<String>)> = sqlx::query_as(
         "SELECT order_id, product_id, user_id, quantity, amount_cents, NULL::text
          FROM reservations WHERE order_id = ANY($1)
@@ -159,7 +160,7 @@ async fn earlier_decisions(
                 amount_cents,
             }),
             Some(reason) => Decision::Rejected(FailureReason::parse(&reason).ok_or_else(|| {
-                sqlx::Error::Protocol(format!("unknown rejection reason {reason:?}"))
+                QueryError::Invariant(format!("unknown rejection reason {reason:?}"))
             })?),
         };
         decisions.insert(order_id, decision);
@@ -177,7 +178,7 @@ async fn earlier_decisions(
 pub async fn reserve_stock(
     conn: &mut PgConnection,
     lines: &[OrderLine],
-) -> Result<Vec<Decision>, sqlx::Error> {
+) -> Result<Vec<Decision>, QueryError> {
     let mut product_ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
     product_ids.sort_unstable();
     product_ids.dedup();
@@ -224,7 +225,7 @@ pub async fn reserve_stock(
         .await?;
         if updated.rows_affected() != ids.len() as u64 {
             // Impossible while the rows are locked; refuse rather than record reservations.
-            return Err(sqlx::Error::Protocol(
+            return Err(QueryError::Invariant(
                 "stock changed under a row lock".into(),
             ));
         }
@@ -283,7 +284,7 @@ pub async fn reserve_stock(
         .iter()
         .map(|line| {
             decided.get(&line.order_id).copied().ok_or_else(|| {
-                sqlx::Error::Protocol(format!("no decision for order {}", line.order_id))
+                QueryError::Invariant(format!("no decision for order {}", line.order_id))
             })
         })
         .collect()

@@ -1,6 +1,7 @@
 //! Accounts and charges in the database. Query functions take a connection; callers own the
 //! transaction.
 
+use platform::db::QueryError;
 use platform::events::FailureReason;
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -123,7 +124,7 @@ pub struct Charge {
 async fn earlier_charges(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Charge>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Charge>, QueryError> {
     let rows: Vec<(Uuid, i64, i64, Option<String>)> = sqlx::query_as(
         "SELECT order_id, user_id, amount_cents, failure_reason FROM charges WHERE order_id = ANY($1)",
     )
@@ -136,7 +137,7 @@ async fn earlier_charges(
             None => ChargeResult::Succeeded,
             Some(reason) => {
                 ChargeResult::Failed(FailureReason::parse(&reason).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("unknown charge failure reason {reason:?}"))
+                    QueryError::Invariant(format!("unknown charge failure reason {reason:?}"))
                 })?)
             }
         };
@@ -161,7 +162,7 @@ async fn earlier_charges(
 pub async fn charge(
     conn: &mut PgConnection,
     requests: &[ChargeRequest],
-) -> Result<Vec<Charge>, sqlx::Error> {
+) -> Result<Vec<Charge>, QueryError> {
     let mut users: Vec<i64> = requests
         .iter()
         .filter(|r| !r.declined)
@@ -207,7 +208,7 @@ pub async fn charge(
         .await?;
         if updated.rows_affected() != debited_users.len() as u64 {
             // Impossible while the rows are locked; refuse rather than record charges.
-            return Err(sqlx::Error::Protocol(
+            return Err(QueryError::Invariant(
                 "balance changed under a row lock".into(),
             ));
         }
@@ -239,7 +240,7 @@ pub async fn charge(
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() != new_requests.len() as u64 {
-            return Err(sqlx::Error::Protocol(
+            return Err(QueryError::Invariant(
                 "a charge for one of these orders was recorded concurrently".into(),
             ));
         }
@@ -260,7 +261,7 @@ pub async fn charge(
             answered
                 .get(&r.order_id)
                 .copied()
-                .ok_or_else(|| sqlx::Error::Protocol(format!("no charge for order {}", r.order_id)))
+                .ok_or_else(|| QueryError::Invariant(format!("no charge for order {}", r.order_id)))
         })
         .collect()
 }

@@ -7,6 +7,17 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// What a query function that checks what it read can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The rows broke an invariant the code relies on (a row changed under a lock, a value no
+    /// version of the code writes): never the client's doing.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
 /// A service's two pools: HTTP handlers cannot take the connections the workers need.
 #[derive(Debug, Clone)]
 pub struct Pools {

@@ -338,7 +338,8 @@ async fn compensation_and_reservation_take_product_locks_in_one_order() {
         async move {
             let mut tx = pool.begin().await?;
             inventory_service::stock::reserve_stock(&mut tx, &lines).await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok::<(), platform::db::QueryError>(())
         }
     });
     wait_for_lock_waiters(pool, 1).await;

@@ -63,6 +63,19 @@ pub enum HandlerError {
     Outbox(#[from] OutboxError),
     #[error("handler panicked: {0}")]
     Panicked(String),
+    /// What the handler read broke an invariant: retried like an unknown error, since another
+    /// instance may be mid-change; one that lasts shows as a consumer making no progress.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl From<crate::db::QueryError> for HandlerError {
+    fn from(error: crate::db::QueryError) -> Self {
+        match error {
+            crate::db::QueryError::Database(e) => HandlerError::Database(e),
+            crate::db::QueryError::Invariant(what) => HandlerError::Invariant(what),
+        }
+    }
 }
 
 /// What a failed event gets.
@@ -88,7 +101,9 @@ impl HandlerError {
             HandlerError::Database(e) | HandlerError::Outbox(OutboxError::Database(e)) => {
                 database_failure(e)
             }
-            HandlerError::Outbox(OutboxError::Publish(_)) => Failure::Transient,
+            HandlerError::Outbox(OutboxError::Publish(_)) | HandlerError::Invariant(_) => {
+                Failure::Transient
+            }
         }
     }
 }
