@@ -41,6 +41,25 @@ impl OrderStatus {
     }
 }
 
+// Stored as TEXT (the `orders_status_check` constraint names the four values): read and
+// written through the same names as in JSON.
+impl sqlx::Type<sqlx::Postgres> for OrderStatus {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for OrderStatus {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        OrderStatus::parse(text).ok_or_else(|| format!("unknown order status {text:?}").into())
+    }
+}
+
 /// What the other services report about an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

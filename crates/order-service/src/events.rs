@@ -1,7 +1,7 @@
 //! How the order service reacts to the outcome events of inventory and payment, and to
 //! inventory's confirmation that a failed payment's stock went back (which closes the saga).
 
-use crate::domain::Outcome;
+use crate::domain::{OrderStatus, Outcome};
 use crate::orders;
 use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
 use platform::events::{Event, Source};
@@ -81,7 +81,7 @@ impl EventHandler for OrderOutcomes {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let changed: HashMap<Uuid, String> = orders::apply_outcomes(tx, &outcomes)
+        let changed: HashMap<Uuid, OrderStatus> = orders::apply_outcomes(tx, &outcomes)
             .await?
             .into_iter()
             .collect();
@@ -89,7 +89,7 @@ impl EventHandler for OrderOutcomes {
             let order_id = incoming.event.order_id();
             if let Some(status) = changed.get(&order_id) {
                 let request_id = incoming.envelope.trace.request_id.as_deref().unwrap_or("-");
-                tracing::info!(%order_id, request_id, %status, "order status changed");
+                tracing::info!(%order_id, request_id, status = status.as_str(), "order status changed");
             }
         }
         if changed.len() < outcomes.len() {

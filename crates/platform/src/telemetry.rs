@@ -57,7 +57,8 @@ pub fn init(default_filter: &str) -> LogGuard {
 
 /// Panics go to the structured log as one line (workers contain and survive them; an operator
 /// finds them with the other errors). The default hook, which prints a backtrace and loads the
-/// debug info to do so (~70 MiB resident), still runs when `RUST_BACKTRACE` asks for one.
+/// debug info to do so (a large resident cost: docs/performance.md), still runs when
+/// `RUST_BACKTRACE` asks for one.
 fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
