@@ -196,11 +196,7 @@ async fn execute(command: Command) -> Result<bool> {
             results_dir,
         } => {
             let plan = plan::RunPlan::scenario(&commands::resolve(&scenario)?)?;
-            let options = SessionOptions {
-                keep_running,
-                results_dir,
-            };
-            modes::run::run(&plan, &options).await
+            modes::run::run(&plan, &SessionOptions::new(keep_running, results_dir)).await
         }
         Command::Capacity {
             plan,
@@ -208,10 +204,7 @@ async fn execute(command: Command) -> Result<bool> {
             skip_baseline,
         } => {
             let plan = plan::RunPlan::capacity(&commands::resolve(&plan)?)?;
-            let options = SessionOptions {
-                keep_running: false,
-                results_dir,
-            };
+            let options = SessionOptions::new(false, results_dir);
             modes::capacity::run(&plan, &options, skip_baseline).await
         }
         Command::Baseline {

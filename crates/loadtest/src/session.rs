@@ -46,6 +46,15 @@ pub struct SessionOptions {
     pub results_dir: Option<PathBuf>,
 }
 
+impl SessionOptions {
+    pub fn new(keep_running: bool, results_dir: Option<PathBuf>) -> Self {
+        SessionOptions {
+            keep_running,
+            results_dir,
+        }
+    }
+}
+
 /// What the load is doing, for a mode that runs beside it.
 pub struct DuringLoad<'a> {
     pub plan: &'a RunPlan,
@@ -110,7 +119,7 @@ pub async fn execute<M: Mode>(
     mode: &M,
 ) -> Result<Report> {
     deploy::check_binaries()?;
-    let _lock = infra::run_lock::acquire()?;
+    let _lock = infra::run_lock::acquire().await?;
     let state = StateDir::locate()?;
     let postgres_before = infra::pid_of(&state, "postgres").is_some();
     let nats_before = infra::pid_of(&state, "nats").is_some();

@@ -197,6 +197,16 @@ async fn dead_letter_groups(conn: &mut PgConnection) -> anyhow::Result<Vec<DeadL
     .await?)
 }
 
+/// The outbox rows and dead letters of a database, read in its snapshot, which then ends.
+async fn finish_snapshot(
+    mut tx: Transaction<'static, Postgres>,
+) -> anyhow::Result<(i64, Vec<DeadLetterGroup>)> {
+    let outbox = count_outbox(&mut tx).await?;
+    let dead_letters = dead_letter_groups(&mut tx).await?;
+    tx.commit().await?;
+    Ok((outbox, dead_letters))
+}
+
 async fn load_orders(pool: &PgPool) -> anyhow::Result<OrdersSnapshot> {
     let mut tx = snapshot_tx(pool).await?;
     let orders = sqlx::query_as(
@@ -205,9 +215,7 @@ async fn load_orders(pool: &PgPool) -> anyhow::Result<OrdersSnapshot> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    let outbox = count_outbox(&mut tx).await?;
-    let dead_letters = dead_letter_groups(&mut tx).await?;
-    tx.commit().await?;
+    let (outbox, dead_letters) = finish_snapshot(tx).await?;
     Ok(OrdersSnapshot {
         orders,
         outbox,
@@ -226,9 +234,7 @@ async fn load_inventory(pool: &PgPool) -> anyhow::Result<InventorySnapshot> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    let outbox = count_outbox(&mut tx).await?;
-    let dead_letters = dead_letter_groups(&mut tx).await?;
-    tx.commit().await?;
+    let (outbox, dead_letters) = finish_snapshot(tx).await?;
     Ok(InventorySnapshot {
         products,
         reservations,
@@ -245,9 +251,7 @@ async fn load_payments(pool: &PgPool) -> anyhow::Result<PaymentsSnapshot> {
     let charges = sqlx::query_as("SELECT order_id, user_id, amount_cents, status FROM charges")
         .fetch_all(&mut *tx)
         .await?;
-    let outbox = count_outbox(&mut tx).await?;
-    let dead_letters = dead_letter_groups(&mut tx).await?;
-    tx.commit().await?;
+    let (outbox, dead_letters) = finish_snapshot(tx).await?;
     Ok(PaymentsSnapshot {
         accounts,
         charges,

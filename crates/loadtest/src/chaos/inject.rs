@@ -41,7 +41,7 @@ pub struct FaultContext {
 
 /// One fault as it was executed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Executed {
+pub struct InjectedFault {
     pub kind: FaultKind,
     pub target: String,
     pub planned_at_s: f64,
@@ -60,13 +60,13 @@ pub struct Executed {
 /// The running fault schedule. Dropping it stops the schedule and continues whatever it had
 /// stopped with `SIGSTOP`.
 pub struct FaultRun {
-    handle: Option<JoinHandle<Vec<Executed>>>,
+    handle: Option<JoinHandle<Vec<InjectedFault>>>,
     stopped: Arc<Mutex<Vec<u32>>>,
 }
 
 impl FaultRun {
     /// Waits until every fault has been injected and lifted.
-    pub async fn finish(mut self) -> Result<Vec<Executed>> {
+    pub async fn finish(mut self) -> Result<Vec<InjectedFault>> {
         let handle = self
             .handle
             .take()
@@ -115,9 +115,13 @@ fn seconds_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-async fn execute(context: &FaultContext, fault: &Fault, stopped: &Mutex<Vec<u32>>) -> Executed {
+async fn execute(
+    context: &FaultContext,
+    fault: &Fault,
+    stopped: &Mutex<Vec<u32>>,
+) -> InjectedFault {
     let failovers_before = context.load.failovers.load(Ordering::Relaxed);
-    let mut record = Executed {
+    let mut record = InjectedFault {
         kind: fault.kind,
         target: fault.target.clone(),
         planned_at_s: fault.at.as_secs_f64(),
@@ -136,10 +140,10 @@ async fn execute(context: &FaultContext, fault: &Fault, stopped: &Mutex<Vec<u32>
         duration::format(fault.duration)
     );
     let result = match inject(context, fault, stopped, &mut record.actions).await {
-        Ok(undo) => {
+        Ok(lift) => {
             record.injected_s = seconds_since(context.start);
             tokio::time::sleep_until(context.start + fault.end()).await;
-            let lifted = lift(context, undo, stopped, &mut record.actions).await;
+            let lifted = lift_fault(context, lift, stopped, &mut record.actions).await;
             if lifted.is_ok() {
                 record.lifted_s = Some(seconds_since(context.start));
             }
@@ -171,7 +175,7 @@ async fn execute(context: &FaultContext, fault: &Fault, stopped: &Mutex<Vec<u32>
 }
 
 /// How to lift an injected fault.
-enum Undo {
+enum Lift {
     Restart(Vec<String>),
     Continue(Vec<(String, u32)>),
     RestartNats,
@@ -227,7 +231,7 @@ async fn inject(
     fault: &Fault,
     stopped: &Mutex<Vec<u32>>,
     actions: &mut Vec<String>,
-) -> Result<Undo> {
+) -> Result<Lift> {
     let state = &context.state;
     let instances = fault.hits.instances();
     match (fault.kind, &fault.hits) {
@@ -239,14 +243,14 @@ async fn inject(
                 }
                 actions.push(format!("kill -9 {instance} (pid {pid})"));
             }
-            Ok(Undo::Restart(instances.to_vec()))
+            Ok(Lift::Restart(instances.to_vec()))
         }
-        (FaultKind::Pause, _) => Ok(Undo::Continue(pause(state, instances, stopped, actions)?)),
+        (FaultKind::Pause, _) => Ok(Lift::Continue(pause(state, instances, stopped, actions)?)),
         (FaultKind::KillNats, _) => {
             let pid = infra::pid_of(state, "nats").context("our nats-server is not running")?;
             infra::kill_nats(state).await?;
             actions.push(format!("kill -9 nats-server (pid {pid})"));
-            Ok(Undo::RestartNats)
+            Ok(Lift::RestartNats)
         }
         (FaultKind::StopPostgres, _) => {
             let pid = infra::pid_of(state, "postgres").context("our PostgreSQL is not running")?;
@@ -254,28 +258,28 @@ async fn inject(
             actions.push(format!(
                 "immediate-mode stop of PostgreSQL (SIGQUIT to postmaster pid {pid})"
             ));
-            Ok(Undo::StartPostgres)
+            Ok(Lift::StartPostgres)
         }
         (FaultKind::BrokerUnreachable, _) => {
             let pid = infra::signal_named(state, "nats", libc::SIGSTOP)?;
             stopped.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
             actions.push(format!("SIGSTOP nats-server (pid {pid})"));
-            Ok(Undo::Continue(vec![("nats-server".into(), pid)]))
+            Ok(Lift::Continue(vec![("nats-server".into(), pid)]))
         }
         (FaultKind::DeleteConsumer, Hits::Consumers(consumers)) => {
             heal::delete_consumers(context, consumers, actions).await?;
-            Ok(Undo::Nothing)
+            Ok(Lift::Nothing)
         }
         (FaultKind::DeleteStream, Hits::Stream { source, paused }) => {
             let paused = pause(state, paused, stopped, actions)?;
-            Ok(Undo::DeleteStreamThenRestart(*source, paused))
+            Ok(Lift::DeleteStreamThenRestart(*source, paused))
         }
-        (FaultKind::Poison, Hits::Service { name, .. }) => Ok(Undo::DiscardPoison(
+        (FaultKind::Poison, Hits::Service { name, .. }) => Ok(Lift::DiscardPoison(
             heal::publish_poison(context, name, actions).await?,
         )),
         (FaultKind::Panic, _) => {
             heal::arm_panic(context, instances, actions).await?;
-            Ok(Undo::DisarmAndReplay(instances.to_vec()))
+            Ok(Lift::DisarmAndReplay(instances.to_vec()))
         }
         (FaultKind::PoolStarve, _) => {
             let flood = Flood::start(context, instances)?;
@@ -283,9 +287,9 @@ async fn inject(
                 "started a flood of reads on {}",
                 instances.join(", ")
             ));
-            Ok(Undo::StopFlood(flood))
+            Ok(Lift::StopFlood(flood))
         }
-        (FaultKind::LockHold, _) => Ok(Undo::ReleaseLock(heal::hold_lock(context, actions).await?)),
+        (FaultKind::LockHold, _) => Ok(Lift::ReleaseLock(heal::hold_lock(context, actions).await?)),
         (kind, hits) => bail!("fault {} cannot hit {hits:?}", kind.name()),
     }
 }
@@ -324,18 +328,18 @@ async fn restart(
     Ok(())
 }
 
-async fn lift(
+async fn lift_fault(
     context: &FaultContext,
-    undo: Undo,
+    lift: Lift,
     stopped: &Mutex<Vec<u32>>,
     actions: &mut Vec<String>,
 ) -> Result<()> {
     let state = &context.state;
     let began = Instant::now();
-    match undo {
-        Undo::Restart(instances) => restart(context, &instances, actions).await?,
-        Undo::Continue(paused) => resume(paused, stopped, actions)?,
-        Undo::RestartNats => {
+    match lift {
+        Lift::Restart(instances) => restart(context, &instances, actions).await?,
+        Lift::Continue(paused) => resume(paused, stopped, actions)?,
+        Lift::RestartNats => {
             infra::restart_nats(state).await?;
             let pid = infra::pid_of(state, "nats").unwrap_or_default();
             actions.push(format!(
@@ -343,7 +347,7 @@ async fn lift(
                 began.elapsed().as_secs_f64()
             ));
         }
-        Undo::StartPostgres => {
+        Lift::StartPostgres => {
             infra::start_postgres(state).await?;
             let pid = infra::pid_of(state, "postgres").unwrap_or_default();
             actions.push(format!(
@@ -351,8 +355,8 @@ async fn lift(
                 began.elapsed().as_secs_f64()
             ));
         }
-        Undo::Nothing => actions.push("nothing to lift: the services must heal".to_string()),
-        Undo::DeleteStreamThenRestart(source, paused) => {
+        Lift::Nothing => actions.push("nothing to lift: the services must heal".to_string()),
+        Lift::DeleteStreamThenRestart(source, paused) => {
             let deleted = heal::delete_stream(context, source, actions).await;
             let mut names = Vec::with_capacity(paused.len());
             for (name, pid) in &paused {
@@ -371,12 +375,12 @@ async fn lift(
             deleted?;
             restart(context, &names, actions).await?;
         }
-        Undo::DiscardPoison(ids) => heal::discard_poison(context, &ids, actions).await?,
-        Undo::DisarmAndReplay(instances) => {
+        Lift::DiscardPoison(ids) => heal::discard_poison(context, &ids, actions).await?,
+        Lift::DisarmAndReplay(instances) => {
             heal::disarm_and_replay(context, &instances, actions).await?
         }
-        Undo::StopFlood(flood) => actions.push(flood.stop().await),
-        Undo::ReleaseLock(conn) => heal::release_lock(conn, actions).await?,
+        Lift::StopFlood(flood) => actions.push(flood.stop().await),
+        Lift::ReleaseLock(conn) => heal::release_lock(conn, actions).await?,
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ mod inject;
 pub mod probe;
 
 pub use crate::plan::faults::{Fault, FaultKind, Hits};
-pub use inject::{spawn, Executed, FaultContext, FaultRun};
+pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
 pub use probe::{
     probe_time_needed, records, recovered_after, spawn_probe, worst_between, write_timeline,
     Health, HealthSample, ProbeTargets,

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    Executed, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG, RECOVERY_MAX_OLDEST_UNFINISHED_S,
+    InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG, RECOVERY_MAX_OLDEST_UNFINISHED_S,
     RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
 };
 use crate::audit::Check;
@@ -213,7 +213,7 @@ pub fn worst_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> (Optio
 /// How long the probe must still run after `now_s` so that every lifted fault has
 /// [`RECOVERY_SAMPLES`] samples after it (a fault lifted just before the drain ends would
 /// otherwise count as "never caught up" for want of samples).
-pub fn probe_time_needed(executed: &[Executed], now_s: f64) -> Duration {
+pub fn probe_time_needed(executed: &[InjectedFault], now_s: f64) -> Duration {
     let last_lift = executed
         .iter()
         .filter_map(|e| e.lifted_s)
@@ -352,7 +352,7 @@ async fn health(dbs: &Databases, broker: &Broker) -> Result<(Health, Vec<(String
 }
 
 /// The report's fault records and the `faults` check.
-pub fn records(executed: &[Executed], samples: &[HealthSample]) -> (Vec<FaultRecord>, Check) {
+pub fn records(executed: &[InjectedFault], samples: &[HealthSample]) -> (Vec<FaultRecord>, Check) {
     let mut records = Vec::with_capacity(executed.len());
     let mut worst_recovery: Option<f64> = None;
     let mut problems = Vec::new();
@@ -435,13 +435,13 @@ pub fn records(executed: &[Executed], samples: &[HealthSample]) -> (Vec<FaultRec
 /// the evidence behind the recovery times.
 pub fn write_timeline(
     dir: &std::path::Path,
-    executed: &[Executed],
+    executed: &[InjectedFault],
     samples: &[HealthSample],
 ) -> Result<std::path::PathBuf> {
     #[derive(Serialize)]
     struct Timeline<'a> {
         recovery_criteria: serde_json::Value,
-        faults: &'a [Executed],
+        faults: &'a [InjectedFault],
         probe: &'a [HealthSample],
     }
     let timeline = Timeline {
@@ -549,8 +549,8 @@ mod tests {
         assert_eq!(missing, 1);
     }
 
-    fn executed(kind: FaultKind, injected: f64, lifted: Option<f64>) -> Executed {
-        Executed {
+    fn executed(kind: FaultKind, injected: f64, lifted: Option<f64>) -> InjectedFault {
+        InjectedFault {
             kind,
             target: "payment".into(),
             planned_at_s: injected,

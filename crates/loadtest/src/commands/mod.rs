@@ -204,7 +204,7 @@ pub fn token(
 
 /// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
 pub async fn baseline(settings: &BaselineSettings) -> Result<()> {
-    let _lock = infra::run_lock::acquire()?;
+    let _lock = infra::run_lock::acquire().await?;
     let state = StateDir::locate()?;
     let postgres_before = infra::pid_of(&state, "postgres").is_some();
     let nats_before = infra::pid_of(&state, "nats").is_some();

@@ -105,22 +105,18 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             spec.name
         );
     }
-    let child = process::spawn_detached(&DetachedSpec {
-        program: &binary,
-        args: vec![],
-        env: spec.env.clone(),
-        log: &log,
-        cwd: None,
-        user: None,
-    })?;
-    let pid = child.id();
-    drop(child);
-    PidFile {
-        pid,
-        binary: Some(binary.clone()),
-        port: Some(spec.port),
-    }
-    .write(&pidfile)?;
+    let pid = process::spawn_recorded(
+        &DetachedSpec {
+            program: &binary,
+            args: vec![],
+            env: spec.env.clone(),
+            log: &log,
+            cwd: None,
+            user: None,
+        },
+        &pidfile,
+        spec.port,
+    )?;
     tracing::info!(name = %spec.name, pid, port = spec.port, "started service");
     if let Err(e) = wait_ready(&spec.name, pid, spec.port, &log).await {
         if let Err(stop_err) = process::terminate(pid, &binary, libc::SIGTERM, STOP_GRACE).await {
@@ -146,13 +142,7 @@ async fn wait_ready(name: &str, pid: u32, port: u16, log: &Path) -> Result<()> {
             Ok(r) => format!("/ready answered {}", r.status()),
             Err(e) => format!("/ready: {e}"),
         };
-        if !process::is_alive(pid) {
-            bail!(
-                "{name} (pid {pid}) exited before becoming ready on port {port}; last lines of {}:\n{}",
-                log.display(),
-                process::tail_file(log, LOG_TAIL_LINES)
-            );
-        }
+        process::ensure_alive(pid, name, log)?;
         if Instant::now() >= deadline {
             bail!(
                 "{name} (pid {pid}) not ready on port {port} within {READY_TIMEOUT:?} ({last}); last lines of {}:\n{}",

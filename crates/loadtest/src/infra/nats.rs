@@ -127,22 +127,18 @@ async fn start(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
         }
     }
     let log = state.log_file("nats");
-    let child = process::spawn_detached(&DetachedSpec {
-        program: &cfg.binary,
-        args: vec!["-c".to_string(), conf.to_string_lossy().into_owned()],
-        env: vec![],
-        log: &log,
-        cwd: Some(&nats_dir(state)),
-        user: None,
-    })?;
-    let pid = child.id();
-    drop(child);
-    PidFile {
-        pid,
-        binary: Some(cfg.binary.clone()),
-        port: Some(cfg.port),
-    }
-    .write(&pidfile)?;
+    let pid = process::spawn_recorded(
+        &DetachedSpec {
+            program: &cfg.binary,
+            args: vec!["-c".to_string(), conf.to_string_lossy().into_owned()],
+            env: vec![],
+            log: &log,
+            cwd: Some(&nats_dir(state)),
+            user: None,
+        },
+        &pidfile,
+        cfg.port,
+    )?;
     save_config(state, cfg)?;
     tracing::info!(pid, port = cfg.port, "started nats-server");
     wait_ready(state, cfg, pid).await
@@ -186,13 +182,7 @@ async fn wait_ready(state: &StateDir, cfg: &NatsConfig, pid: u32) -> Result<()> 
             Ok(r) => format!("healthz answered {}", r.status()),
             Err(e) => format!("healthz: {e}"),
         };
-        if !process::is_alive(pid) {
-            bail!(
-                "nats-server (pid {pid}) exited before becoming ready; last lines of {}:\n{}",
-                log.display(),
-                process::tail_file(&log, LOG_TAIL_LINES)
-            );
-        }
+        process::ensure_alive(pid, "nats-server", &log)?;
         if Instant::now() >= deadline {
             bail!(
                 "nats-server (pid {pid}) not ready within {READY_TIMEOUT:?} ({last}); it is left running; last lines of {}:\n{}",

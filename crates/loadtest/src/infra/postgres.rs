@@ -186,22 +186,18 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
         );
     }
     let data_s = data.to_string_lossy().into_owned();
-    let child = process::spawn_detached(&DetachedSpec {
-        program: &bin,
-        args: vec!["-D".to_string(), data_s],
-        env: vec![],
-        log: &log,
-        cwd: Some(&cfg.root),
-        user,
-    })?;
-    let pid = child.id();
-    drop(child);
-    PidFile {
-        pid,
-        binary: Some(bin.clone()),
-        port: Some(cfg.port),
-    }
-    .write(&state.pid_file("postgres"))?;
+    let pid = process::spawn_recorded(
+        &DetachedSpec {
+            program: &bin,
+            args: vec!["-D".to_string(), data_s],
+            env: vec![],
+            log: &log,
+            cwd: Some(&cfg.root),
+            user,
+        },
+        &state.pid_file("postgres"),
+        cfg.port,
+    )?;
     save_config(state, cfg)?;
     tracing::info!(pid, port = cfg.port, data = %data.display(), "started PostgreSQL");
     wait_ready(state, cfg, pid).await
@@ -216,14 +212,7 @@ async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if !process::is_alive(pid) {
-            bail!(
-                "PostgreSQL (pid {pid}) exited before accepting connections on port {}; last lines of {}:\n{}",
-                cfg.port,
-                log.display(),
-                process::tail_file(&log, LOG_TAIL_LINES)
-            );
-        }
+        process::ensure_alive(pid, "PostgreSQL", &log)?;
         if Instant::now() >= deadline {
             bail!(
                 "PostgreSQL (pid {pid}) did not accept connections on 127.0.0.1:{} within {READY_TIMEOUT:?} (last error: {err:#}); it is left running; last lines of {}:\n{}",

@@ -297,6 +297,32 @@ pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
         .with_context(|| format!("spawning {}", spec.program.display()))
 }
 
+/// Spawns `spec` detached and records its pidfile (pid, binary, port); returns the pid.
+pub fn spawn_recorded(spec: &DetachedSpec<'_>, pidfile: &Path, port: u16) -> Result<u32> {
+    let child = spawn_detached(spec)?;
+    let pid = child.id();
+    drop(child);
+    PidFile {
+        pid,
+        binary: Some(spec.program.to_path_buf()),
+        port: Some(port),
+    }
+    .write(pidfile)?;
+    Ok(pid)
+}
+
+/// Errors, with the last lines of its log, when `pid` ended before it got ready.
+pub fn ensure_alive(pid: u32, what: &str, log: &Path) -> Result<()> {
+    if is_alive(pid) {
+        return Ok(());
+    }
+    bail!(
+        "{what} (pid {pid}) exited before becoming ready; last lines of {}:\n{}",
+        log.display(),
+        tail_file(log, 30)
+    )
+}
+
 /// Run a command to completion, capturing its output; error (with the output's
 /// tail) when it exits non-zero.
 pub async fn run_checked(
@@ -417,14 +443,16 @@ pub fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// An exclusive advisory lock on a file in the state directory, held while
-/// infrastructure is started or stopped so two CLIs don't race.
-pub struct StateLock {
+/// An exclusive advisory lock (`flock`) on a file, held until dropped; the kernel releases it
+/// when the process ends, however it ends. Guards the state directory while infrastructure
+/// starts or stops, and the machine while a load run measures it.
+pub struct FileLock {
     _file: File,
 }
 
-impl StateLock {
-    pub async fn acquire(path: &Path, timeout: Duration) -> Result<StateLock> {
+impl FileLock {
+    /// The lock if nobody holds it, else `None`.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         use std::os::fd::AsRawFd;
         let file = OpenOptions::new()
             .create(true)
@@ -432,20 +460,28 @@ impl StateLock {
             .write(true)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on a valid fd we own; released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(FileLock { _file: file }));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+
+    /// Waits up to `timeout` for the lock; `holder` says who is likely to hold it.
+    pub async fn acquire(path: &Path, timeout: Duration, holder: &str) -> Result<FileLock> {
         let deadline = Instant::now() + timeout;
         loop {
-            // SAFETY: flock on a valid fd we own; released when the file is closed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(StateLock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("locking {}", path.display()));
+            if let Some(lock) = Self::try_acquire(path)? {
+                return Ok(lock);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "timed out after {timeout:?} waiting for the lock {} (another loadtest is starting or stopping the stack)",
+                    "timed out after {timeout:?} waiting for the lock {} ({holder})",
                     path.display()
                 );
             }

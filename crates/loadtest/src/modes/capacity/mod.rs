@@ -101,7 +101,7 @@ impl Mode for CapacityMode {
             rates[rates.len() - 1],
             self.settings.step_rate
         );
-        let pct = quiet_check().await;
+        let pct = machine_cpu_before_load().await;
         *self
             .machine_cpu_before_pct
             .lock()
@@ -396,7 +396,7 @@ impl Controller<'_> {
 }
 
 /// CPU the machine uses over 2 s, % of one core; warns when other programs are busy.
-async fn quiet_check() -> Option<f64> {
+async fn machine_cpu_before_load() -> Option<f64> {
     let before = procfs::machine_busy_seconds()?;
     let began = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
