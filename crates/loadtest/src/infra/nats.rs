@@ -440,7 +440,8 @@ async fn pip_install() -> Result<()> {
         );
         let mut args = base.to_vec();
         args.push("--break-system-packages");
-        process::run_checked(&python, &args, &env, None, None).await?;
+        let out = process::run(&python, &args, &env, None, None).await?;
+        process::require_success(&python, &args, out)?;
         return Ok(());
     }
     bail!(

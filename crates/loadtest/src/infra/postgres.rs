@@ -394,23 +394,18 @@ async fn server_user() -> Result<Option<(u32, u32)>> {
         .or_else(|| Some(PathBuf::from("/usr/sbin/useradd")).filter(|p| process::is_executable(p)))
         .context("no `postgres` user and no useradd to create it")?;
     tracing::info!("creating the postgres system user");
-    process::run_checked(
-        &useradd,
-        &[
-            "--system",
-            "--user-group",
-            "--home-dir",
-            "/var/lib/postgresql",
-            "--no-create-home",
-            "--shell",
-            "/bin/sh",
-            "postgres",
-        ],
-        &[],
-        None,
-        None,
-    )
-    .await?;
+    let args = [
+        "--system",
+        "--user-group",
+        "--home-dir",
+        "/var/lib/postgresql",
+        "--no-create-home",
+        "--shell",
+        "/bin/sh",
+        "postgres",
+    ];
+    let out = process::run(&useradd, &args, &[], None, None).await?;
+    process::require_success(&useradd, &args, out)?;
     lookup_user("postgres")
         .map(Some)
         .context("created the postgres user but cannot look it up")

@@ -323,16 +323,12 @@ pub fn ensure_alive(pid: u32, what: &str, log: &Path) -> Result<()> {
     )
 }
 
-/// Run a command to completion, capturing its output; error (with the output's
-/// tail) when it exits non-zero.
-pub async fn run_checked(
+/// The output of a command that must have succeeded; an error with its output's tail if not.
+pub fn require_success(
     program: &Path,
     args: &[&str],
-    env: &[(&str, &str)],
-    user: Option<(u32, u32)>,
-    cwd: Option<&Path>,
+    out: std::process::Output,
 ) -> Result<std::process::Output> {
-    let out = run(program, args, env, user, cwd).await?;
     if !out.status.success() {
         bail!(
             "`{} {}` failed ({}):\n{}",
@@ -416,7 +412,9 @@ pub async fn apt_install(pkgs: &[&str]) -> Result<()> {
     let env = [("DEBIAN_FRONTEND", "noninteractive")];
     if !APT_UPDATED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         tracing::info!("apt-get update");
-        if let Err(e) = run_checked(&apt, &["update", "-q"], &env, None, None).await {
+        let update = ["update", "-q"];
+        let updated = run(&apt, &update, &env, None, None).await;
+        if let Err(e) = updated.and_then(|out| require_success(&apt, &update, out)) {
             APT_UPDATED.store(false, std::sync::atomic::Ordering::SeqCst);
             return Err(e);
         }
@@ -424,7 +422,7 @@ pub async fn apt_install(pkgs: &[&str]) -> Result<()> {
     tracing::info!(packages = %pkgs.join(" "), "apt-get install (this can take a minute)");
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend_from_slice(pkgs);
-    run_checked(&apt, &args, &env, None, None).await?;
+    require_success(&apt, &args, run(&apt, &args, &env, None, None).await?)?;
     Ok(())
 }
 
