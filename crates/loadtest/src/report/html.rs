@@ -208,6 +208,20 @@ impl Report {
                 x_range,
             })
         };
+        // p50, p95 and p99 of one latency, each second.
+        let percentiles = |title: &str, pick: &dyn Fn(&SecondRow) -> [Option<f64>; 3]| {
+            let lines = [
+                ("p50", PALETTE[2]),
+                ("p95", PALETTE[1]),
+                ("p99", PALETTE[3]),
+            ];
+            let series = lines
+                .iter()
+                .enumerate()
+                .map(|(i, (name, colour))| series(name, colour, &|r| pick(r)[i]))
+                .collect();
+            chart(title, "ms", series)
+        };
 
         let mut charts = vec![
             chart(
@@ -219,23 +233,12 @@ impl Report {
                     series("target", GREY, &|r| Some(r.target_rps)).dashed(),
                 ],
             ),
-            chart(
-                "HTTP latency from intended start",
-                "ms",
-                vec![
-                    series("p50", PALETTE[2], &|r| r.http_p50_ms),
-                    series("p95", PALETTE[1], &|r| r.http_p95_ms),
-                    series("p99", PALETTE[3], &|r| r.http_p99_ms),
-                ],
-            ),
-            chart(
+            percentiles("HTTP latency from intended start", &|r| {
+                [r.http_p50_ms, r.http_p95_ms, r.http_p99_ms]
+            }),
+            percentiles(
                 "End-to-end latency (order created → final status)",
-                "ms",
-                vec![
-                    series("p50", PALETTE[2], &|r| r.e2e_p50_ms),
-                    series("p95", PALETTE[1], &|r| r.e2e_p95_ms),
-                    series("p99", PALETTE[3], &|r| r.e2e_p99_ms),
-                ],
+                &|r| [r.e2e_p50_ms, r.e2e_p95_ms, r.e2e_p99_ms],
             ),
             chart(
                 "Stock",
