@@ -25,6 +25,8 @@ pub struct Service {
 
 pub struct TestSystem {
     pub prefix: String,
+    /// For starting more inventory instances on the same database and stream prefix.
+    pub inventory_settings: inventory_service::config::Settings,
     pub order: Service,
     pub inventory: Service,
     pub payment: Service,
@@ -138,6 +140,7 @@ impl TestSystem {
             .expect("payment starts");
         TestSystem {
             prefix,
+            inventory_settings,
             order: launch(order, &order_db).await,
             inventory: launch(inventory, &inventory_db).await,
             payment: launch(payment, &payment_db).await,

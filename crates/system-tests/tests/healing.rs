@@ -2,8 +2,11 @@
 //! consumer, a deleted stream, a lost compensation. Each time every order must still reach a
 //! final status, with `/ready` telling the truth meanwhile.
 
+use inventory_service::events::StockKeeper;
+use platform::app::Infrastructure;
 use platform::events::Source;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use system_tests::{Options, TestSystem, ADMIN_TOKEN};
 
@@ -97,6 +100,50 @@ async fn a_deleted_durable_consumer_is_reported_and_created_again() {
         8,
         "the replayed first order is not applied twice"
     );
+}
+
+/// Two replicas attaching at the same moment after their stream was lost with its durable
+/// consumer (`ci-heal`'s delete-stream fault restarts both inventory instances at once): both
+/// look the consumer up, find none and create it, each with its own start time; the broker
+/// refuses the second ("start time can not be updated", seen in a CI run), which made that
+/// replica exit at startup. Both must attach to the one consumer (fails in round 0 without the
+/// fix).
+#[tokio::test]
+async fn replicas_attaching_together_share_the_durable_consumer_they_both_create() {
+    let system = TestSystem::start(Options::default()).await;
+    let common = &system.inventory_settings.common;
+    // Two replicas: a connection each, as two processes have.
+    let connect =
+        || Infrastructure::connect(common, sqlx::migrate!("../inventory-service/migrations"));
+    let (one, two) = tokio::join!(connect(), connect());
+    let (one, two) = (one.expect("infrastructure"), two.expect("infrastructure"));
+    let handler = Arc::new(StockKeeper {
+        topology: one.topology.clone(),
+    });
+    let subscription = &inventory_service::events::subscriptions()[0];
+    for round in 0..20 {
+        // As in the chaos run: the stream went with its consumers.
+        system.delete_stream(Source::Order).await;
+        let (first, second) = tokio::join!(
+            tokio::spawn({
+                let (one, handler, subscription) =
+                    (one.clone(), handler.clone(), subscription.clone());
+                async move { one.consumer(&subscription, handler).await.map(|_| ()) }
+            }),
+            tokio::spawn({
+                let (two, handler, subscription) =
+                    (two.clone(), handler.clone(), subscription.clone());
+                async move { two.consumer(&subscription, handler).await.map(|_| ()) }
+            }),
+        );
+        let (first, second) = (first.expect("task"), second.expect("task"));
+        assert!(
+            first.is_ok() && second.is_ok(),
+            "round {round}: {:?} / {:?}",
+            first.err(),
+            second.err()
+        );
+    }
 }
 
 /// The same with the real supervised workers: nobody steps anything, the consumer notices by
