@@ -218,43 +218,28 @@ impl<H: EventHandler> EventConsumer<H> {
             .await
             .map_err(jetstream_error)?;
         let mut desired = self.config();
-        let mut lookups = 0;
-        let info = loop {
-            lookups += 1;
-            match stream.consumer_info(self.name()).await {
-                Ok(info) => break info,
-                Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
-                    let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
-                    let mut created = desired.clone();
-                    created.deliver_policy = DeliverPolicy::ByStartTime {
-                        start_time: chrono::Utc::now() - replay,
-                    };
-                    match stream.create_consumer(created).await {
-                        Ok(created) => {
-                            metrics::counter!("consumer_created_total", "consumer" => self.name().to_owned())
-                                .increment(1);
-                            tracing::warn!(
-                                consumer = self.name(),
-                                replay_window_s = self.settings.replay_window_secs,
-                                "durable consumer was missing; created it"
-                            );
-                            return Ok(created);
-                        }
-                        // Another instance created it between our lookup and ours, with its
-                        // own start time, which the broker will not change (two replicas
-                        // starting together after it was lost): attach to theirs.
-                        Err(error) if lookups == 1 => {
-                            tracing::info!(
-                                consumer = self.name(),
-                                %error,
-                                "creating the durable consumer failed; looking it up again"
-                            );
-                        }
-                        Err(error) => return Err(jetstream_error(error)),
+        let info = match stream.consumer_info(self.name()).await {
+            Ok(info) => info,
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+                match self.create_durable(&stream, &desired).await {
+                    Ok(created) => return Ok(created),
+                    // Another instance created it between our lookup and our create, with its
+                    // own start time, which the broker will not change (two replicas starting
+                    // together after it was lost): attach to theirs.
+                    Err(error) => {
+                        tracing::info!(
+                            consumer = self.name(),
+                            %error,
+                            "creating the durable consumer failed; looking it up again"
+                        );
+                        stream
+                            .consumer_info(self.name())
+                            .await
+                            .map_err(|_| jetstream_error(error))?
                     }
                 }
-                Err(error) => return Err(jetstream_error(error)),
             }
+            Err(error) => return Err(jetstream_error(error)),
         };
         let mut subjects = info.config.filter_subjects.clone();
         subjects.sort();
@@ -275,6 +260,28 @@ impl<H: EventHandler> EventConsumer<H> {
                 .map_err(jetstream_error);
         }
         Ok(PullConsumer::new(desired, info, self.jetstream.clone()))
+    }
+
+    /// Creates the missing durable consumer `replay_window` back in the stream.
+    async fn create_durable(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        desired: &pull::Config,
+    ) -> Result<PullConsumer, jetstream::stream::ConsumerError> {
+        let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
+        let mut config = desired.clone();
+        config.deliver_policy = DeliverPolicy::ByStartTime {
+            start_time: chrono::Utc::now() - replay,
+        };
+        let created = stream.create_consumer(config).await?;
+        metrics::counter!("consumer_created_total", "consumer" => self.name().to_owned())
+            .increment(1);
+        tracing::warn!(
+            consumer = self.name(),
+            replay_window_s = self.settings.replay_window_secs,
+            "durable consumer was missing; created it"
+        );
+        Ok(created)
     }
 
     async fn attached_consumer(&self) -> Result<PullConsumer, ConsumerError> {
