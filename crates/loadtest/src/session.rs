@@ -218,6 +218,10 @@ async fn run<M: Mode>(
                 .iter()
                 .map(|s| (s.name.clone(), deploy::base_url(s.port)))
                 .collect(),
+            admin: specs
+                .iter()
+                .map(|s| (s.name.clone(), deploy::admin_url(s.port)))
+                .collect(),
         };
         let health = chaos::spawn_probe(
             probe.dbs.clone(),

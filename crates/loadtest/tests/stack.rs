@@ -164,6 +164,7 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
                 ("FAKE_GREETING".into(), "hello".into()),
             ],
             port: FAKE_SERVICE_PORT,
+            admin_port: None,
         };
         let pid = services::start_service(state, &spec).await?;
         assert_eq!(services::start_service(state, &spec).await?, pid);

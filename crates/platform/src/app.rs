@@ -184,6 +184,10 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     router: Router,
+    /// `/metrics` and `/admin/*`, apart from the public API (see `http.admin_port`).
+    admin_listener: TcpListener,
+    admin_port: u16,
+    admin_router: Router,
     driver: Driver,
     background: Vec<Arc<dyn Worker>>,
     serving: Vec<Arc<dyn Worker>>,
@@ -203,6 +207,11 @@ impl Application {
         let _ = http::metrics_handle();
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port)).await?;
         let port = listener.local_addr()?.port();
+        let admin_port = settings.http.admin_port().ok_or_else(|| {
+            StartupError::Config("http.admin_port: http.port + 1000 passes 65535; set it".into())
+        })?;
+        let admin_listener = TcpListener::bind((settings.http.admin_host(), admin_port)).await?;
+        let admin_port = admin_listener.local_addr()?.port();
 
         let relay = infra.relay();
         let mut rules = RetentionRule::messaging(&settings.retention);
@@ -243,14 +252,19 @@ impl Application {
             background.consumers.clone(),
             infra.outbox_signal.clone(),
         );
-        let routes = routes.merge(dead_letters::routes(desk, infra.admin_token()));
+        let admin_routes = dead_letters::routes(desk, infra.admin_token());
         #[cfg(feature = "fault-injection")]
-        let routes = routes.merge(crate::fault_hooks::routes(infra.admin_token()));
-        let router = http::service_router(routes, readiness, settings.http.max_body_bytes);
+        let admin_routes = admin_routes.merge(crate::fault_hooks::routes(infra.admin_token()));
+        let max_body = settings.http.max_body_bytes;
+        let router = http::service_router(routes, readiness, max_body);
+        let admin_router = http::admin_router(admin_routes, max_body);
         Ok(Application {
             listener,
             port,
             router,
+            admin_listener,
+            admin_port,
+            admin_router,
             driver: Driver {
                 relay,
                 consumers: background.consumers,
@@ -269,6 +283,11 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port (`/metrics`, `/admin/*`).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     pub fn driver(&self) -> Driver {
         self.driver.clone()
     }
@@ -277,8 +296,8 @@ impl Application {
         self.pools.clone()
     }
 
-    /// Serves HTTP and runs the workers under supervision (the background ones unless disabled),
-    /// until SIGTERM/Ctrl-C.
+    /// Serves both listeners and runs the workers under supervision (the background ones unless
+    /// disabled), until SIGTERM/Ctrl-C.
     pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
         let mut supervisor = Supervisor::new(self.policy);
         for worker in self.serving {
@@ -289,13 +308,21 @@ impl Application {
                 supervisor.spawn(worker);
             }
         }
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(http::shutdown_signal())
-            .await;
+        let (served, admin_served) = tokio::join!(
+            serve(self.listener, self.router),
+            serve(self.admin_listener, self.admin_router),
+        );
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(supervisor);
-        served
+        served.and(admin_served)
     }
+}
+
+/// One listener until SIGTERM/Ctrl-C: the public and the admin listener are served alike.
+async fn serve(listener: TcpListener, router: Router) -> Result<(), std::io::Error> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(http::shutdown_signal())
+        .await
 }

@@ -173,9 +173,34 @@ impl WorkerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
+    /// The public listener: the service's API, `/openapi.json`, `/health` and `/ready`.
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to `host`,
+    /// `admin_port` to [`HttpSettings::ADMIN_PORT_OFFSET`] above `port` (0 stays 0: any free
+    /// port), so replicas on ports base + 10 × n get admin ports that never collide.
+    #[serde(default)]
+    pub admin_host: Option<String>,
+    #[serde(default)]
+    pub admin_port: Option<u16>,
+}
+
+impl HttpSettings {
+    pub const ADMIN_PORT_OFFSET: u16 = 1000;
+
+    pub fn admin_host(&self) -> &str {
+        self.admin_host.as_deref().unwrap_or(&self.host)
+    }
+
+    /// The admin listener's port; `None` when it is derived and would pass 65535.
+    pub fn admin_port(&self) -> Option<u16> {
+        match (self.admin_port, self.port) {
+            (Some(port), _) => Some(port),
+            (None, 0) => Some(0),
+            (None, port) => port.checked_add(Self::ADMIN_PORT_OFFSET),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by the services: RFC 9457 problem responses, extractors whose rejections
-//! are problems, request context (request id, trace), metrics, and health/ready/metrics routes.
+//! are problems, request context (request id, trace), metrics, and the routers of the public
+//! listener (with health/ready) and the admin listener (metrics, `/admin/*`).
 
 use crate::envelope::TraceContext;
 use crate::supervisor::{Unhealthy, WorkerStatus};
@@ -331,16 +332,26 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
     response
 }
 
-/// Wraps a service's routes with the operational endpoints, request context, body limit and
-/// problem responses for unknown routes.
+/// The public listener's router: a service's routes with `/health` and `/ready`, request
+/// context, body limit and problem responses for unknown routes. `/metrics` and `/admin/*` are
+/// not here: they are on the admin listener ([`admin_router`]).
 pub fn service_router(routes: Router, readiness: Readiness, max_body_bytes: usize) -> Router {
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(readiness)
-        .route("/metrics", get(render_metrics));
+        .with_state(readiness);
+    with_plumbing(routes.merge(ops), max_body_bytes)
+}
+
+/// The admin listener's router: `/metrics` and the admin routes (`/admin/*`, which check the
+/// admin credential themselves), with the same plumbing as the public one.
+pub fn admin_router(admin_routes: Router, max_body_bytes: usize) -> Router {
+    let ops = Router::new().route("/metrics", get(render_metrics));
+    with_plumbing(admin_routes.merge(ops), max_body_bytes)
+}
+
+fn with_plumbing(routes: Router, max_body_bytes: usize) -> Router {
     routes
-        .merge(ops)
         .route_layer(middleware::from_fn(request_context))
         .fallback(not_found)
         .layer(middleware::from_fn(method_not_allowed))

@@ -15,7 +15,10 @@ pub const JWT_SECRET: &str = "test-secret";
 pub const ADMIN_TOKEN: &str = "test-admin";
 
 pub struct Service {
+    /// The public listener: the API, `/health`, `/ready`.
     pub base_url: String,
+    /// The admin listener: `/metrics`, `/admin/*`.
+    pub admin_url: String,
     pub driver: Driver,
     /// The test's own connection to the service's database.
     pub pool: PgPool,
@@ -93,6 +96,7 @@ decline_rate = {decline_rate}
 
 async fn launch(app: platform::app::Application, database_url: &str) -> Service {
     let base_url = format!("http://127.0.0.1:{}", app.port());
+    let admin_url = format!("http://127.0.0.1:{}", app.admin_port());
     let driver = app.driver();
     let pools = app.pools();
     tokio::spawn(app.run_until_stopped());
@@ -101,6 +105,7 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
         .expect("connect to service database");
     Service {
         base_url,
+        admin_url,
         driver,
         pool,
         pools,

@@ -350,7 +350,7 @@ async fn the_openapi_document_and_operational_endpoints_are_served() {
         }
         let metrics = system
             .http
-            .get(format!("{}/metrics", service.base_url))
+            .get(format!("{}/metrics", service.admin_url))
             .send()
             .await
             .unwrap()

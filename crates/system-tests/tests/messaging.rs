@@ -198,7 +198,7 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_the_ones_behind() {
     assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
     let response = system
         .http
-        .get(format!("{}/admin/dead-letters", system.inventory.base_url))
+        .get(format!("{}/admin/dead-letters", system.inventory.admin_url))
         .bearer_auth(system_tests::ADMIN_TOKEN)
         .send()
         .await
@@ -221,7 +221,7 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_the_ones_behind() {
         .any(|r| r.contains("does not match its schema")));
     let anonymous = system
         .http
-        .get(format!("{}/admin/dead-letters", system.inventory.base_url))
+        .get(format!("{}/admin/dead-letters", system.inventory.admin_url))
         .send()
         .await
         .unwrap();

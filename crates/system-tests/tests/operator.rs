@@ -33,7 +33,7 @@ async fn admin(
 ) -> (u16, Value) {
     let mut request = system
         .http
-        .request(method, format!("{}{path}", system.order.base_url))
+        .request(method, format!("{}{path}", system.order.admin_url))
         .bearer_auth(ADMIN_TOKEN)
         .header("x-operator", "alice");
     if let Some(body) = body {
@@ -190,7 +190,7 @@ async fn dead_letters_are_replayed_once_fixed_discarded_and_audited() {
         .http
         .post(format!(
             "{}/admin/dead-letters/{hopeless}/replay",
-            system.order.base_url
+            system.order.admin_url
         ))
         .send()
         .await
@@ -265,4 +265,44 @@ async fn retention_prunes_only_what_is_past_its_window() {
         .await
         .unwrap();
     assert_eq!(keys, vec!["new"]);
+}
+
+/// `/metrics` and `/admin/*` answer only on the admin listener (still behind the admin token);
+/// the public listener has the API, `/health` and `/ready`, and 404 for the operator's routes.
+#[tokio::test]
+async fn metrics_and_the_admin_api_are_only_on_the_admin_listener() {
+    let system = TestSystem::start(Options::default()).await;
+    let get = |url: String, token: Option<&'static str>| {
+        let mut request = system.http.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    for service in [&system.order, &system.inventory, &system.payment] {
+        assert_ne!(service.base_url, service.admin_url);
+        for path in ["/metrics", "/admin/dead-letters"] {
+            let public = get(format!("{}{path}", service.base_url), Some(ADMIN_TOKEN)).await;
+            assert_eq!(public.status(), 404, "{path} on {}", service.base_url);
+            assert_eq!(
+                public.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+        let health = get(format!("{}/health", service.base_url), None).await;
+        assert_eq!(health.status(), 200);
+        // Served here (200, or 503 while a consumer waits for a stream another service makes).
+        let ready = get(format!("{}/ready", service.base_url), None).await;
+        assert!([200, 503].contains(&ready.status().as_u16()), "{ready:?}");
+        let metrics = get(format!("{}/metrics", service.admin_url), None).await;
+        assert_eq!(metrics.status(), 200);
+        assert!(metrics.text().await.unwrap().contains("http_requests_total"));
+        let letters = get(format!("{}/admin/dead-letters", service.admin_url), Some(ADMIN_TOKEN)).await;
+        assert_eq!(letters.status(), 200);
+        assert_eq!(letters.json::<Value>().await.unwrap(), json!([]));
+        let anonymous = get(format!("{}/admin/dead-letters", service.admin_url), None).await;
+        assert_eq!(anonymous.status(), 401);
+        let api = get(format!("{}/health", service.admin_url), None).await;
+        assert_eq!(api.status(), 404, "the admin listener serves no public route");
+    }
 }

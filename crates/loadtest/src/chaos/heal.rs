@@ -39,23 +39,34 @@ fn topology(context: &FaultContext) -> Topology {
     Topology::new(context.prefix.clone())
 }
 
-/// `http://127.0.0.1:<port>` of an instance this run started.
-fn base_url(context: &FaultContext, instance: &str) -> Result<String> {
+/// The public port of an instance this run started.
+fn port(context: &FaultContext, instance: &str) -> Result<u16> {
     let spec = context
         .specs
         .iter()
         .find(|s| s.name == instance)
         .with_context(|| format!("no start specification for {instance}"))?;
-    Ok(deploy::base_url(spec.port))
+    Ok(spec.port)
 }
 
-/// The first instance of each service, whose admin API serves the whole service's database.
-fn service_urls(context: &FaultContext) -> Vec<(String, String)> {
+/// `http://127.0.0.1:<port>` of an instance this run started (its public API).
+fn base_url(context: &FaultContext, instance: &str) -> Result<String> {
+    port(context, instance).map(deploy::base_url)
+}
+
+/// The admin listener of an instance this run started (dead letters, fault hooks).
+fn admin_url(context: &FaultContext, instance: &str) -> Result<String> {
+    port(context, instance).map(deploy::admin_url)
+}
+
+/// The admin URL of the first instance of each service, whose admin API serves the whole
+/// service's database.
+fn service_admin_urls(context: &FaultContext) -> Vec<(String, String)> {
     deploy::SERVICES
         .iter()
         .filter_map(|(service, _)| {
             let spec = context.specs.iter().find(|s| s.name.starts_with(service))?;
-            Some((service.to_string(), deploy::base_url(spec.port)))
+            Some((service.to_string(), deploy::admin_url(spec.port)))
         })
         .collect()
 }
@@ -176,7 +187,7 @@ pub async fn discard_poison(
     actions: &mut Vec<String>,
 ) -> Result<()> {
     let mut parked = BTreeMap::new();
-    for (service, url) in service_urls(context) {
+    for (service, url) in service_admin_urls(context) {
         for letter in context.admin.dead_letters(&url, "open", None).await? {
             let Some(id) = letter.message_id.as_ref().filter(|id| ids.contains(id)) else {
                 continue;
@@ -215,7 +226,7 @@ pub async fn arm_panic(
     for instance in instances {
         context
             .admin
-            .set_panic_hook(&base_url(context, instance)?, Some(PANIC_PRODUCT))
+            .set_panic_hook(&admin_url(context, instance)?, Some(PANIC_PRODUCT))
             .await?;
     }
     actions.push(format!(
@@ -259,14 +270,14 @@ pub async fn disarm_and_replay(
     for instance in instances {
         context
             .admin
-            .set_panic_hook(&base_url(context, instance)?, None)
+            .set_panic_hook(&admin_url(context, instance)?, None)
             .await?;
     }
     actions.push("disarmed the panic hook".to_string());
     let outcome = context
         .admin
         .resolve_matching(
-            &base_url(context, &instances[0])?,
+            &admin_url(context, &instances[0])?,
             "fault hook",
             Resolution::Replay,
         )

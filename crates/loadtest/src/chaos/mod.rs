@@ -103,7 +103,7 @@ pub async fn preflight(
             {
                 // Disarming is harmless and tells whether the hook exists.
                 admin
-                    .set_panic_hook(&deploy::base_url(spec.port), None)
+                    .set_panic_hook(&deploy::admin_url(spec.port), None)
                     .await?;
             }
         }

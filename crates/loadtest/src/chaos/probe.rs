@@ -91,8 +91,10 @@ const REDRIVES: &str = "orders_redriven_total";
 /// `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeTargets {
-    /// (instance name, base URL) of every instance.
+    /// (instance name, base URL) of every instance: `/ready` is asked there.
     pub instances: Vec<(String, String)>,
+    /// (instance name, admin URL) of every instance: `/metrics` is read there.
+    pub admin: Vec<(String, String)>,
 }
 
 /// Adds up counters of several processes across their restarts (a restarted process starts
@@ -272,7 +274,7 @@ pub fn spawn_probe(
                 None => (None, Vec::new()),
             };
             let (not_ready, unreachable) = readiness(&http, &targets.instances).await;
-            for (name, url) in &targets.instances {
+            for (name, url) in &targets.admin {
                 if let Some(page) = metrics_page(&http, url).await {
                     for (signal, value) in signal_values(&page) {
                         counters.observe(name, signal, value);

@@ -10,7 +10,7 @@ use crate::deploy::{self, Credentials};
 pub fn services(service: Option<&str>) -> Result<Vec<(&'static str, String)>> {
     let all: Vec<(&'static str, String)> = deploy::SERVICES
         .iter()
-        .map(|(name, port)| (*name, deploy::base_url(*port)))
+        .map(|(name, port)| (*name, deploy::admin_url(*port)))
         .collect();
     match service {
         None => Ok(all),
@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(services(Some("payment")).unwrap()[0].0, "payment-service");
         assert_eq!(
             services(Some("inventory-service")).unwrap()[0].1,
-            "http://127.0.0.1:18081"
+            "http://127.0.0.1:19081"
         );
         assert!(services(Some("shipping")).is_err());
     }

@@ -51,7 +51,11 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(0, |(_, port)| *port);
-        println!("{name:<18} {}  (pid {pid})", deploy::base_url(port));
+        println!(
+            "{name:<18} {}  admin {}  (pid {pid})",
+            deploy::base_url(port),
+            deploy::admin_url(port)
+        );
     }
     println!(
         "postgres           {}",

@@ -44,6 +44,18 @@ pub fn base_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// The admin listener's port (`/metrics`, `/admin/*`) of the instance whose public port is
+/// `port`: the services' default, public port + 1000 (order 19080, inventory 19081, payment
+/// 19082; replicas 19090, …), which the CLI also passes explicitly.
+pub fn admin_port(port: u16) -> u16 {
+    port + platform::config::HttpSettings::ADMIN_PORT_OFFSET
+}
+
+/// `http://127.0.0.1:<admin port>` of the instance whose public port is `port`.
+pub fn admin_url(port: u16) -> String {
+    base_url(admin_port(port))
+}
+
 /// The secret signing buyers' tokens and the admin bearer token of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -220,6 +232,7 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
             };
             let mut env = vec![
                 ("APP_HTTP__PORT".to_string(), port.to_string()),
+                ("APP_HTTP__ADMIN_PORT".to_string(), admin_port(port).to_string()),
                 ("APP_DATABASE__URL".to_string(), database.clone()),
                 ("APP_NATS__URL".to_string(), deployment.nats_url.clone()),
                 ("APP_NATS__PREFIX".to_string(), deployment.prefix.clone()),
@@ -248,6 +261,7 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
                 binary: services::service_binary(name),
                 env,
                 port,
+                admin_port: Some(admin_port(port)),
             }
         })
         .collect()

@@ -25,6 +25,8 @@ pub struct ServiceSpec {
     pub env: Vec<(String, String)>,
     /// Its HTTP port on 127.0.0.1 (for `/ready`).
     pub port: u16,
+    /// Its admin listener's port (`/metrics`, `/admin/*`), if it has one.
+    pub admin_port: Option<u16>,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -92,18 +94,19 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             binary.display()
         );
     }
-    // A process just killed may still hold its port for a moment (its leader is a zombie
+    // A process just killed may still hold its ports for a moment (its leader is a zombie
     // while the other threads close the shared file table).
-    let free_by = Instant::now() + Duration::from_secs(5);
-    while process::port_open(spec.port).await && Instant::now() < free_by {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if process::port_open(spec.port).await {
-        bail!(
-            "127.0.0.1:{} is already in use by another process (wanted by {})",
-            spec.port,
-            spec.name
-        );
+    for port in std::iter::once(spec.port).chain(spec.admin_port) {
+        let free_by = Instant::now() + Duration::from_secs(5);
+        while process::port_open(port).await && Instant::now() < free_by {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if process::port_open(port).await {
+            bail!(
+                "127.0.0.1:{port} is already in use by another process (wanted by {})",
+                spec.name
+            );
+        }
     }
     let pid = process::spawn_recorded(
         &DetachedSpec {
