@@ -9,6 +9,17 @@ max_batch = 256
 commit_deadline_ms = 2000
 idempotency_key_retention_secs = 86400
 
+# Per buyer (the token's subject): a token bucket on POST /orders (sustained rate, and how many
+# at once), and a cap on orders not final yet (PENDING, RESERVED). Fair use for people and
+# their scripts: a shop's buyer does not place more than a few orders a second, nor hold more
+# than a few dozen unfinished ones. The load-test CLI sets them per scenario.
+[fair_use]
+orders_per_second = 5
+burst = 20
+max_open_orders = 20
+# Buckets of buyers that went quiet are dropped once per this many requests.
+sweep_every = 4096
+
 [redrive]
 after_secs = 20
 max_pause_secs = 600
@@ -21,7 +32,21 @@ pub struct Settings {
     #[serde(flatten)]
     pub common: CommonSettings,
     pub orders: OrderSettings,
+    pub fair_use: FairUseSettings,
     pub redrive: RedriveSettings,
+}
+
+/// Fair use of `POST /orders`, per buyer (see `fair_use.rs`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct FairUseSettings {
+    /// Orders a buyer may place per second, sustained (each instance counts its own).
+    pub orders_per_second: u32,
+    /// Orders a buyer may place at once, after a quiet spell (the bucket's size).
+    pub burst: u32,
+    /// Orders of one buyer that may be open (not final) at once; the next one is refused.
+    pub max_open_orders: u32,
+    /// The rate limiter forgets buyers whose bucket is full again once per this many requests.
+    pub sweep_every: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,10 @@ pub enum OrderError {
     Unavailable,
     #[error("too many orders are waiting to be written")]
     Overloaded,
+    #[error("this buyer places orders faster than fair use allows")]
+    RateLimited { retry_after_secs: u32 },
+    #[error("this buyer has {cap} orders that are not final yet")]
+    TooManyOpenOrders { cap: u32 },
     #[error("the order could not be written")]
     Internal,
     #[error(transparent)]
@@ -83,6 +87,28 @@ impl IntoResponse for OrderError {
                     "Too many orders are waiting to be written",
                 )
                 .with_detail("the order was not written; retry later");
+                problem.retry_after_secs = Some(1);
+                problem
+            }
+            OrderError::RateLimited { retry_after_secs } => {
+                let mut problem = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many orders from this buyer",
+                )
+                .with_detail("the order was not written; retry after Retry-After seconds");
+                problem.retry_after_secs = Some(*retry_after_secs);
+                problem
+            }
+            OrderError::TooManyOpenOrders { cap } => {
+                let mut problem = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-open-orders",
+                    "Too many orders of this buyer are not final yet",
+                )
+                .with_detail(format!(
+                    "at most {cap} orders may be open at once; the order was not written, retry once one is final"
+                ));
                 problem.retry_after_secs = Some(1);
                 problem
             }

@@ -12,8 +12,13 @@
 //! cannot be reached (or a lock wait timed out), the requests queued behind it are answered
 //! `503` at once. So waiting requests and their memory are bounded by rate × deadline, and
 //! nothing is half-written.
+//!
+//! Fair use: each batch counts its buyers' open orders in its own transaction and writes only
+//! the orders that fit under `max_open_orders`; the others are answered `429` (see
+//! `fair_use.rs` for how exact that is).
 
 use crate::error::OrderError;
+use crate::fair_use::{self, Limited};
 use crate::orders::{self, NewOrder, Order};
 use futures::future::BoxFuture;
 use platform::broker::Topology;
@@ -50,6 +55,8 @@ pub struct IntakeSettings {
     pub writers: usize,
     pub max_batch: usize,
     pub commit_deadline: Duration,
+    /// Orders of one buyer that may be open at once.
+    pub max_open_orders: u32,
 }
 
 struct Writer {
@@ -57,6 +64,7 @@ struct Writer {
     topology: Topology,
     outbox_signal: OutboxSignal,
     max_batch: usize,
+    max_open_orders: u32,
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     status: WorkerStatus,
 }
@@ -81,6 +89,7 @@ impl OrderIntake {
                     topology: topology.clone(),
                     outbox_signal: outbox_signal.clone(),
                     max_batch,
+                    max_open_orders: settings.max_open_orders,
                     receiver: receiver.clone(),
                     status: WorkerStatus::new(format!("intake-writer-{n}")),
                 }) as Arc<dyn Worker>
@@ -171,12 +180,14 @@ impl Writer {
         let _busy = self.status.busy();
         metrics::histogram!("order_intake_batch_size").record(batch.len() as f64);
         match self.commit(&batch).await {
-            Ok(orders) => {
+            Ok(answers) => {
                 self.outbox_signal.notify();
-                for (request, order) in batch.into_iter().zip(orders) {
-                    let request_id = request.trace.request_id.as_deref().unwrap_or("-");
-                    tracing::info!(order_id = %order.id, request_id, user_id = order.user_id, product_id = order.product_id, quantity = order.quantity, "order created");
-                    let _ = request.reply.send(Ok(order));
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    if let Ok(order) = &answer {
+                        let request_id = request.trace.request_id.as_deref().unwrap_or("-");
+                        tracing::info!(order_id = %order.id, request_id, user_id = order.user_id, product_id = order.product_id, quantity = order.quantity, "order created");
+                    }
+                    let _ = request.reply.send(answer);
                 }
             }
             Err(error) => {
@@ -222,13 +233,31 @@ impl Writer {
         }
     }
 
-    async fn commit(&self, batch: &[Request]) -> Result<Vec<Order>, OrderError> {
-        let new_orders: Vec<NewOrder> = batch.iter().map(|r| r.order).collect();
+    /// Writes the batch's orders that fit under the open-orders cap; returns each request's
+    /// answer, in the batch's order.
+    async fn commit(
+        &self,
+        batch: &[Request],
+    ) -> Result<Vec<Result<Order, OrderError>>, OrderError> {
+        let buyers: Vec<i64> = batch.iter().map(|r| r.order.user_id).collect();
         let mut tx = self.pool.begin().await?;
+        let open = orders::open_orders_by_buyer(&mut tx, &buyers).await?;
+        let admitted = fair_use::admit(&buyers, &open, self.max_open_orders);
+        let written: Vec<&Request> = batch
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, admitted)| **admitted)
+            .map(|(request, _)| request)
+            .collect();
+        if written.is_empty() {
+            tx.rollback().await?;
+            return Ok(self.answers(&admitted, Vec::new()));
+        }
+        let new_orders: Vec<NewOrder> = written.iter().map(|r| r.order).collect();
         let orders = orders::insert_orders(&mut tx, &new_orders).await?;
         let events: Vec<(Event, TraceContext)> = orders
             .iter()
-            .zip(batch)
+            .zip(&written)
             .map(|(order, request)| {
                 let event = Event::OrderCreated(OrderCreated {
                     order_id: order.id,
@@ -241,7 +270,25 @@ impl Writer {
             .collect();
         outbox::enqueue_all(&mut tx, &self.topology, &events).await?;
         tx.commit().await?;
-        Ok(orders)
+        Ok(self.answers(&admitted, orders))
+    }
+
+    /// Each request's answer: its written order, or the cap's refusal (counted).
+    fn answers(&self, admitted: &[bool], orders: Vec<Order>) -> Vec<Result<Order, OrderError>> {
+        let mut written = orders.into_iter();
+        admitted
+            .iter()
+            .map(|admitted| {
+                if *admitted {
+                    written.next().ok_or(OrderError::Internal)
+                } else {
+                    Limited::OpenOrders.count();
+                    Err(OrderError::TooManyOpenOrders {
+                        cap: self.max_open_orders,
+                    })
+                }
+            })
+            .collect()
     }
 }
 

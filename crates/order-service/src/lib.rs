@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod fair_use;
 pub mod intake;
 pub mod orders;
 pub mod redrive;

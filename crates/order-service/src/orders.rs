@@ -65,6 +65,29 @@ pub async fn insert_orders(
         .collect()
 }
 
+/// How many orders that are not final (`PENDING`, `RESERVED`) each of `buyers` has; buyers
+/// without any are left out. Reads the partial index `orders_unfinished_by_user`: a few entries
+/// per buyer (at most the open-orders cap and the orders written past it concurrently).
+pub async fn open_orders_by_buyer(
+    conn: &mut PgConnection,
+    buyers: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>, sqlx::Error> {
+    let mut distinct = buyers.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT user_id, count(*) FROM orders
+         WHERE user_id = ANY($1) AND status IN ('PENDING', 'RESERVED')
+         GROUP BY user_id",
+    )
+    // Planned for each call: a plan cached while the table was small could scan the table.
+    .persistent(false)
+    .bind(&distinct)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The order, if it exists and belongs to `user_id` (another user's order is not found).
 pub async fn find_order(
     conn: &mut PgConnection,

@@ -1,5 +1,6 @@
 use crate::config::Settings;
 use crate::events::{subscriptions, OrderOutcomes};
+use crate::fair_use::BuyerRateLimit;
 use crate::intake::{IntakeSettings, OrderIntake};
 use crate::redrive::Redrive;
 use crate::routes;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
+    let rate_limit = BuyerRateLimit::new(&settings.fair_use).map_err(StartupError::Config)?;
     let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
     let handler = Arc::new(OrderOutcomes);
     let consumers = infra.consumers(&subscriptions(), handler).await?;
@@ -22,6 +24,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
             writers: settings.orders.writers,
             max_batch: settings.orders.max_batch,
             commit_deadline: Duration::from_millis(settings.orders.commit_deadline_ms),
+            max_open_orders: settings.fair_use.max_open_orders,
         },
     );
     let redrive = Arc::new(Redrive::new(
@@ -30,7 +33,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         infra.outbox_signal.clone(),
         settings.redrive,
     ));
-    let routes = routes::router(routes::AppState::new(&infra, settings, intake));
+    let routes = routes::router(routes::AppState::new(&infra, settings, intake, rate_limit));
     let background = Background {
         consumers,
         workers: vec![redrive.clone()],

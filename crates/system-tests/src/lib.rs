@@ -84,6 +84,11 @@ max_restart_backoff_ms = 1000
 max_quantity = {max_quantity}
 writers = 2
 max_batch = 64
+# Far above what any test sends: tests of fair use set their own limits.
+[fair_use]
+orders_per_second = 100000
+burst = 100000
+max_open_orders = 100000
 [payment]
 decline_rate = {decline_rate}
 "#,

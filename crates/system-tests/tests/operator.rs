@@ -284,10 +284,7 @@ async fn metrics_and_the_admin_api_are_only_on_the_admin_listener() {
         for path in ["/metrics", "/admin/dead-letters"] {
             let public = get(format!("{}{path}", service.base_url), Some(ADMIN_TOKEN)).await;
             assert_eq!(public.status(), 404, "{path} on {}", service.base_url);
-            assert_eq!(
-                public.headers()["content-type"],
-                "application/problem+json"
-            );
+            assert_eq!(public.headers()["content-type"], "application/problem+json");
         }
         let health = get(format!("{}/health", service.base_url), None).await;
         assert_eq!(health.status(), 200);
@@ -296,13 +293,25 @@ async fn metrics_and_the_admin_api_are_only_on_the_admin_listener() {
         assert!([200, 503].contains(&ready.status().as_u16()), "{ready:?}");
         let metrics = get(format!("{}/metrics", service.admin_url), None).await;
         assert_eq!(metrics.status(), 200);
-        assert!(metrics.text().await.unwrap().contains("http_requests_total"));
-        let letters = get(format!("{}/admin/dead-letters", service.admin_url), Some(ADMIN_TOKEN)).await;
+        assert!(metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("http_requests_total"));
+        let letters = get(
+            format!("{}/admin/dead-letters", service.admin_url),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
         assert_eq!(letters.status(), 200);
         assert_eq!(letters.json::<Value>().await.unwrap(), json!([]));
         let anonymous = get(format!("{}/admin/dead-letters", service.admin_url), None).await;
         assert_eq!(anonymous.status(), 401);
         let api = get(format!("{}/health", service.admin_url), None).await;
-        assert_eq!(api.status(), 404, "the admin listener serves no public route");
+        assert_eq!(
+            api.status(),
+            404,
+            "the admin listener serves no public route"
+        );
     }
 }

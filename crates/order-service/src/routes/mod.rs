@@ -2,6 +2,7 @@ mod openapi;
 mod orders;
 
 use crate::config::Settings;
+use crate::fair_use::BuyerRateLimit;
 use crate::intake::OrderIntake;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
@@ -23,10 +24,20 @@ pub struct AppState {
     pub jwt_secret: JwtSecret,
     pub max_quantity: i32,
     pub intake: OrderIntake,
+    /// Per-buyer token bucket of `POST /orders`.
+    pub rate_limit: Arc<BuyerRateLimit>,
+    /// Orders of one buyer that may be open at once (checked again by Idempotency-Key orders,
+    /// which are written outside the intake).
+    pub max_open_orders: u32,
 }
 
 impl AppState {
-    pub fn new(infra: &Infrastructure, settings: &Settings, intake: OrderIntake) -> Self {
+    pub fn new(
+        infra: &Infrastructure,
+        settings: &Settings,
+        intake: OrderIntake,
+        rate_limit: BuyerRateLimit,
+    ) -> Self {
         AppState {
             pool: infra.pools.http.clone(),
             topology: infra.topology.clone(),
@@ -34,6 +45,8 @@ impl AppState {
             jwt_secret: JwtSecret(Arc::from(settings.common.auth.jwt_secret.as_str())),
             max_quantity: settings.orders.max_quantity,
             intake,
+            rate_limit: Arc::new(rate_limit),
+            max_open_orders: settings.fair_use.max_open_orders,
         }
     }
 }

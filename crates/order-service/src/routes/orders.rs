@@ -1,5 +1,6 @@
 use super::AppState;
 use crate::error::OrderError;
+use crate::fair_use::{self, Limited};
 use crate::orders::{self, NewOrder, Order};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -64,6 +65,7 @@ fn accepted(order: &Order, replayed: bool) -> Response {
         (status = 409, description = "Same Idempotency-Key in progress"),
         (status = 413, description = "Body too large"),
         (status = 422, description = "Invalid quantity or product, or Idempotency-Key reused with another body"),
+        (status = 429, description = "This buyer is over the rate of orders, or holds too many orders not yet final (nothing was written); retry after `Retry-After`"),
     ),
     security(("bearer" = []))
 )]
@@ -74,6 +76,12 @@ pub async fn create_order(
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateOrder>,
 ) -> Result<Response, OrderError> {
+    if let Err(wait) = state.rate_limit.check(user_id) {
+        Limited::Rate.count();
+        return Err(OrderError::RateLimited {
+            retry_after_secs: fair_use::retry_after_secs(wait),
+        });
+    }
     if request.product_id <= 0 {
         return Err(OrderError::Invalid(
             "product_id must be a positive integer".into(),
@@ -110,6 +118,14 @@ pub async fn create_order(
             tx.rollback().await?;
             return Err(error);
         }
+    }
+    let open = orders::open_orders_by_buyer(&mut tx, &[user_id]).await?;
+    if fair_use::admit(&[user_id], &open, state.max_open_orders) != [true] {
+        tx.rollback().await?;
+        Limited::OpenOrders.count();
+        return Err(OrderError::TooManyOpenOrders {
+            cap: state.max_open_orders,
+        });
     }
     let order = orders::insert_order(&mut tx, new_order).await?;
     let event = Event::OrderCreated(OrderCreated {
