@@ -23,7 +23,8 @@ if [ "$already_up" != "yes" ]; then
     trap '"$loadtest" down >/dev/null 2>&1 || true' EXIT
 fi
 
-echo "== tests (PostgreSQL: $ORDERSYS_DATABASE_URL, NATS: $ORDERSYS_NATS_URL)"
+# The URLs carry the private instances' passwords: print them without.
+echo "== tests (PostgreSQL: ${ORDERSYS_DATABASE_URL//:[0-9a-f]*@/:***@}, NATS: ${ORDERSYS_NATS_URL//:[0-9a-f]*@/:***@})"
 test_log=$(mktemp)
 cargo test --workspace "${features[@]}" 2>&1 | tee "$test_log"
 # Totals over every test binary (cargo prints one `test result:` line each).

@@ -11,6 +11,9 @@ use platform::outbox;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+/// The streams this service publishes to (and creates); its NATS user may manage only these.
+pub const PUBLISHES: [Source; 1] = [Source::Inventory];
+
 pub fn subscriptions() -> Vec<Subscription> {
     vec![
         Subscription {

@@ -111,6 +111,14 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Print, with fresh random passwords, the PostgreSQL roles (SQL), NATS users (an
+    /// `authorization` block with each service's permissions) and service environment of a
+    /// least-privilege deployment on servers you run yourself.
+    Access {
+        /// The deployment's subject and stream prefix.
+        #[arg(long, default_value = deploy::DEFAULT_PREFIX)]
+        prefix: String,
+    },
     /// Print a buyer's JWT (`--user N`), or comma-separated JWTs of users 1..=N (`--users N`).
     #[command(group(ArgGroup::new("who").required(true).args(["user", "users"])))]
     Token {
@@ -118,7 +126,7 @@ enum Command {
         user: Option<i64>,
         #[arg(long)]
         users: Option<u32>,
-        /// Signing secret (default: the one the running services use, else the dev default).
+        /// Signing secret (default: the one the running services use, from the credentials file).
         #[arg(long)]
         secret: Option<String>,
         /// Validity in hours.
@@ -233,7 +241,7 @@ async fn execute(command: Command) -> Result<bool> {
             payments_db,
         } => commands::verify(orders_db, inventory_db, payments_db).await,
         Command::DeadLetters { action } => {
-            let credentials = deploy::current_credentials(&StateDir::locate()?);
+            let credentials = deploy::recorded_credentials(&StateDir::locate()?)?;
             match action {
                 DeadLetterAction::List {
                     service,
@@ -251,6 +259,10 @@ async fn execute(command: Command) -> Result<bool> {
                     which.resolve(&credentials, Resolution::Discard).await
                 }
             }
+        }
+        Command::Access { prefix } => {
+            commands::access::print(&prefix);
+            Ok(true)
         }
         Command::Token {
             user,

@@ -88,9 +88,10 @@ pub(crate) async fn create(
 
 /// One signed token per user 1..=users, valid for `ttl`.
 pub fn mint_tokens(secret: &str, users: u32, ttl: Duration) -> Result<Vec<String>> {
+    let keys = platform::auth::TokenKeys::with_secret(secret);
     (1..=users)
         .map(|user| {
-            platform::auth::mint_token(secret, i64::from(user), ttl)
+            keys.mint(i64::from(user), ttl)
                 .with_context(|| format!("signing a token for user {user}"))
         })
         .collect()
@@ -126,7 +127,7 @@ mod tests {
         assert_eq!(tokens.len(), 3);
         for (i, token) in tokens.iter().enumerate() {
             assert_eq!(
-                platform::auth::verify_token("s", token).expect("valid"),
+                platform::auth::TokenKeys::with_secret("s").verify(token).expect("valid"),
                 i as i64 + 1
             );
         }

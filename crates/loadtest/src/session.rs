@@ -141,7 +141,7 @@ pub async fn execute<M: Mode>(
         );
     } else {
         println!("▶ stopping what the run started…");
-        deploy::finish_run(&state, &infra.nats_url).await;
+        deploy::finish_run(&state, &infra).await;
         let ours_now =
             infra::pid_of(&state, "postgres").is_some() || infra::pid_of(&state, "nats").is_some();
         match (postgres_before, nats_before) {
@@ -429,10 +429,12 @@ async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<D
     deploy::stop_services(state)
         .await
         .context("stopping services left from before")?;
-    let databases = deploy::prepare_databases(&infra.admin_database_url, true).await?;
+    let databases =
+        deploy::prepare_databases(&infra.admin_database_url, true, &credentials).await?;
     let deployment = Deployment {
         databases: databases.clone(),
         nats_url: infra.nats_url.clone(),
+        nats_users: infra.manages_nats_users(),
         prefix: prefix.clone(),
         credentials: credentials.clone(),
         decline_rate: scenario.payment.decline_rate,
@@ -461,8 +463,9 @@ async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<D
         scenario.load_duration() + scenario.checks.drain_timeout + Duration::from_secs(3600);
     let tokens = seed::mint_tokens(&credentials.jwt_secret, data.users, token_ttl)?;
 
-    let dbs =
-        Databases::connect(&databases.orders, &databases.inventory, &databases.payments).await?;
+    // The monitor, the drain and the audit read through the read-only role.
+    let audit = deploy::DatabaseUrls::for_audit(&infra.admin_database_url, &credentials);
+    let dbs = Databases::connect(&audit.orders, &audit.inventory, &audit.payments).await?;
     let probe = SystemProbe::connect(dbs, &infra.nats_url, &prefix).await?;
 
     let product_ids: Vec<i64> = data.products.iter().map(|p| p.id).collect();

@@ -9,6 +9,9 @@ use sqlx::{Postgres, Transaction};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// The streams this service publishes to (and creates); its NATS user may manage only these.
+pub const PUBLISHES: [Source; 1] = [Source::Order];
+
 pub fn subscriptions() -> Vec<Subscription> {
     vec![
         Subscription {

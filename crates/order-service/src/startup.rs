@@ -11,7 +11,11 @@ use std::time::Duration;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let rate_limit = BuyerRateLimit::new(&settings.fair_use).map_err(StartupError::Config)?;
-    let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
+    let infra = Infrastructure::connect(
+        &settings.common,
+        sqlx::migrate!(),
+        &crate::events::PUBLISHES,
+    ).await?;
     let handler = Arc::new(OrderOutcomes);
     let consumers = infra.consumers(&subscriptions(), handler).await?;
     // New orders are written by background writers, on the workers' pool: a flood of reads

@@ -8,6 +8,9 @@ use platform::events::{Event, PaymentCompleted, PaymentFailed, Source};
 use platform::outbox;
 use sqlx::{Postgres, Transaction};
 
+/// The streams this service publishes to (and creates); its NATS user may manage only these.
+pub const PUBLISHES: [Source; 1] = [Source::Payment];
+
 pub fn subscriptions() -> Vec<Subscription> {
     vec![Subscription {
         durable_name: "payment-service-reservations".into(),

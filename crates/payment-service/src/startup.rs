@@ -5,7 +5,11 @@ use platform::app::{Application, Background, Infrastructure, StartupError};
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-    let infra = Infrastructure::connect(&settings.common, sqlx::migrate!()).await?;
+    let infra = Infrastructure::connect(
+        &settings.common,
+        sqlx::migrate!(),
+        &crate::events::PUBLISHES,
+    ).await?;
     let handler = Arc::new(Cashier {
         topology: infra.topology.clone(),
         decline_rate: settings.payment.decline_rate,

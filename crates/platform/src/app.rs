@@ -9,6 +9,7 @@ use crate::consumer::{
 };
 use crate::db::{self, Pools};
 use crate::dead_letters::{self, DeadLetterDesk};
+use crate::events::Source;
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
 use crate::retention::{Retention, RetentionRule};
@@ -49,17 +50,19 @@ pub struct Infrastructure {
 }
 
 impl Infrastructure {
-    /// Checks the settings, connects to PostgreSQL (migrating it) and NATS (creating the streams).
+    /// Checks the settings, connects to PostgreSQL (migrating it) and NATS (creating the streams
+    /// the service publishes to: `publishes`).
     pub async fn connect(
         settings: &CommonSettings,
         migrator: Migrator,
+        publishes: &[Source],
     ) -> Result<Self, StartupError> {
         settings.validate().map_err(StartupError::Config)?;
         db::migrate(&settings.database, migrator).await?;
         let pools = db::connect(&settings.database).await?;
         let nats = broker::connect(&settings.nats).await?;
         let jetstream = broker::jetstream(nats.clone());
-        let topology = Topology::from_settings(&settings.nats);
+        let topology = Topology::from_settings(&settings.nats).publishing(publishes);
         broker::ensure_streams(&jetstream, &topology).await?;
         Ok(Infrastructure {
             pools,

@@ -2,14 +2,25 @@
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    iss: String,
+    aud: String,
     iat: u64,
     exp: u64,
 }
+
+/// `iss` and `aud` of the tokens a deployment issues and accepts unless configured otherwise.
+pub const DEFAULT_ISSUER: &str = "ordersys";
+pub const DEFAULT_AUDIENCE: &str = "ordersys-orders";
+
+/// The shortest JWT secret or admin token a service accepts outside development.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -28,50 +39,105 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Mints a token for a user (the load-test CLI and tests use it; a real deployment's identity
-/// provider would).
-pub fn mint_token(
-    secret: &str,
-    user_id: i64,
-    ttl: Duration,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    mint_token_at(secret, user_id, ttl, 0)
+/// The signing secret, issuer and audience of buyers' tokens (HS256): the services verify with
+/// it; the load-test CLI and tests mint with it (a real deployment's identity provider would).
+#[derive(Clone)]
+pub struct TokenKeys {
+    secret: Arc<str>,
+    issuer: Arc<str>,
+    audience: Arc<str>,
 }
 
-/// Like [`mint_token`], issued `offset_secs` from now (negative: in the past, for expiry tests).
-pub fn mint_token_at(
-    secret: &str,
-    user_id: i64,
-    ttl: Duration,
-    offset_secs: i64,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let iat = now_secs().saturating_add_signed(offset_secs);
-    let claims = Claims {
-        sub: user_id.to_string(),
-        iat,
-        exp: iat + ttl.as_secs(),
-    };
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
-/// Verifies signature and expiry and returns the user id.
-pub fn verify_token(secret: &str, token: &str) -> Result<i64, AuthError> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = 5;
-    let data = decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-        _ => AuthError::Invalid,
-    })?;
-    data.claims.sub.parse().map_err(|_| AuthError::Invalid)
+impl TokenKeys {
+    pub fn new(secret: &str, issuer: &str, audience: &str) -> Self {
+        TokenKeys {
+            secret: Arc::from(secret),
+            issuer: Arc::from(issuer),
+            audience: Arc::from(audience),
+        }
+    }
+
+    /// Keys with the default issuer and audience.
+    pub fn with_secret(secret: &str) -> Self {
+        TokenKeys::new(secret, DEFAULT_ISSUER, DEFAULT_AUDIENCE)
+    }
+
+    pub fn from_settings(auth: &crate::config::AuthSettings) -> Self {
+        TokenKeys::new(&auth.jwt_secret, &auth.jwt_issuer, &auth.jwt_audience)
+    }
+
+    /// A token for a user, valid for `ttl` from now.
+    pub fn mint(&self, user_id: i64, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        self.mint_at(user_id, ttl, 0)
+    }
+
+    /// Like [`TokenKeys::mint`], issued `offset_secs` from now (negative: in the past, for
+    /// expiry tests).
+    pub fn mint_at(
+        &self,
+        user_id: i64,
+        ttl: Duration,
+        offset_secs: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let iat = now_secs().saturating_add_signed(offset_secs);
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iss: self.issuer.to_string(),
+            aud: self.audience.to_string(),
+            iat,
+            exp: iat.saturating_add(ttl.as_secs()),
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+    }
+
+    /// Checks algorithm (HS256 only), signature, expiry, issuer and audience; returns the user id.
+    pub fn verify(&self, token: &str) -> Result<i64, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_issuer(&[&*self.issuer]);
+        validation.set_audience(&[&*self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<Claims>(
+            token,
+            &DecodingKey::from_secret(self.secret.as_bytes()),
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
+        data.claims.sub.parse().map_err(|_| AuthError::Invalid)
+    }
+}
+
+/// Why a secret must not guard a deployment: empty, shorter than [`MIN_SECRET_BYTES`], or one of
+/// the built-in development values (they are in the repository, so anyone could use them).
+pub fn weak_secret_reason(value: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        Some("is empty".to_string())
+    } else if [crate::dev::JWT_SECRET, crate::dev::ADMIN_TOKEN].contains(&value) {
+        Some("is a built-in development value".to_string())
+    } else if value.len() < MIN_SECRET_BYTES {
+        Some(format!(
+            "is {} bytes long, shorter than {MIN_SECRET_BYTES}",
+            value.len()
+        ))
+    } else {
+        None
+    }
 }
 
 /// Extracts the token from an `Authorization: Bearer …` header value.
@@ -88,40 +154,97 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Compares the admin credential in constant time with respect to its content.
+/// Compares the admin credential in constant time with respect to its content (only a
+/// difference in length shows in the timing).
 pub fn is_admin(expected: &str, presented: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(secret: &str) -> TokenKeys {
+        TokenKeys::with_secret(secret)
+    }
+
     #[test]
     fn a_minted_token_verifies_to_its_user() {
-        let token = mint_token("s3cret", 42, Duration::from_secs(60)).unwrap();
-        assert_eq!(verify_token("s3cret", &token), Ok(42));
+        let token = keys("s3cret").mint(42, Duration::from_secs(60)).unwrap();
+        assert_eq!(keys("s3cret").verify(&token), Ok(42));
     }
 
     #[test]
     fn forged_expired_and_garbage_tokens_are_rejected() {
-        let token = mint_token("other", 42, Duration::from_secs(60)).unwrap();
-        assert_eq!(verify_token("s3cret", &token), Err(AuthError::Invalid));
-        let iat = now_secs() - 3600;
+        let token = keys("other").mint(42, Duration::from_secs(60)).unwrap();
+        assert_eq!(keys("s3cret").verify(&token), Err(AuthError::Invalid));
+        let expired = keys("s3cret")
+            .mint_at(1, Duration::from_secs(60), -3600)
+            .unwrap();
+        assert_eq!(keys("s3cret").verify(&expired), Err(AuthError::Expired));
+        assert_eq!(keys("s3cret").verify("not.a.jwt"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn tokens_of_another_issuer_or_audience_or_without_them_are_rejected() {
+        let ours = TokenKeys::new("s3cret", "shop", "orders");
+        let ttl = Duration::from_secs(60);
+        let other_issuer = TokenKeys::new("s3cret", "elsewhere", "orders")
+            .mint(1, ttl)
+            .unwrap();
+        let other_audience = TokenKeys::new("s3cret", "shop", "admin")
+            .mint(1, ttl)
+            .unwrap();
+        assert_eq!(ours.verify(&other_issuer), Err(AuthError::Invalid));
+        assert_eq!(ours.verify(&other_audience), Err(AuthError::Invalid));
+        assert_eq!(ours.verify(&ours.mint(1, ttl).unwrap()), Ok(1));
+
+        #[derive(Serialize)]
+        struct Bare {
+            sub: String,
+            exp: u64,
+        }
+        let bare = Bare {
+            sub: "1".into(),
+            exp: now_secs() + 60,
+        };
+        let bare = encode(
+            &Header::new(Algorithm::HS256),
+            &bare,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert_eq!(ours.verify(&bare), Err(AuthError::Invalid));
+        // Same claims, another algorithm: refused before the signature is looked at.
         let claims = Claims {
             sub: "1".into(),
-            iat,
-            exp: iat + 60,
+            iss: "shop".into(),
+            aud: "orders".into(),
+            iat: now_secs(),
+            exp: now_secs() + 60,
         };
-        let expired = encode(
-            &Header::default(),
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
             &claims,
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert_eq!(verify_token("s3cret", &expired), Err(AuthError::Expired));
-        assert_eq!(verify_token("s3cret", "not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(ours.verify(&hs512), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn weak_secrets_are_named() {
+        assert!(weak_secret_reason("").unwrap().contains("empty"));
+        assert!(weak_secret_reason(crate::dev::JWT_SECRET)
+            .unwrap()
+            .contains("development"));
+        assert!(weak_secret_reason(crate::dev::ADMIN_TOKEN)
+            .unwrap()
+            .contains("development"));
+        assert!(weak_secret_reason("short")
+            .unwrap()
+            .contains("shorter than 32"));
+        assert_eq!(weak_secret_reason(&"k".repeat(32)), None);
     }
 
     #[test]
@@ -132,5 +255,6 @@ mod tests {
         assert_eq!(bearer(Some("Bearer ")), Err(AuthError::Missing));
         assert!(is_admin("tok", "tok"));
         assert!(!is_admin("tok", "tok2"));
+        assert!(!is_admin("tok", "tol"));
     }
 }

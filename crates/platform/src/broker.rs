@@ -11,6 +11,9 @@ pub struct Topology {
     prefix: String,
     max_age: Duration,
     max_bytes: i64,
+    /// The streams this service publishes to: the ones it creates (a consumer ensures the one
+    /// it reads). A service's NATS user may create and update only those.
+    publishes: Vec<Source>,
 }
 
 impl Topology {
@@ -19,6 +22,7 @@ impl Topology {
             prefix: prefix.into(),
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 1 << 30,
+            publishes: Source::ALL.to_vec(),
         }
     }
 
@@ -27,7 +31,14 @@ impl Topology {
             prefix: settings.prefix.clone(),
             max_age: Duration::from_secs(settings.stream_max_age_secs),
             max_bytes: settings.stream_max_bytes,
+            publishes: Source::ALL.to_vec(),
         }
+    }
+
+    /// The same topology for a service that publishes only to `sources`' streams.
+    pub fn publishing(mut self, sources: &[Source]) -> Self {
+        self.publishes = sources.to_vec();
+        self
     }
 
     pub fn prefix(&self) -> &str {
@@ -81,18 +92,65 @@ pub enum BrokerError {
 }
 
 /// Connects with unlimited reconnects: a broker outage must stall messaging, never crash a service.
+/// Authenticates as `nats.user` when it is set, else with credentials in the URL
+/// (`nats://user:password@host:port`), else anonymously.
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, BrokerError> {
-    async_nats::ConnectOptions::new()
+    let (user, password) = if settings.user.is_empty() {
+        url_credentials(&settings.url)
+    } else {
+        Some((settings.user.clone(), settings.password.clone()))
+    }
+    .unzip();
+    client_options(user, password)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(10)))
         .connect(&settings.url)
         .await
         .map_err(|source| BrokerError::Connect {
-            url: settings.url.clone(),
+            url: crate::config::redact_url(&settings.url),
             source,
         })
+}
+
+/// A connection for tools and tests (the load-test CLI, the test harness): fails fast when the
+/// server is away; authenticates with the credentials in the URL, if any.
+pub async fn connect_url(url: &str) -> Result<async_nats::Client, BrokerError> {
+    let (user, password) = url_credentials(url).unzip();
+    client_options(user, password)
+        .connect(url)
+        .await
+        .map_err(|source| BrokerError::Connect {
+            url: crate::config::redact_url(url),
+            source,
+        })
+}
+
+fn client_options(user: Option<String>, password: Option<String>) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)));
+    match (user, password) {
+        // Replies come to an inbox of the user's own, so its permissions can allow exactly that
+        // (a shared `_INBOX.>` would let every user read every other user's replies).
+        (Some(user), password) => options
+            .custom_inbox_prefix(inbox_prefix(&user))
+            .user_and_password(user, password.unwrap_or_default()),
+        (None, _) => options,
+    }
+}
+
+/// The reply-subject prefix of a user's connections (its permissions allow subscribing to it).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{}", user.replace(['.', '*', '>', ' '], "_"))
+}
+
+/// `user:password` of a `nats://user:password@host` URL, percent-decoding neither (we generate
+/// URL-safe ones).
+fn url_credentials(url: &str) -> Option<(String, String)> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (userinfo, _) = rest.split_once('@')?;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    (!user.is_empty()).then(|| (user.to_string(), password.to_string()))
 }
 
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
@@ -119,12 +177,12 @@ pub async fn ensure_stream(
     Ok(())
 }
 
-/// [`ensure_stream`] for every stream of the topology.
+/// [`ensure_stream`] for every stream the service publishes to.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     topology: &Topology,
 ) -> Result<(), BrokerError> {
-    for source in Source::ALL {
+    for &source in &topology.publishes {
         ensure_stream(js, topology, source).await?;
     }
     Ok(())
@@ -134,6 +192,16 @@ pub async fn ensure_streams(
 mod tests {
     use super::*;
     use crate::events::{OrderCreated, Source};
+
+    #[test]
+    fn credentials_in_urls_are_found() {
+        assert_eq!(
+            url_credentials("nats://svc:pw@127.0.0.1:4222"),
+            Some(("svc".into(), "pw".into()))
+        );
+        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
+        assert_eq!(inbox_prefix("shop-order"), "_INBOX_shop-order");
+    }
 
     #[test]
     fn names_live_under_the_prefix() {

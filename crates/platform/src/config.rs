@@ -57,6 +57,8 @@ fn defaults(
         .set_default("nats.url", crate::dev::nats_url())?
         .set_default("auth.jwt_secret", crate::dev::JWT_SECRET)?
         .set_default("auth.admin_token", crate::dev::ADMIN_TOKEN)?
+        .set_default("auth.jwt_issuer", crate::auth::DEFAULT_ISSUER)?
+        .set_default("auth.jwt_audience", crate::auth::DEFAULT_AUDIENCE)?
         .add_source(config::File::from_str(
             service_defaults,
             config::FileFormat::Toml,
@@ -65,6 +67,8 @@ fn defaults(
 
 /// Defaults every service shares; each service appends its own sections.
 pub const COMMON_DEFAULTS: &str = r#"
+development = false
+
 [http]
 host = "127.0.0.1"
 max_body_bytes = 16384
@@ -80,6 +84,8 @@ idle_in_transaction_timeout_ms = 30000
 [nats]
 prefix = "shop"
 stream_max_age_secs = 604800
+user = ""
+password = ""
 stream_max_bytes = 1073741824
 
 [outbox]
@@ -113,6 +119,9 @@ resolved_dead_letters_secs = 2592000
 pub struct CommonSettings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
+    /// A development machine: the built-in secrets are accepted even when the service listens
+    /// beyond loopback (`APP_DEVELOPMENT=true`).
+    pub development: bool,
     pub nats: NatsSettings,
     pub auth: AuthSettings,
     pub outbox: OutboxSettings,
@@ -126,6 +135,7 @@ impl CommonSettings {
     pub fn validate(&self) -> Result<(), String> {
         // A message can come back (redelivery, a consumer re-created over the stream, a store
         // restored from a backup) for as long as the stream keeps it; the inbox must remember it
+        self.check_secrets()?;
         // at least that long (docs/architecture.md, "Retention").
         if self.retention.inbox_secs < self.nats.stream_max_age_secs {
             return Err(format!(
@@ -152,6 +162,63 @@ impl CommonSettings {
 
 /// Background workers and their supervision.
 #[derive(Debug, Clone, Deserialize)]
+impl CommonSettings {
+    /// The JWT secret and admin token guard a deployment: a service that anyone beyond this
+    /// machine can reach refuses empty, short or built-in ones.
+    fn check_secrets(&self) -> Result<(), String> {
+        let hosts = [self.http.host.as_str(), self.http.admin_host()];
+        if self.development || hosts.iter().all(|host| is_loopback_host(host)) {
+            return Ok(());
+        }
+        for (name, value) in [
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("auth.admin_token", &self.auth.admin_token),
+        ] {
+            if let Some(why) = crate::auth::weak_secret_reason(value) {
+                return Err(format!(
+                    "{name} {why}: a service listening beyond loopback (http.host = {}, \
+                     admin host {}) needs a random value of at least {} bytes \
+                     (APP_AUTH__JWT_SECRET, APP_AUTH__ADMIN_TOKEN); on a development machine set \
+                     APP_DEVELOPMENT=true",
+                    self.http.host,
+                    self.http.admin_host(),
+                    crate::auth::MIN_SECRET_BYTES
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The URL with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..start],
+            &authority[..colon],
+            &url[start + at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// Whether a listen address is reachable from this machine only.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub struct WorkerSettings {
     /// Whether the relay, consumers and other workers run inside the process. Tests turn them
     /// off and drive them by hand.
@@ -237,6 +304,9 @@ pub struct AuthSettings {
     pub admin_token: String,
 }
 
+    /// The service's NATS user (empty: the URL's credentials, or none).
+    pub user: String,
+    pub password: String,
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
     /// Rows claimed per relay round.
@@ -248,6 +318,9 @@ pub struct OutboxSettings {
 
 impl OutboxSettings {
     pub fn poll_interval(&self) -> Duration {
+    /// `iss` and `aud` every buyer token must carry.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
         Duration::from_millis(self.poll_interval_ms)
     }
 }
@@ -312,3 +385,44 @@ mod tests {
         assert!(s.consumer.batch_size > 0);
     }
 }
+    #[test]
+    fn built_in_or_weak_secrets_are_refused_beyond_loopback_unless_in_development() {
+        let mut settings = load_overridden::<Common>(1, "", &[]).unwrap().common;
+        assert_eq!(
+            settings.validate(),
+            Ok(()),
+            "loopback: the dev values are fine"
+        );
+        settings.http.admin_host = Some("10.0.0.5".into());
+        assert!(
+            settings.validate().is_err(),
+            "an admin listener beyond loopback counts"
+        );
+        settings.http.admin_host = None;
+        settings.http.host = "0.0.0.0".into();
+        let refused = settings.validate().unwrap_err();
+        assert!(refused.contains("auth.jwt_secret is a built-in development value"));
+        settings.auth.jwt_secret = "x".repeat(32);
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .contains("auth.admin_token"));
+        settings.auth.admin_token = "short".into();
+        assert!(settings.validate().unwrap_err().contains("shorter than 32"));
+        settings.auth.admin_token = "y".repeat(40);
+        assert_eq!(settings.validate(), Ok(()));
+        settings.auth.admin_token = String::new();
+        settings.development = true;
+        assert_eq!(settings.validate(), Ok(()), "the development switch");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "10.0.0.1", "example.com", ""] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+

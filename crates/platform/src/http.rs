@@ -381,9 +381,6 @@ pub async fn shutdown_signal() {
 #[derive(Clone)]
 pub struct AdminToken(pub std::sync::Arc<str>);
 
-/// The secret that signs buyers' tokens, taken from the router state with `FromRef`.
-#[derive(Clone)]
-pub struct JwtSecret(pub std::sync::Arc<str>);
 
 fn unauthorized(detail: &str) -> Problem {
     Problem::new(
@@ -428,16 +425,16 @@ pub struct Buyer(pub i64);
 
 impl<S> FromRequestParts<S> for Buyer
 where
-    JwtSecret: axum::extract::FromRef<S>,
+    crate::auth::TokenKeys: axum::extract::FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let JwtSecret(secret) = JwtSecret::from_ref(state);
+        let keys = crate::auth::TokenKeys::from_ref(state);
         let token =
             crate::auth::bearer(authorization(parts)).map_err(|e| unauthorized(&e.to_string()))?;
-        crate::auth::verify_token(&secret, token)
+        keys.verify(token)
             .map(Buyer)
             .map_err(|e| unauthorized(&e.to_string()))
     }

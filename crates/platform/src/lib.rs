@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod broker_access;
 pub mod config;
 pub mod consumer;
 pub mod db;

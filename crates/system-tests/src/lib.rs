@@ -3,7 +3,7 @@
 //! Background work is driven by the test (`settle`) rather than left to timers.
 
 use platform::app::Driver;
-use platform::auth::mint_token;
+use platform::auth::TokenKeys;
 use platform::broker::Topology;
 use platform::events::Source;
 use platform::testing::{eventually, fresh_database, nats_url, unique_token};
@@ -204,7 +204,8 @@ impl TestSystem {
     }
 
     pub fn token(&self, user_id: i64) -> String {
-        mint_token(JWT_SECRET, user_id, Duration::from_secs(3600)).expect("mint token")
+        TokenKeys::with_secret(JWT_SECRET)
+            .mint(user_id, Duration::from_secs(3600)).expect("mint token")
     }
 
     pub async fn create_product(&self, id: i64, price_cents: i64, stock: i64) {
@@ -301,7 +302,7 @@ impl TestSystem {
 
     /// A JetStream context on the test's NATS, for injecting messages.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(nats_url())
+        let client = platform::broker::connect_url(&nats_url())
             .await
             .expect("connect to NATS");
         async_nats::jetstream::new(client)

@@ -113,8 +113,13 @@ async fn replicas_attaching_together_share_the_durable_consumer_they_both_create
     let system = TestSystem::start(Options::default()).await;
     let common = &system.inventory_settings.common;
     // Two replicas: a connection each, as two processes have.
-    let connect =
-        || Infrastructure::connect(common, sqlx::migrate!("../inventory-service/migrations"));
+    let connect = || {
+        Infrastructure::connect(
+            common,
+            sqlx::migrate!("../inventory-service/migrations"),
+            &[platform::events::Source::Inventory],
+        )
+    };
     let (one, two) = tokio::join!(connect(), connect());
     let (one, two) = (one.expect("infrastructure"), two.expect("infrastructure"));
     let handler = Arc::new(StockKeeper {
@@ -122,26 +127,32 @@ async fn replicas_attaching_together_share_the_durable_consumer_they_both_create
     });
     let subscription = &inventory_service::events::subscriptions()[0];
     for round in 0..20 {
-        // As in the chaos run: the stream went with its consumers.
+        // As in the chaos run: the stream went with its consumers, and its publisher (the
+        // order service's relay) re-created it.
         system.delete_stream(Source::Order).await;
-        let (first, second) = tokio::join!(
-            tokio::spawn({
-                let (one, handler, subscription) =
-                    (one.clone(), handler.clone(), subscription.clone());
-                async move { one.consumer(&subscription, handler).await.map(|_| ()) }
-            }),
-            tokio::spawn({
-                let (two, handler, subscription) =
-                    (two.clone(), handler.clone(), subscription.clone());
-                async move { two.consumer(&subscription, handler).await.map(|_| ()) }
-            }),
-        );
+        platform::broker::ensure_stream(&one.jetstream, &one.topology, Source::Order)
+            .await
+            .expect("stream re-created");
+        let attach = |infra: &Infrastructure| {
+            let (infra, handler, subscription) =
+                (infra.clone(), handler.clone(), subscription.clone());
+            tokio::spawn(async move {
+                let consumer = infra.consumer(&subscription, handler).await?;
+                // Attached at creation, not left for its worker to retry.
+                Ok::<_, platform::app::StartupError>(
+                    consumer
+                        .status()
+                        .unhealthy(Duration::from_secs(3600), false),
+                )
+            })
+        };
+        let (first, second) = tokio::join!(attach(&one), attach(&two));
         let (first, second) = (first.expect("task"), second.expect("task"));
         assert!(
-            first.is_ok() && second.is_ok(),
+            matches!((&first, &second), (Ok(None), Ok(None))),
             "round {round}: {:?} / {:?}",
-            first.err(),
-            second.err()
+            first.map(|u| u.map(|u| u.reason)),
+            second.map(|u| u.map(|u| u.reason))
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The order API's contract: problem+json for every bad input with nothing written, buyer
 //! identity from the token only, idempotency keys, OpenAPI and operational endpoints.
 
-use platform::auth::mint_token;
+use platform::auth::TokenKeys;
 use proptest::prelude::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ async fn every_bad_request_gets_its_problem_and_writes_nothing() {
     let response = system.http.post(&url).json(&body).send().await.unwrap();
     let problem = expect_problem(response, 401).await;
     assert_eq!(problem["detail"], "missing bearer token");
-    let forged = mint_token("not-the-secret", 7, Duration::from_secs(60)).unwrap();
+    let forged = TokenKeys::with_secret("not-the-secret").mint(7, Duration::from_secs(60)).unwrap();
     expect_problem(
         system
             .http
@@ -223,7 +223,7 @@ async fn expired_tokens_are_rejected() {
     let system = TestSystem::start(Options::default()).await;
     // Issued two hours ago with a one-minute lifetime.
     let expired =
-        platform::auth::mint_token_at(JWT_SECRET, 7, Duration::from_secs(60), -7200).unwrap();
+        TokenKeys::with_secret(JWT_SECRET).mint_at(7, Duration::from_secs(60), -7200).unwrap();
     let response = system
         .http
         .post(format!("{}/orders", system.order.base_url))

@@ -64,7 +64,11 @@ async fn a_panic_is_contained_to_its_event_dead_lettered_and_replayed_once_fixed
     );
     let settings: platform::config::CommonSettings =
         platform::config::load_overridden(0, "", &[&overrides]).unwrap();
-    let infra = Infrastructure::connect(&settings, sqlx::migrate::Migrator::DEFAULT)
+    let infra = Infrastructure::connect(
+        &settings,
+        sqlx::migrate::Migrator::DEFAULT,
+        &platform::events::Source::ALL,
+    )
         .await
         .unwrap();
     let pool = infra.pools.workers.clone();

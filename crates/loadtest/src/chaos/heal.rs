@@ -29,9 +29,14 @@ const POISON_EACH: usize = 3;
 const FLOOD_CONNECTIONS: usize = 128;
 
 async fn jetstream(context: &FaultContext) -> Result<jetstream::Context> {
-    let client = async_nats::connect(&context.nats_url)
+    let client = platform::broker::connect_url(&context.nats_url)
         .await
-        .with_context(|| format!("connecting to NATS at {}", context.nats_url))?;
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {}",
+                platform::config::redact_url(&context.nats_url)
+            )
+        })?;
     Ok(jetstream::new(client))
 }
 

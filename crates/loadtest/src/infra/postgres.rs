@@ -45,22 +45,73 @@ pub(super) enum StopMode {
     Immediate,
 }
 
-pub(super) fn admin_url(port: u16) -> String {
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+pub(super) fn admin_url(port: u16, password: &str) -> String {
+    format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres")
 }
 
 /// The admin URL clients should use: the unix socket when the server has one (a round trip over
 /// it costs the kernel much less than one over loopback TCP — measured in docs/performance.md),
 /// else TCP.
-fn client_url(cfg: &PgConfig) -> String {
+fn client_url(cfg: &PgConfig, password: &str) -> String {
     match socket_path(cfg) {
         Some(dir) if dir.to_str().is_some_and(is_plain_path) => format!(
-            "postgres://postgres@localhost:{}/postgres?host={}",
+            "postgres://postgres:{password}@localhost:{}/postgres?host={}",
             cfg.port,
             dir.display()
         ),
-        _ => admin_url(cfg.port),
+        _ => admin_url(cfg.port, password),
     }
+}
+
+/// Every connection, over TCP or the socket, authenticates with a password (SCRAM): with
+/// `trust`, any local user could connect as any role, and the services' roles would guard
+/// nothing.
+const HBA_TEXT: &str = "# Written by loadtest: every role authenticates with its password.\n\
+local all all scram-sha-256\n\
+host all all 127.0.0.1/32 scram-sha-256\n\
+host all all ::1/128 scram-sha-256\n";
+
+/// The superuser's password, generated once per cluster, readable by root only.
+fn superuser_password(state: &StateDir) -> Result<String> {
+    let path = state.path().join("postgres-password");
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        _ => {
+            let password = process::random_secret();
+            process::write_private(&path, password.as_bytes())?;
+            Ok(password)
+        }
+    }
+}
+
+/// Brings a cluster made before passwords were required (its `pg_hba.conf` says `trust`) to
+/// password authentication: sets the superuser's password while `trust` still lets us in, then
+/// writes our `pg_hba.conf` and reloads. A no-op for clusters that already have ours.
+async fn require_passwords(cfg: &PgConfig, user: Option<(u32, u32)>, password: &str) -> Result<()> {
+    let hba = cfg.data().join("pg_hba.conf");
+    if fs::read_to_string(&hba).is_ok_and(|text| text == HBA_TEXT) {
+        return Ok(());
+    }
+    let mut conn = connect(&client_url(cfg, password)).await?;
+    let sql = format!("ALTER ROLE postgres PASSWORD {}", quote_literal(password));
+    sqlx::query(&sql)
+        .execute(&mut conn)
+        .await
+        .context("setting the superuser's password")?;
+    write_hba(cfg, user)?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .context("reloading pg_hba.conf")?;
+    conn.close().await.ok();
+    tracing::info!("PostgreSQL now requires passwords (pg_hba.conf: scram-sha-256)");
+    Ok(())
+}
+
+fn write_hba(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+    let hba = cfg.data().join("pg_hba.conf");
+    fs::write(&hba, HBA_TEXT).with_context(|| format!("writing {}", hba.display()))?;
+    chown(&hba, user)
 }
 
 /// A path that goes into a URL query as it is.
@@ -122,9 +173,11 @@ pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
                     cfg.port
                 );
             }
-            wait_ready(state, &cfg, pid).await?;
+            let password = superuser_password(state)?;
+            wait_ready(state, &cfg, pid, &password).await?;
+            require_passwords(&cfg, server_user().await?, &password).await?;
             tracing::info!(pid, port, "reusing our running PostgreSQL");
-            return Ok(client_url(&cfg));
+            return Ok(client_url(&cfg, &password));
         }
     }
     let bin_dir = ensure_bins().await?;
@@ -135,8 +188,8 @@ pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
         bin_dir,
         root,
     };
-    start(state, &cfg, user).await?;
-    Ok(client_url(&cfg))
+    let password = start(state, &cfg, user).await?;
+    Ok(client_url(&cfg, &password))
 }
 
 /// Start again with the persisted configuration (no-op when running).
@@ -147,17 +200,21 @@ pub(super) async fn restart(state: &StateDir) -> Result<String> {
             state.path().display()
         );
     };
-    if let Some(pid) = running_pid_with(state, &cfg) {
-        wait_ready(state, &cfg, pid).await?;
-        return Ok(client_url(&cfg));
-    }
     let user = server_user().await?;
-    start(state, &cfg, user).await?;
-    Ok(client_url(&cfg))
+    if let Some(pid) = running_pid_with(state, &cfg) {
+        let password = superuser_password(state)?;
+        wait_ready(state, &cfg, pid, &password).await?;
+        require_passwords(&cfg, user, &password).await?;
+        return Ok(client_url(&cfg, &password));
+    }
+    let password = start(state, &cfg, user).await?;
+    Ok(client_url(&cfg, &password))
 }
 
-async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+/// Starts the cluster (made first if missing); returns the superuser's password.
+async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<String> {
     let log = state.log_file("postgres");
+    let password = superuser_password(state)?;
     prepare_root(cfg, user)?;
     let data = cfg.data();
     if !data.join("PG_VERSION").is_file() {
@@ -166,7 +223,8 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
             fs::remove_dir_all(&data)
                 .with_context(|| format!("removing incomplete cluster {}", data.display()))?;
         }
-        initdb(cfg, user, &log).await?;
+        initdb(cfg, user, &log, &password).await?;
+        write_hba(cfg, user)?;
     } else {
         check_major_version(cfg).await?;
     }
@@ -200,11 +258,13 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
     )?;
     save_config(state, cfg)?;
     tracing::info!(pid, port = cfg.port, data = %data.display(), "started PostgreSQL");
-    wait_ready(state, cfg, pid).await
+    wait_ready(state, cfg, pid, &password).await?;
+    require_passwords(cfg, user, &password).await?;
+    Ok(password)
 }
 
-async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32) -> Result<()> {
-    let url = admin_url(cfg.port);
+async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32, password: &str) -> Result<()> {
+    let url = admin_url(cfg.port, password);
     let deadline = Instant::now() + READY_TIMEOUT;
     let log = state.log_file("postgres");
     loop {
@@ -236,7 +296,7 @@ pub(super) async fn check_connect(url: &str) -> Result<()> {
     Ok(())
 }
 
-async fn connect(url: &str) -> Result<sqlx::PgConnection> {
+pub(super) async fn connect(url: &str) -> Result<sqlx::PgConnection> {
     match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(e).with_context(|| format!("connecting to {}", super::redact(url))),
@@ -488,15 +548,26 @@ fn prepare_root(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
     Ok(())
 }
 
-async fn initdb(cfg: &PgConfig, user: Option<(u32, u32)>, log: &Path) -> Result<()> {
+async fn initdb(
+    cfg: &PgConfig,
+    user: Option<(u32, u32)>,
+    log: &Path,
+    password: &str,
+) -> Result<()> {
     let data = cfg.data().to_string_lossy().into_owned();
     tracing::info!(data = %data, "initdb");
+    // initdb reads the superuser's password from a file (it runs as the server's user).
+    let pwfile = cfg.root.join("initdb-password");
+    process::write_private(&pwfile, password.as_bytes())?;
+    chown(&pwfile, user)?;
+    let pwfile_arg = format!("--pwfile={}", pwfile.display());
     let out = process::run(
         &cfg.bin_dir.join("initdb"),
         &[
             "-D",
             &data,
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            &pwfile_arg,
             "-U",
             "postgres",
             "--encoding=UTF8",
@@ -506,7 +577,9 @@ async fn initdb(cfg: &PgConfig, user: Option<(u32, u32)>, log: &Path) -> Result<
         user,
         Some(&cfg.root),
     )
-    .await?;
+    .await;
+    process::remove_file_if_exists(&pwfile).ok();
+    let out = out?;
     let text = process::combined_output(&out);
     if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
         use std::io::Write;
@@ -580,8 +653,12 @@ fn write_settings(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
 
 // ---------------------------------------------------------------- databases
 
-fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub(super) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 fn check_db_name(name: &str) -> Result<()> {
@@ -677,8 +754,8 @@ mod tests {
     #[test]
     fn admin_url_format() {
         assert_eq!(
-            admin_url(55432),
-            "postgres://postgres@127.0.0.1:55432/postgres"
+            admin_url(55432, "pw"),
+            "postgres://postgres:pw@127.0.0.1:55432/postgres"
         );
     }
 
@@ -693,14 +770,14 @@ mod tests {
     #[test]
     fn clients_use_the_socket_when_its_path_is_plain_and_short() {
         assert_eq!(
-            client_url(&cfg_at("/work/main/.run/pg")),
-            "postgres://postgres@localhost:55432/postgres?host=/work/main/.run/pg/socket"
+            client_url(&cfg_at("/work/main/.run/pg"), "pw"),
+            "postgres://postgres:pw@localhost:55432/postgres?host=/work/main/.run/pg/socket"
         );
         // A character that would need escaping in the URL, or a path over the limit: TCP.
-        assert_eq!(client_url(&cfg_at("/a b/pg")), admin_url(55432));
+        assert_eq!(client_url(&cfg_at("/a b/pg"), "pw"), admin_url(55432, "pw"));
         assert_eq!(
-            client_url(&cfg_at(&format!("/{}", "x".repeat(90)))),
-            admin_url(55432)
+            client_url(&cfg_at(&format!("/{}", "x".repeat(90))), "pw"),
+            admin_url(55432, "pw")
         );
     }
 }

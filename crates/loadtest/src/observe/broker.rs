@@ -45,9 +45,14 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect(nats_url: &str, prefix: &str) -> Result<Broker> {
-        let client = async_nats::connect(nats_url)
+        let client = platform::broker::connect_url(nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    platform::config::redact_url(nats_url)
+                )
+            })?;
         Ok(Broker {
             context: jetstream::new(client),
             streams: deploy::stream_names(prefix),

@@ -491,6 +491,7 @@ mod tests {
         let deployment = deploy::Deployment {
             databases: deploy::DatabaseUrls::on("postgres://postgres@127.0.0.1:1/postgres"),
             nats_url: "nats://127.0.0.1:2".into(),
+            nats_users: false,
             prefix: "run1".into(),
             credentials: deploy::Credentials::random(),
             decline_rate: 0.05,

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use platform::app::Infrastructure;
 use platform::broker::Topology;
-use platform::http::JwtSecret;
+use platform::auth::TokenKeys;
 use platform::outbox::OutboxSignal;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub topology: Topology,
     pub outbox_signal: OutboxSignal,
-    pub jwt_secret: JwtSecret,
+    pub tokens: TokenKeys,
     pub max_quantity: i32,
     pub intake: OrderIntake,
     /// Per-buyer token bucket of `POST /orders`.
@@ -42,7 +42,7 @@ impl AppState {
             pool: infra.pools.http.clone(),
             topology: infra.topology.clone(),
             outbox_signal: infra.outbox_signal.clone(),
-            jwt_secret: JwtSecret(Arc::from(settings.common.auth.jwt_secret.as_str())),
+            tokens: TokenKeys::from_settings(&settings.common.auth),
             max_quantity: settings.orders.max_quantity,
             intake,
             rate_limit: Arc::new(rate_limit),
@@ -51,9 +51,9 @@ impl AppState {
     }
 }
 
-impl FromRef<AppState> for JwtSecret {
+impl FromRef<AppState> for TokenKeys {
     fn from_ref(state: &AppState) -> Self {
-        state.jwt_secret.clone()
+        state.tokens.clone()
     }
 }
 

@@ -13,7 +13,7 @@
 //!   later, without limit and never dead-lettered;
 //! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
 
-use crate::broker::{self, Topology};
+use crate::broker::Topology;
 use crate::config::ConsumerSettings;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::{Event, Source};
@@ -181,7 +181,11 @@ impl<H: EventHandler> EventConsumer<H> {
             settings: parts.settings,
             attached: tokio::sync::Mutex::new(None),
         };
-        consumer.attached_consumer().await?;
+        // Not attached yet (the stream's publisher has not created it, or the broker is away):
+        // the consumer reports down, `/ready` says so, and its worker keeps attaching.
+        if let Err(error) = consumer.attached_consumer().await {
+            tracing::warn!(consumer = consumer.name(), %error, "not attached at start; will retry");
+        }
         Ok(consumer)
     }
 
@@ -206,12 +210,11 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     /// Finds the durable consumer, bringing its settings to the configured ones, or creates it
-    /// (and its stream) when the broker has none. A consumer created here starts
-    /// `replay_window` back in the stream; the inbox absorbs what it already processed.
+    /// when the broker has none. A consumer created here starts `replay_window` back in the
+    /// stream; the inbox absorbs what it already processed. The stream is its publisher's to
+    /// create (a missing one is re-created by the publisher's relay at its next publish): a
+    /// service's NATS user may manage only its own stream.
     async fn attach(&self) -> Result<PullConsumer, ConsumerError> {
-        broker::ensure_stream(&self.jetstream, &self.topology, self.subscription.stream)
-            .await
-            .map_err(jetstream_error)?;
         let stream = self
             .jetstream
             .get_stream_no_info(self.topology.stream_name(self.subscription.stream))

@@ -1,0 +1,86 @@
+//! What a service may do on NATS: publish its own events, manage its own stream, and read and
+//! acknowledge through its own durable consumers — nothing else. Derived from the same topology
+//! and subscriptions the service runs with, so the permissions cannot drift from the code.
+//! Deployment tools render it into the server's configuration (one user per service).
+
+use crate::broker::{inbox_prefix, Topology};
+use crate::consumer::Subscription;
+use crate::events::Source;
+
+/// Subjects a NATS user may publish to and subscribe to (everything else is denied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPermissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+impl BrokerPermissions {
+    /// The permissions of user `user` of a service that publishes to the streams of
+    /// `publishes` and consumes `subscriptions`.
+    pub fn for_service(
+        topology: &Topology,
+        publishes: &[Source],
+        subscriptions: &[Subscription],
+        user: &str,
+    ) -> Self {
+        let mut publish = Vec::new();
+        for &source in publishes {
+            let stream = topology.stream_name(source);
+            publish.push(topology.subject(&format!("{}.>", source.token())));
+            for action in ["INFO", "CREATE", "UPDATE"] {
+                publish.push(format!("$JS.API.STREAM.{action}.{stream}"));
+            }
+        }
+        for subscription in subscriptions {
+            let stream = topology.stream_name(subscription.stream);
+            let durable = &subscription.durable_name;
+            publish.extend([
+                format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+                // Created (or updated) with several filter subjects: no filter token follows.
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"),
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+                format!("$JS.ACK.{stream}.{durable}.>"),
+            ]);
+        }
+        BrokerPermissions {
+            publish,
+            // Replies (publish acks, fetched messages, API answers) come to the user's own inbox.
+            subscribe: vec![format!("{}.>", inbox_prefix(user))],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_may_publish_only_its_own_events_and_use_only_its_own_consumers() {
+        let topology = Topology::new("shop");
+        let subscriptions = [Subscription {
+            durable_name: "payment-service-reservations".into(),
+            stream: Source::Inventory,
+            subject_suffixes: vec!["inventory.stock_reserved"],
+        }];
+        let p = BrokerPermissions::for_service(
+            &topology,
+            &[Source::Payment],
+            &subscriptions,
+            "shop-payment",
+        );
+        assert!(p.publish.contains(&"shop.payment.>".to_string()));
+        assert!(p
+            .publish
+            .contains(&"$JS.API.STREAM.CREATE.SHOP_PAYMENT".to_string()));
+        assert!(p.publish.contains(
+            &"$JS.API.CONSUMER.MSG.NEXT.SHOP_INVENTORY.payment-service-reservations".to_string()
+        ));
+        assert!(!p.publish.iter().any(|s| s.starts_with("shop.inventory")
+            || s.contains("STREAM.DELETE")
+            || s.contains("STREAM.PURGE")
+            || s.contains("SHOP_ORDER")
+            || s.ends_with("STREAM.CREATE.SHOP_INVENTORY")));
+        assert_eq!(p.subscribe, vec!["_INBOX_shop-payment.>".to_string()]);
+    }
+}
