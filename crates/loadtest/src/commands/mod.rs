@@ -64,7 +64,10 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
         "postgres           {}",
         infra::redact(&infra.admin_database_url)
     );
-    println!("nats               {}  (prefix {prefix})", infra.nats_url);
+    println!(
+        "nats               {}  (prefix {prefix})",
+        infra::redact(&infra.nats_url)
+    );
     println!("decline rate       {decline_rate}");
     println!(
         "credentials        {}  (mode 0600: JWT secret, admin token, the services' passwords)",
