@@ -8,6 +8,9 @@ use platform::http::{on_constraint, Problem};
 pub enum InventoryError {
     #[error("{0}")]
     Invalid(String),
+    /// Valid on its own, but past a cap on the total (which depends on what came before).
+    #[error("{0}")]
+    OverCap(String),
     #[error("product not found")]
     NotFound,
     #[error(transparent)]
@@ -21,6 +24,12 @@ impl IntoResponse for InventoryError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-product",
                 "The product is not valid",
+            )
+            .with_detail(detail),
+            InventoryError::OverCap(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "over-cap",
+                "A product may receive at most the cap on units in all",
             )
             .with_detail(detail),
             InventoryError::NotFound => Problem::new(

@@ -8,6 +8,9 @@ use platform::http::{on_constraint, Problem};
 pub enum PaymentError {
     #[error("{0}")]
     Invalid(String),
+    /// Valid on its own, but past a cap on the total (which depends on what came before).
+    #[error("{0}")]
+    OverCap(String),
     #[error("account not found")]
     NotFound,
     #[error(transparent)]
@@ -21,6 +24,12 @@ impl IntoResponse for PaymentError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-account",
                 "The account is not valid",
+            )
+            .with_detail(detail),
+            PaymentError::OverCap(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "over-cap",
+                "An account may be paid at most the cap in all",
             )
             .with_detail(detail),
             PaymentError::NotFound => Problem::new(

@@ -4,8 +4,34 @@ use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminState, AdminToken, JsonBody, PathParam};
+use platform::http::{Admin, AdminState, AdminToken, JsonBody, PathParam, PositiveId};
+use platform::openapi::{set_range, Document, Shared};
 use serde::Deserialize;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Payment service", description = "Buyers' accounts and deposits (admin token)."),
+    paths(open_account, get_account, deposit),
+    components(schemas(NewAccount, Deposit, Account)),
+    tags((name = "accounts", description = "Buyers' accounts and the money paid into them")),
+    modifiers(&Shared)
+)]
+pub struct ApiDoc;
+
+/// The document with this deployment's cap on deposits.
+pub fn document(max_deposited_cents: i64) -> Document {
+    let mut openapi = ApiDoc::openapi();
+    set_range(
+        &mut openapi,
+        "NewAccount",
+        "balance_cents",
+        0,
+        max_deposited_cents,
+    );
+    set_range(&mut openapi, "Deposit", "cents", 1, max_deposited_cents);
+    Document::new(&openapi)
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,20 +47,40 @@ impl FromRef<AppState> for AdminToken {
 }
 
 pub fn router(state: AppState) -> Router {
+    let document = document(state.max_deposited_cents);
     Router::new()
+        .route("/openapi.json", get(move || async move { document }))
         .route("/accounts", post(open_account))
         .route("/accounts/{user_id}", get(get_account))
         .route("/accounts/{user_id}/deposits", post(deposit))
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {
+    /// The buyer (the `sub` of the buyer's tokens).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "platform::http::whole_number")]
     user_id: i64,
+    /// Opening balance: at most the deployment's cap on what one account is ever paid in.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "platform::http::whole_number")]
     balance_cents: i64,
 }
 
+/// Open a buyer's account with an opening balance.
+#[utoipa::path(
+    post,
+    path = "/accounts",
+    tag = "accounts",
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "Opened", body = Account),
+        (status = 409, description = "This user has an account"),
+    ),
+    security(("admin" = []))
+)]
 async fn open_account(
     _: Admin,
     State(state): State<AppState>,
@@ -56,10 +102,22 @@ async fn open_account(
     Ok((StatusCode::CREATED, Json(account)))
 }
 
+/// A buyer's account.
+#[utoipa::path(
+    get,
+    path = "/accounts/{user_id}",
+    tag = "accounts",
+    params(("user_id" = i64, Path, minimum = 1, maximum = 9223372036854775807_i64, description = "The buyer")),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 404, description = "No account for this user"),
+    ),
+    security(("admin" = []))
+)]
 async fn get_account(
     _: Admin,
     State(state): State<AppState>,
-    PathParam(user_id): PathParam<i64>,
+    PathParam(PositiveId(user_id)): PathParam<PositiveId>,
 ) -> Result<Json<Account>, PaymentError> {
     let mut conn = state.admin.pool.acquire().await?;
     ledger::find_account(&mut conn, user_id)
@@ -68,16 +126,33 @@ async fn get_account(
         .ok_or(PaymentError::NotFound)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Deposit {
+    /// At most the deployment's cap (for one deposit, and for all an account is ever paid in).
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "platform::http::whole_number")]
     cents: i64,
 }
 
+/// Pay money into a buyer's account.
+#[utoipa::path(
+    post,
+    path = "/accounts/{user_id}/deposits",
+    tag = "accounts",
+    params(("user_id" = i64, Path, minimum = 1, maximum = 9223372036854775807_i64, description = "The buyer")),
+    request_body = Deposit,
+    responses(
+        (status = 200, description = "Deposited", body = Account),
+        (status = 404, description = "No account for this user"),
+        (status = 409, description = "The account would be paid more than the cap in all"),
+    ),
+    security(("admin" = []))
+)]
 async fn deposit(
     _: Admin,
     State(state): State<AppState>,
-    PathParam(user_id): PathParam<i64>,
+    PathParam(PositiveId(user_id)): PathParam<PositiveId>,
     JsonBody(body): JsonBody<Deposit>,
 ) -> Result<Json<Account>, PaymentError> {
     let max = state.max_deposited_cents;
@@ -90,7 +165,7 @@ async fn deposit(
     match ledger::deposit(&mut conn, user_id, body.cents, max).await? {
         Deposited::Done(account) => Ok(Json(account)),
         Deposited::NotFound => Err(PaymentError::NotFound),
-        Deposited::OverCap => Err(PaymentError::Invalid(format!(
+        Deposited::OverCap => Err(PaymentError::OverCap(format!(
             "an account may be paid at most {max} cents in all"
         ))),
     }

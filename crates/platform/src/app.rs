@@ -197,6 +197,7 @@ pub struct Application {
     workers_enabled: bool,
     policy: RestartPolicy,
     pools: Pools,
+    read_timeouts: crate::server::ReadTimeouts,
 }
 
 impl Application {
@@ -279,6 +280,7 @@ impl Application {
             workers_enabled: enabled,
             policy: RestartPolicy::from_settings(&settings.workers),
             pools: infra.pools.clone(),
+            read_timeouts: settings.http.read_timeouts(),
         })
     }
 
@@ -312,8 +314,8 @@ impl Application {
             }
         }
         let (served, admin_served) = tokio::join!(
-            serve(self.listener, self.router),
-            serve(self.admin_listener, self.admin_router),
+            serve(self.listener, self.router, self.read_timeouts),
+            serve(self.admin_listener, self.admin_router, self.read_timeouts),
         );
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
@@ -324,8 +326,10 @@ impl Application {
 }
 
 /// One listener until SIGTERM/Ctrl-C: the public and the admin listener are served alike.
-async fn serve(listener: TcpListener, router: Router) -> Result<(), std::io::Error> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(http::shutdown_signal())
-        .await
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    timeouts: crate::server::ReadTimeouts,
+) -> Result<(), std::io::Error> {
+    crate::server::serve(listener, router, timeouts, http::shutdown_signal()).await
 }

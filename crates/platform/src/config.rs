@@ -72,6 +72,8 @@ development = false
 [http]
 host = "127.0.0.1"
 max_body_bytes = 16384
+header_read_timeout_ms = 10000
+body_read_timeout_ms = 10000
 
 [database]
 http_connections = 8
@@ -82,10 +84,10 @@ lock_timeout_ms = 3000
 idle_in_transaction_timeout_ms = 30000
 
 [nats]
-prefix = "shop"
-stream_max_age_secs = 604800
 user = ""
 password = ""
+prefix = "shop"
+stream_max_age_secs = 604800
 stream_max_bytes = 1073741824
 
 [outbox]
@@ -117,11 +119,11 @@ resolved_dead_letters_secs = 2592000
 /// The sections every service has.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CommonSettings {
-    pub http: HttpSettings,
-    pub database: DatabaseSettings,
     /// A development machine: the built-in secrets are accepted even when the service listens
     /// beyond loopback (`APP_DEVELOPMENT=true`).
     pub development: bool,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
     pub nats: NatsSettings,
     pub auth: AuthSettings,
     pub outbox: OutboxSettings,
@@ -133,9 +135,9 @@ pub struct CommonSettings {
 impl CommonSettings {
     /// Settings that would break a guarantee are refused at start, not discovered in production.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_secrets()?;
         // A message can come back (redelivery, a consumer re-created over the stream, a store
         // restored from a backup) for as long as the stream keeps it; the inbox must remember it
-        self.check_secrets()?;
         // at least that long (docs/architecture.md, "Retention").
         if self.retention.inbox_secs < self.nats.stream_max_age_secs {
             return Err(format!(
@@ -160,8 +162,6 @@ impl CommonSettings {
     }
 }
 
-/// Background workers and their supervision.
-#[derive(Debug, Clone, Deserialize)]
 impl CommonSettings {
     /// The JWT secret and admin token guard a deployment: a service that anyone beyond this
     /// machine can reach refuses empty, short or built-in ones.
@@ -219,6 +219,8 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Background workers and their supervision.
+#[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     /// Whether the relay, consumers and other workers run inside the process. Tests turn them
     /// off and drive them by hand.
@@ -244,6 +246,10 @@ pub struct HttpSettings {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// A client must send a request's head within this (else the connection is closed) ...
+    pub header_read_timeout_ms: u64,
+    /// ... and each piece of its body within this (else `400` and the connection is closed).
+    pub body_read_timeout_ms: u64,
     /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to `host`,
     /// `admin_port` to [`HttpSettings::ADMIN_PORT_OFFSET`] above `port` (0 stays 0: any free
     /// port), so replicas on ports base + 10 × n get admin ports that never collide.
@@ -266,6 +272,13 @@ impl HttpSettings {
             (Some(port), _) => Some(port),
             (None, 0) => Some(0),
             (None, port) => port.checked_add(Self::ADMIN_PORT_OFFSET),
+        }
+    }
+
+    pub fn read_timeouts(&self) -> crate::server::ReadTimeouts {
+        crate::server::ReadTimeouts {
+            header: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body: Duration::from_millis(self.body_read_timeout_ms.max(1)),
         }
     }
 }
@@ -291,6 +304,9 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct NatsSettings {
     pub url: String,
+    /// The service's NATS user (empty: the URL's credentials, or none).
+    pub user: String,
+    pub password: String,
     /// Prefix of every subject and stream name, so several deployments (or tests) share a server.
     pub prefix: String,
     /// How long and how much each stream keeps (oldest messages go first).
@@ -302,11 +318,11 @@ pub struct NatsSettings {
 pub struct AuthSettings {
     pub jwt_secret: String,
     pub admin_token: String,
+    /// `iss` and `aud` every buyer token must carry.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
 }
 
-    /// The service's NATS user (empty: the URL's credentials, or none).
-    pub user: String,
-    pub password: String,
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
     /// Rows claimed per relay round.
@@ -318,9 +334,6 @@ pub struct OutboxSettings {
 
 impl OutboxSettings {
     pub fn poll_interval(&self) -> Duration {
-    /// `iss` and `aud` every buyer token must carry.
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
         Duration::from_millis(self.poll_interval_ms)
     }
 }
@@ -378,14 +391,6 @@ mod tests {
     }
 
     #[test]
-    fn defaults_parse_and_service_sections_merge() {
-        let s: Sample = load(1, "").expect("defaults load");
-        assert_eq!(s.http.port, 1);
-        assert_eq!(s.database.http_connections, 8);
-        assert!(s.consumer.batch_size > 0);
-    }
-}
-    #[test]
     fn built_in_or_weak_secrets_are_refused_beyond_loopback_unless_in_development() {
         let mut settings = load_overridden::<Common>(1, "", &[]).unwrap().common;
         assert_eq!(
@@ -426,3 +431,11 @@ mod tests {
         }
     }
 
+    #[test]
+    fn defaults_parse_and_service_sections_merge() {
+        let s: Sample = load(1, "").expect("defaults load");
+        assert_eq!(s.http.port, 1);
+        assert_eq!(s.database.http_connections, 8);
+        assert!(s.consumer.batch_size > 0);
+    }
+}

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// An RFC 9457 problem detail, sent as `application/problem+json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A URI reference naming the problem type (`/problems/{slug}`).
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -161,6 +163,143 @@ fn path_problem(rejection: PathRejection) -> Problem {
         "Invalid path parameter",
     )
     .with_detail(rejection.body_text())
+}
+
+/// Deserializes a JSON integer into an `i64` (`#[serde(deserialize_with = ...)]`). JSON (and
+/// JSON Schema's `integer`) does not tell `5` from `5.0` or `5e0`: every spelling of a whole
+/// number is that number, read exactly from its text (never through a float, which would round
+/// `1e-400` to 0 or `1.0000000000000000001` to 1). A fraction, a number past i64 or anything
+/// that is not a number is refused (the body is then `422`).
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let raw = <Box<serde_json::value::RawValue> as serde::Deserialize>::deserialize(deserializer)?;
+    integer_from_json_number(raw.get())
+        .ok_or_else(|| serde::de::Error::custom("expected an integer within 64 bits"))
+}
+
+/// The integer a JSON number token denotes, if it is whole and fits an `i64`.
+fn integer_from_json_number(text: &str) -> Option<i64> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !is_digits(whole) || !is_digits(fraction) {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    // value = digits × 10^shift
+    let exponent: i64 = exponent.map_or(Some(0), |e| e.parse().ok())?;
+    let shift = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let magnitude: u64 = if shift < 0 {
+        let cut = usize::try_from(shift.unsigned_abs()).ok()?;
+        let keep = digits.len().checked_sub(cut)?;
+        let (kept, dropped) = digits.split_at(keep);
+        if dropped.bytes().any(|b| b != b'0') {
+            return None;
+        }
+        if kept.is_empty() {
+            return Some(0);
+        }
+        kept.parse().ok()?
+    } else {
+        // 20 digits are past i64 already.
+        let zeros = usize::try_from(shift)
+            .ok()
+            .filter(|z| digits.len() + z <= 20)?;
+        format!("{digits}{}", "0".repeat(zeros)).parse().ok()?
+    };
+    if negative {
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+#[cfg(test)]
+mod whole_number_tests {
+    use super::integer_from_json_number as int;
+
+    #[test]
+    fn whole_numbers_in_any_spelling_are_their_integer() {
+        assert_eq!(int("5"), Some(5));
+        assert_eq!(int("-5"), Some(-5));
+        assert_eq!(int("5.0"), Some(5));
+        assert_eq!(int("5e0"), Some(5));
+        assert_eq!(int("2E1"), Some(20));
+        assert_eq!(int("2e+1"), Some(20));
+        assert_eq!(int("1.50e1"), Some(15));
+        assert_eq!(int("500e-2"), Some(5));
+        assert_eq!(int("0"), Some(0));
+        assert_eq!(int("-0.0"), Some(0));
+        assert_eq!(int("0e999999999999999999999"), Some(0));
+        assert_eq!(int("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(int("9.223372036854775807e18"), Some(i64::MAX));
+    }
+
+    #[test]
+    fn fractions_and_numbers_past_i64_are_refused() {
+        for text in [
+            "1.5",
+            "1e-400",
+            "1.0000000000000000001",
+            "5e-1",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1e19",
+            "1e400",
+            "1e999999999999999999999",
+            "\"5\"",
+            "null",
+            "[5]",
+            "",
+            ".5",
+        ] {
+            assert_eq!(int(text), None, "{text}");
+        }
+    }
+}
+
+/// An id in a path: a positive 64-bit integer (ids start at 1), else `400`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositiveId(pub i64);
+
+impl<'de> serde::Deserialize<'de> for PositiveId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match i64::deserialize(deserializer)? {
+            id if id > 0 => Ok(PositiveId(id)),
+            _ => Err(serde::de::Error::custom("an id is a positive integer")),
+        }
+    }
+}
+
+/// `Query<T>` whose rejections are problems (400 for a parameter that does not parse or is
+/// unknown, when `T` denies unknown fields).
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "Invalid query parameter",
+            )
+            .with_detail(rejection.body_text())),
+        }
+    }
 }
 
 /// The request's trace context, set by the request-context middleware.
@@ -322,12 +461,17 @@ async fn not_found() -> Problem {
 async fn method_not_allowed(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        return Problem::new(
+        let mut problem = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
         )
         .into_response();
+        // RFC 9110: a 405 says which methods the resource has.
+        if let Some(allow) = response.headers().get(header::ALLOW) {
+            problem.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return problem;
     }
     response
 }
@@ -380,7 +524,6 @@ pub async fn shutdown_signal() {
 /// The deployment's admin credential, taken from the router state with `FromRef`.
 #[derive(Clone)]
 pub struct AdminToken(pub std::sync::Arc<str>);
-
 
 fn unauthorized(detail: &str) -> Problem {
     Problem::new(

@@ -17,8 +17,10 @@ pub mod events;
 #[cfg(feature = "fault-injection")]
 pub mod fault_hooks;
 pub mod http;
+pub mod openapi;
 pub mod outbox;
 pub mod retention;
+pub mod server;
 pub mod supervisor;
 pub mod telemetry;
 #[cfg(feature = "testing")]

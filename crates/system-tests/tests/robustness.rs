@@ -393,7 +393,7 @@ async fn admin_post(system: &TestSystem, url: String, body: Value) -> (u16, Valu
 }
 
 /// Numbers an admin may enter that used to overflow (a 500 or a panic) are refused with a 422
-/// that names the cap.
+/// that names the cap; within the cap but past it in total, with a 409.
 #[tokio::test]
 async fn numbers_that_would_overflow_are_refused_with_422() {
     let system = TestSystem::start(Options::default()).await;
@@ -440,6 +440,6 @@ async fn numbers_that_would_overflow_are_refused_with_422() {
         json!({"units": cap}),
     )
     .await;
-    assert_eq!(status, 422, "10 + 1e9 units exceed the cap");
+    assert_eq!(status, 409, "10 + 1e9 units exceed the cap on the total");
     assert_eq!(system.stock(1).await, 10, "nothing half-written");
 }

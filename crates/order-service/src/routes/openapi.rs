@@ -1,33 +1,30 @@
-use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use platform::openapi::{set_range, Document, Shared};
+use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Order service", description = "Place orders and follow them to their final status."),
     paths(super::orders::create_order, super::orders::get_order),
     components(schemas(super::orders::CreateOrder, crate::orders::Order, crate::domain::OrderStatus)),
-    modifiers(&BearerAuth)
+    tags((name = "orders", description = "A buyer's orders")),
+    modifiers(&Shared)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
+/// The document with this deployment's largest quantity.
+pub fn document(max_quantity: i32) -> Document {
+    let mut openapi = ApiDoc::openapi();
+    set_range(
+        &mut openapi,
+        "CreateOrder",
+        "quantity",
+        1,
+        max_quantity.into(),
+    );
+    Document::new(&openapi)
 }
 
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json` (built per request: it is asked for rarely).
+pub async fn serve(axum::extract::State(state): axum::extract::State<super::AppState>) -> Document {
+    document(state.max_quantity)
 }

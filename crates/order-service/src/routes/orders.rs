@@ -15,8 +15,12 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "platform::http::whole_number")]
     pub product_id: i64,
     /// Units to buy: 1 up to the deployment's maximum (100 by default).
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "platform::http::whole_number")]
     pub quantity: i64,
 }
 
@@ -56,18 +60,22 @@ fn accepted(order: &Order, replayed: bool) -> Response {
 #[utoipa::path(
     post,
     path = "/orders",
+    tag = "orders",
     request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body returns the original order")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Same key + same body returns the original order (1 to 255 visible ASCII characters)")),
     responses(
-        (status = 202, description = "Order accepted", body = Order),
+        (status = 202, description = "Order accepted (`PENDING`)", body = Order, headers(
+            ("Location" = String, description = "The order's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the order an earlier request with the same key created"),
+        )),
         (status = 400, description = "Malformed JSON or Idempotency-Key"),
-        (status = 401, description = "Missing or invalid bearer token"),
-        (status = 409, description = "Same Idempotency-Key in progress"),
-        (status = 413, description = "Body too large"),
-        (status = 422, description = "Invalid quantity or product, or Idempotency-Key reused with another body"),
+        (status = 409, description = "A request with the same Idempotency-Key is in progress"),
+        (status = 422, description = "Body out of the schema, or Idempotency-Key reused with another body"),
         (status = 429, description = "This buyer is over the rate of orders, or holds too many orders not yet final (nothing was written); retry after `Retry-After`"),
+        (status = 503, description = "The order could not be written now (nothing was written); retry after `Retry-After`"),
     ),
-    security(("bearer" = []))
+    security(("buyer" = []))
 )]
 pub async fn create_order(
     State(state): State<AppState>,
@@ -170,14 +178,14 @@ async fn replay_or_reject(
 #[utoipa::path(
     get,
     path = "/orders/{id}",
+    tag = "orders",
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = Order),
         (status = 400, description = "Malformed id"),
-        (status = 401, description = "Missing or invalid bearer token"),
         (status = 404, description = "No such order for this buyer"),
     ),
-    security(("bearer" = []))
+    security(("buyer" = []))
 )]
 pub async fn get_order(
     State(state): State<AppState>,

@@ -4,12 +4,9 @@
 //! every replay and discard is recorded with who asked, when and what came of it.
 
 use crate::consumer::{BackgroundConsumer, HandlerError};
-use crate::http::{Admin, AdminToken, JsonBody, PathParam, Problem};
+
 use crate::outbox::OutboxSignal;
-use axum::extract::{FromRef, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -70,7 +67,7 @@ pub async fn record(
 }
 
 /// A dead letter as an operator sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub consumer: String,
@@ -113,7 +110,7 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<DeadLetter>,
 }
 
 /// One recorded replay or discard.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Action {
     pub id: i64,
     pub dead_letter_id: i64,
@@ -141,7 +138,7 @@ pub enum DeskError {
 /// The operator's desk: replays dead letters through the consumers that parked them.
 #[derive(Clone)]
 pub struct DeadLetterDesk {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     consumers: Vec<Arc<dyn BackgroundConsumer>>,
     signal: OutboxSignal,
 }
@@ -170,14 +167,14 @@ impl Resolution {
 }
 
 /// What a bulk replay or discard did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BulkOutcome {
     pub matched: u64,
     pub resolved: u64,
     pub failed: Vec<BulkFailure>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BulkFailure {
     pub id: i64,
     pub error: String,
@@ -344,166 +341,6 @@ impl DeadLetterDesk {
     }
 }
 
-// ------------------------------------------------------------------------------------ HTTP
+mod routes;
 
-#[derive(Clone)]
-struct DeskState {
-    desk: DeadLetterDesk,
-    admin: AdminToken,
-}
-
-impl FromRef<DeskState> for AdminToken {
-    fn from_ref(state: &DeskState) -> Self {
-        state.admin.clone()
-    }
-}
-
-/// Who asked: the `X-Operator` header when it is a sane token, else `admin`.
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-operator")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("admin")
-        .to_owned()
-}
-
-impl From<DeskError> for Problem {
-    fn from(error: DeskError) -> Problem {
-        match error {
-            DeskError::NotFound => Problem::new(
-                StatusCode::NOT_FOUND,
-                "dead-letter-not-found",
-                "No such dead letter",
-            ),
-            DeskError::Resolved(status) => Problem::new(
-                StatusCode::CONFLICT,
-                "dead-letter-resolved",
-                "The dead letter was already resolved",
-            )
-            .with_detail(format!("it is {status}")),
-            DeskError::UnknownConsumer(name) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-consumer",
-                "No consumer of this service parked it",
-            )
-            .with_detail(name),
-            DeskError::ReplayFailed(error) => {
-                // The handler's own reasons help the operator; database error text stays in the log.
-                let detail = match &error {
-                    HandlerError::Database(_) | HandlerError::Outbox(_) => {
-                        tracing::warn!(%error, "replay failed");
-                        "database error (see the service log)".to_owned()
-                    }
-                    other => other.to_string(),
-                };
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "replay-failed",
-                    "The event still fails",
-                )
-                .with_detail(detail)
-            }
-            DeskError::Database(error) => crate::http::database_problem(&error),
-        }
-    }
-}
-
-async fn list_letters(
-    _: Admin,
-    State(state): State<DeskState>,
-    Query(filter): Query<ListFilter>,
-) -> Result<Json<Vec<DeadLetter>>, Problem> {
-    list(&state.desk.pool, &filter)
-        .await
-        .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Resolved {
-    pub id: i64,
-    pub status: String,
-}
-
-/// `replay` or `discard`, as the last path segment says.
-fn resolution(action: &str) -> Result<Resolution, Problem> {
-    match action {
-        "replay" => Ok(Resolution::Replay),
-        "discard" => Ok(Resolution::Discard),
-        _ => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "No such resource",
-        )),
-    }
-}
-
-async fn resolve_one(
-    _: Admin,
-    State(state): State<DeskState>,
-    headers: HeaderMap,
-    PathParam((id, action)): PathParam<(i64, String)>,
-) -> Result<Json<Resolved>, Problem> {
-    let how = resolution(&action)?;
-    state.desk.resolve(id, &actor(&headers), how).await?;
-    Ok(Json(Resolved {
-        id,
-        status: how.status().into(),
-    }))
-}
-
-/// Body of a bulk replay or discard: every open dead letter whose reason contains this text.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Matching {
-    pub reason: String,
-}
-
-async fn resolve_all(
-    _: Admin,
-    State(state): State<DeskState>,
-    headers: HeaderMap,
-    PathParam(action): PathParam<String>,
-    JsonBody(matching): JsonBody<Matching>,
-) -> Result<Json<BulkOutcome>, Problem> {
-    let how = resolution(&action)?;
-    state
-        .desk
-        .resolve_matching(&matching.reason, &actor(&headers), how)
-        .await
-        .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
-}
-
-#[derive(Debug, Deserialize)]
-struct ActionsQuery {
-    limit: Option<i64>,
-}
-
-async fn list_actions(
-    _: Admin,
-    State(state): State<DeskState>,
-    Query(query): Query<ActionsQuery>,
-) -> Result<Json<Vec<Action>>, Problem> {
-    state
-        .desk
-        .actions(query.limit.unwrap_or(1000))
-        .await
-        .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
-}
-
-/// The admin routes over a service's dead letters (every service has them):
-/// `GET /admin/dead-letters` (`?status=open|replayed|discarded|all&reason=…&limit=…`),
-/// `POST /admin/dead-letters/{id}/replay`, `POST /admin/dead-letters/{id}/discard`,
-/// `POST /admin/dead-letters/replay` and `…/discard` with `{"reason": "…"}` for every open one
-/// whose reason contains the text, and `GET /admin/dead-letters/actions`, the audit log.
-pub fn routes(desk: DeadLetterDesk, admin: AdminToken) -> Router {
-    Router::new()
-        .route("/admin/dead-letters", get(list_letters))
-        .route("/admin/dead-letters/actions", get(list_actions))
-        .route("/admin/dead-letters/{action}", post(resolve_all))
-        .route("/admin/dead-letters/{id}/{action}", post(resolve_one))
-        .with_state(DeskState { desk, admin })
-}
+pub use routes::{routes, ApiDoc};
