@@ -3,7 +3,8 @@
 #  1. build the workspace (services, CLI, tests) in the one dev profile, with the services' fault
 #     hooks (`platform/fault-injection`: the ci-heal scenario's panic fault arms them);
 #  2. install (if missing) and start private PostgreSQL and NATS instances (`loadtest infra-up`);
-#  3. run every test against them;
+#  3. run every test against them, then schemathesis against the services' OpenAPI documents
+#     (scripts/contract.sh);
 #  4. run the short load-test scenario end to end (same code path and checks as the seed run),
 #     then the short chaos scenario (faults during the load, same checks), then the short
 #     self-healing scenario (deleted consumer and stream, a panicking handler, poison);
@@ -31,6 +32,11 @@ cargo test --workspace "${features[@]}" 2>&1 | tee "$test_log"
 totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
               END { printf "%d passed, %d failed", p, f }' "$test_log")
 rm -f "$test_log"
+
+if [ "${SKIP_CONTRACT:-0}" != "1" ]; then
+    # The OpenAPI documents against the running services: schemathesis, every check, 0 findings.
+    scripts/contract.sh
+fi
 
 if [ "${SKIP_LOADTEST:-0}" != "1" ]; then
     echo "== short load-test scenario"
