@@ -75,7 +75,11 @@ impl BuyerRateLimit {
     pub fn check(&self, buyer: i64) -> Result<(), Duration> {
         // Memory stays bounded: a bucket that has filled up again is the same as no bucket, so
         // now and then those are dropped (a pass over the map, once per `sweep_every` checks).
-        if self.checks.fetch_add(1, Ordering::Relaxed) % self.sweep_every == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.sweep_every)
+        {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
