@@ -60,11 +60,13 @@ impl Outcome {
         }
     }
 
-    /// A server failure or a transport failure. A 4xx such as a sold-out 409 is an answer by
-    /// design, not an error; a dropped request was never sent, so it is counted separately.
+    /// A server failure, a transport failure, or a `429` (the order service's fair-use limit
+    /// refused the order: under a load test's honest buyers that is the system failing the
+    /// load, never an answer by design). Other 4xx are answers by design; a dropped request
+    /// was never sent, so it is counted separately.
     pub fn is_error(&self) -> bool {
         match self {
-            Outcome::Status(code) => *code >= 500,
+            Outcome::Status(code) => *code >= 500 || *code == 429,
             Outcome::Timeout | Outcome::ConnectError | Outcome::OtherError => true,
             Outcome::Dropped => false,
         }
@@ -192,9 +194,9 @@ pub struct SecondBucket {
     pub second: u64,
     /// Requests sent (not dropped).
     pub started: u64,
-    /// Requests answered with a non-5xx status.
+    /// Requests answered with a status that is not an error (see [`Outcome::is_error`]).
     pub completed_ok: u64,
-    /// 5xx answers, timeouts, connect and other transport errors.
+    /// 5xx and 429 answers, timeouts, connect and other transport errors.
     pub errors: u64,
     pub dropped: u64,
     /// `None` when nothing in this second has a latency.
@@ -384,7 +386,7 @@ impl RunStats {
             .sum()
     }
 
-    /// (5xx + timeouts + connect/other errors) / requests sent; 0 when nothing was sent.
+    /// (5xx + 429 + timeouts + connect/other errors) / requests sent; 0 when nothing was sent.
     /// Drops are not attempts and are reported on their own.
     pub fn error_rate(&self) -> f64 {
         match self.sent() {
@@ -515,6 +517,7 @@ mod tests {
             Outcome::Status(409),
             Outcome::Status(400),
             Outcome::Status(500),
+            Outcome::Status(429),
             Outcome::Timeout,
             Outcome::ConnectError,
             Outcome::OtherError,
@@ -526,6 +529,7 @@ mod tests {
             ("202", 2),
             ("400", 1),
             ("409", 1),
+            ("429", 1),
             ("500", 1),
             ("connect_error", 1),
             ("dropped", 1),
@@ -536,8 +540,9 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         assert_eq!(stats.counts_by_outcome(), expected);
-        assert_eq!((stats.sent(), stats.dropped(), stats.errors()), (8, 1, 4));
-        assert_eq!(stats.error_rate(), 0.5);
+        // 500, 429, timeout, connect and other error: 5 of the 9 sent.
+        assert_eq!((stats.sent(), stats.dropped(), stats.errors()), (9, 1, 5));
+        assert_eq!(stats.error_rate(), 5.0 / 9.0);
         assert_eq!(RunStats::new(0).error_rate(), 0.0);
     }
 

@@ -5,6 +5,7 @@
 pub mod capacity;
 pub mod duration;
 pub mod faults;
+pub mod limits;
 pub mod scenario;
 pub mod schedule;
 
@@ -15,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use crate::deploy::Replication;
 use capacity::CapacitySettings;
 use faults::Fault;
+use limits::FairUseLimits;
 use scenario::{Scenario, ScenarioError};
 use schedule::Schedule;
 
@@ -29,6 +31,8 @@ pub struct RunPlan {
     /// Ordered, one at a time, each resolved to what it hits.
     pub faults: Vec<Fault>,
     pub replication: Replication,
+    /// The order service's fair-use limits (also in `replication`'s environment).
+    pub limits: FairUseLimits,
     /// A capacity plan's steps (its stages are in `scenario.load`).
     pub capacity: Option<CapacitySettings>,
 }
@@ -87,9 +91,13 @@ impl RunPlan {
             return Err(invalid(problems).into());
         }
         let faults = faults::schedule(&scenario).map_err(invalid)?;
+        let limits = FairUseLimits::of(&scenario);
+        let mut replication = faults::replication(&scenario);
+        replication.extra_env.extend(limits.env());
         Ok(RunPlan {
             schedule: Schedule::from_profile(&scenario.load),
-            replication: faults::replication(&scenario),
+            replication,
+            limits,
             capacity: scenario.capacity.clone(),
             faults,
             scenario,

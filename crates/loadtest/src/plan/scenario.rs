@@ -57,6 +57,10 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
     #[serde(default)]
     pub deploy: DeploySettings,
+    /// The order service's fair-use limits for this run; unset ones are derived from the load
+    /// (see `plan::limits`).
+    #[serde(default)]
+    pub limits: LimitSettings,
     /// Only in a capacity plan: the steps, from which `load.stages` is generated.
     #[serde(default)]
     pub capacity: Option<CapacitySettings>,
@@ -97,6 +101,18 @@ impl Default for DeploySettings {
 
 fn default_replicas() -> u32 {
     1
+}
+
+/// `[limits]`: the order service's per-buyer fair use (`APP_FAIR_USE__…`) for the run.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Orders one buyer may place per second, sustained (per order-service instance).
+    pub orders_per_second: Option<u32>,
+    /// Orders one buyer may place at once.
+    pub burst: Option<u32>,
+    /// Orders of one buyer that may be open (not final) at once.
+    pub max_open_orders: Option<u32>,
 }
 
 /// The open-model arrival profile: the rate ramps linearly from stage to stage.
@@ -167,7 +183,8 @@ pub struct Thresholds {
     /// How long every order may take to reach a final status once the load stops.
     #[serde(default = "default_drain_timeout", with = "duration::text")]
     pub drain_timeout: Duration,
-    /// Share of attempted requests allowed to end in 5xx or a transport error; 0 = none.
+    /// Share of attempted requests allowed to end in 5xx, 429 (fair use refused) or a transport
+    /// error; 0 = none.
     #[serde(default)]
     pub max_error_rate: f64,
 }
@@ -294,6 +311,17 @@ impl Scenario {
             "load.request_timeout must be > 0".into(),
         );
         require(load.quantity >= 1, "load.quantity must be >= 1".into());
+        let limits = &self.limits;
+        for (name, value) in [
+            ("orders_per_second", limits.orders_per_second),
+            ("burst", limits.burst),
+            ("max_open_orders", limits.max_open_orders),
+        ] {
+            require(
+                value != Some(0),
+                format!("limits.{name} must be >= 1 (leave it out to derive it from the load)"),
+            );
+        }
 
         let data = &self.data;
         require(data.users >= 1, "data.users must be >= 1".into());

@@ -14,6 +14,7 @@ use crate::loadgen::stats::{
 use crate::observe::database::Progress;
 use crate::observe::monitor::{ProgressSample, Samples};
 use crate::observe::procfs;
+use crate::plan::limits::FairUseLimits;
 use crate::plan::scenario::Scenario;
 use crate::plan::schedule::Schedule;
 
@@ -113,6 +114,7 @@ pub fn build_report(inputs: ReportInputs<'_>) -> Report {
         dropped: stats.dropped(),
         outcomes: stats.counts_by_outcome(),
         error_rate: stats.error_rate(),
+        fair_use_limits: FairUseLimits::of(scenario).describe(),
         orders_by_status: final_progress
             .orders_by_status
             .iter()

@@ -65,6 +65,11 @@ impl Report {
             ("Achieved rate", format!("{:.1} req/s", self.achieved_rps)),
             ("Dropped (no free worker)", self.dropped.to_string()),
             ("Error rate", percent(self.error_rate)),
+            (
+                "Refused for fair use (429, counted as errors)",
+                self.rate_limited().to_string(),
+            ),
+            ("Fair-use limits", self.fair_use_limits.clone()),
         ];
         if let Some(seconds) = self.sold_out_after_s {
             rows.push(("Sold out after", format!("{seconds:.1} s")));

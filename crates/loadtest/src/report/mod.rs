@@ -36,6 +36,9 @@ pub struct Report {
     /// Counts by outcome key: "202", "409", "timeout", "connect_error", "dropped", …
     pub outcomes: BTreeMap<String, u64>,
     pub error_rate: f64,
+    /// The order service's fair-use limits the run deployed with (`plan::limits`).
+    #[serde(default)]
+    pub fair_use_limits: String,
     /// Final order counts, e.g. "COMPLETED", "FAILED:OUT_OF_STOCK".
     pub orders_by_status: BTreeMap<String, u64>,
     /// Order created → final status.
@@ -88,6 +91,11 @@ pub struct FaultRecord {
 }
 
 impl Report {
+    /// Orders refused for fair use (`429`): counted as errors, shown on their own.
+    pub fn rate_limited(&self) -> u64 {
+        self.outcomes.get("429").copied().unwrap_or(0)
+    }
+
     /// True when every check passed. A report without checks has verified nothing, so it fails.
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
@@ -145,6 +153,9 @@ mod tests {
             dropped: 2,
             outcomes: [("202".to_string(), 900), ("409".to_string(), 100)].into(),
             error_rate: 0.0,
+            fair_use_limits:
+                "per buyer: 40 orders/s (derived), burst 40 (derived), 2400 open orders (derived)"
+                    .into(),
             orders_by_status: [
                 ("COMPLETED".to_string(), 850),
                 ("FAILED:OUT_OF_STOCK".to_string(), 50),
@@ -220,6 +231,11 @@ mod tests {
         assert!(summary.contains("FAILED (1 of 2 checks failed)"));
         assert!(summary.contains("p(95)=25.50ms"));
         assert!(summary.contains("202=900"));
+        assert!(
+            summary.contains("40 orders/s (derived)"),
+            "the limits the run had"
+        );
+        assert!(summary.contains("0 × 429 (counted as errors)"));
     }
 
     #[test]

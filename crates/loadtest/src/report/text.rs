@@ -23,6 +23,11 @@ impl Report {
             ),
             ("dropped".into(), self.dropped.to_string()),
             ("error rate".into(), percent(self.error_rate)),
+            (
+                "refused, fair use".into(),
+                format!("{} × 429 (counted as errors)", self.rate_limited()),
+            ),
+            ("fair-use limits".into(), self.fair_use_limits.clone()),
             ("http latency".into(), latency_line(&self.http_latency)),
         ];
         if let Some(e2e) = &self.e2e_latency {
