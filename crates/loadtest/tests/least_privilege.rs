@@ -287,6 +287,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         prefix: prefix.clone(),
         stream_max_age_secs: 60,
         stream_max_bytes: -1,
+        tls_ca_file: String::new(),
     };
     let payment_client = platform::broker::connect(&settings(&payment, "payment-service"))
         .await
@@ -370,4 +371,90 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         .is_err(),
         "a removed user is refused"
     );
+}
+
+/// The URL without its query (the socket directory `host=…`): TCP to the host in the URL.
+fn over_tcp(url: &str) -> String {
+    url.split_once('?')
+        .map_or(url, |(base, _)| base)
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_private_authority()
+{
+    let ca = std::env::var("ORDERSYS_TLS_CA")
+        .expect("ORDERSYS_TLS_CA (the authority `loadtest infra-up` prints)");
+
+    // PostgreSQL, through the services' own pool code, with the server's certificate verified.
+    let t = token();
+    let (db, role) = (format!("lp_{t}_tls"), format!("lp_{t}_tls"));
+    let secret = infra::process::random_secret();
+    let url = infra::provision_service_database(&admin_url(), &db, &role, &secret)
+        .await
+        .expect("database");
+    let settings = platform::config::DatabaseSettings {
+        url: format!("{}?sslmode=verify-full&sslrootcert={ca}", over_tcp(&url)),
+        http_connections: 1,
+        worker_connections: 2,
+        acquire_timeout_ms: 5_000,
+        statement_timeout_ms: 5_000,
+        lock_timeout_ms: 1_000,
+        idle_in_transaction_timeout_ms: 5_000,
+    };
+    let pools = platform::db::connect(&settings).await.expect("pools");
+    let (ssl, version): (bool, Option<String>) =
+        sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pools.http)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(ssl, "the session is encrypted ({version:?})");
+    pools.http.close().await;
+    pools.workers.close().await;
+    // A client that trusts another authority refuses the server.
+    let stranger = std::env::temp_dir().join(format!("ordersys-other-ca-{t}.pem"));
+    let other = StateDir::at(std::env::temp_dir().join(format!("ordersys-other-{t}"))).unwrap();
+    std::fs::copy(infra::tls::ensure(&other).unwrap().ca, &stranger).unwrap();
+    let refused = PgConnection::connect(&format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        over_tcp(&url),
+        stranger.display()
+    ))
+    .await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another authority is refused"
+    );
+    std::fs::remove_dir_all(other.path()).ok();
+    std::fs::remove_file(&stranger).ok();
+    infra::drop_database(&admin_url(), &db).await.expect("drop");
+    admin(&format!("DROP ROLE {role}")).await;
+
+    // NATS, through the services' own connect code.
+    let settings = platform::config::NatsSettings {
+        url: nats_admin_url(),
+        user: String::new(),
+        password: String::new(),
+        prefix: "unused".into(),
+        stream_max_age_secs: 60,
+        stream_max_bytes: -1,
+        tls_ca_file: ca,
+    };
+    let client = platform::broker::connect(&settings)
+        .await
+        .expect("TLS connection");
+    client.flush().await.expect("round trip");
+    let cid = client.server_info().client_id;
+    let monitor = std::env::var("ORDERSYS_NATS_MONITOR_PORT").unwrap_or_else(|_| "58222".into());
+    let connz: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{monitor}/connz?cid={cid}"))
+            .await
+            .expect("monitoring")
+            .json()
+            .await
+            .expect("connz");
+    let tls = connz["connections"][0]["tls_version"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(tls.starts_with("1."), "the connection is TLS: {connz}");
 }

@@ -93,7 +93,7 @@ pub enum BrokerError {
 
 /// Connects with unlimited reconnects: a broker outage must stall messaging, never crash a service.
 /// Authenticates as `nats.user` when it is set, else with credentials in the URL
-/// (`nats://user:password@host:port`), else anonymously.
+/// (`nats://user:password@host:port`), else anonymously; with `nats.tls_ca_file`, over TLS.
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, BrokerError> {
     let (user, password) = if settings.user.is_empty() {
         url_credentials(&settings.url)
@@ -101,7 +101,14 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Brok
         Some((settings.user.clone(), settings.password.clone()))
     }
     .unzip();
-    client_options(user, password)
+    let mut options = client_options(user, password);
+    if !settings.tls_ca_file.is_empty() {
+        // TLS, and only to a server whose certificate this authority signed.
+        options = options
+            .require_tls(true)
+            .add_root_certificates(settings.tls_ca_file.clone().into());
+    }
+    options
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connect(&settings.url)

@@ -94,6 +94,14 @@ pub async fn infra_up() -> Result<()> {
     let infra = infra::ensure_infra(&state).await?;
     println!("export ORDERSYS_DATABASE_URL={}", infra.admin_database_url);
     println!("export ORDERSYS_NATS_URL={}", infra.nats_url);
+    if infra.manages_nats_users() {
+        // Our instances also take TLS from clients that ask (`sslmode=verify-full`,
+        // `nats.tls_ca_file`), verified against this authority.
+        println!(
+            "export ORDERSYS_TLS_CA={}",
+            infra::tls::ensure(&state)?.ca.display()
+        );
+    }
     Ok(())
 }
 

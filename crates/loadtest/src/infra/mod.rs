@@ -22,6 +22,7 @@ mod pg_roles;
 mod postgres;
 pub mod process;
 pub mod run_lock;
+pub mod tls;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

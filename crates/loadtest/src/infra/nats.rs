@@ -4,6 +4,7 @@
 
 use super::nats_users::{self, NatsUser, Users, ADMIN_USER};
 use super::process::{self, DetachedSpec, PidFile};
+use super::tls::TlsFiles;
 use super::StateDir;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -77,7 +78,14 @@ pub(super) fn is_ours(state: &StateDir, url: &str) -> bool {
 /// Writes the configuration with the current users (mode 0600: it holds their passwords).
 fn write_conf(state: &StateDir, cfg: &NatsConfig, users: &Users) -> Result<bool> {
     let conf = conf_path(state);
-    let text = config_text(cfg.port, cfg.monitor_port, &store_dir(state), users);
+    let tls = super::tls::ensure(state)?;
+    let text = config_text(
+        cfg.port,
+        cfg.monitor_port,
+        &store_dir(state),
+        users,
+        Some(&tls),
+    );
     if fs::read_to_string(&conf).is_ok_and(|old| old == text) {
         return Ok(false);
     }
@@ -173,9 +181,22 @@ pub(super) async fn ensure(
             );
         }
         wait_ready(state, cfg, pf.pid).await?;
-        // A server started before users were required takes them now.
         let users = nats_users::load(state)?;
-        reload(state, cfg, &users, (ADMIN_USER, &users.admin_password)).await?;
+        // A server started before users and TLS were configured: TLS beside plain connections
+        // (`allow_non_tls`) takes a restart (clients reconnect; the store stays); users are
+        // reloadable.
+        let mixed_tls =
+            fs::read_to_string(conf_path(state)).is_ok_and(|t| t.contains("allow_non_tls"));
+        if mixed_tls {
+            reload(state, cfg, &users, (ADMIN_USER, &users.admin_password)).await?;
+        } else {
+            tracing::info!(
+                pid = pf.pid,
+                "restarting our nats-server for its new configuration"
+            );
+            stop(state).await?;
+            start(state, cfg).await?;
+        }
         tracing::info!(pid = pf.pid, port, "reusing our running nats-server");
         return Ok(urls(cfg, &users.admin_password));
     }
@@ -239,8 +260,15 @@ async fn start(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
     wait_ready(state, cfg, pid).await
 }
 
-/// The config file: loopback only, JetStream with an fsync on every write, our users only.
-pub(super) fn config_text(port: u16, monitor_port: u16, store: &Path, users: &Users) -> String {
+/// The config file: loopback only, JetStream with an fsync on every write, our users only, TLS
+/// for the clients that ask for it.
+pub(super) fn config_text(
+    port: u16,
+    monitor_port: u16,
+    store: &Path,
+    users: &Users,
+    tls: Option<&TlsFiles>,
+) -> String {
     let store = serde_json::to_string(&store.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
     let mut text = format!(
         "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
@@ -253,6 +281,14 @@ pub(super) fn config_text(port: u16, monitor_port: u16, store: &Path, users: &Us
          \x20 sync_interval: always\n\
          }}\n"
     );
+    if let Some(tls) = tls {
+        let path = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
+        text.push_str(&format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n}}\n# clients choose: TLS or plain\nallow_non_tls: true\n",
+            path(&tls.cert),
+            path(&tls.key)
+        ));
+    }
     text.push_str(&nats_users::authorization_text(users));
     text
 }
@@ -595,7 +631,16 @@ mod tests {
             58222,
             Path::new("/s/nats/jetstream"),
             &Users::default(),
+            Some(&TlsFiles {
+                ca: "/s/tls/ca.pem".into(),
+                cert: "/s/tls/server.pem".into(),
+                key: "/s/tls/server.key".into(),
+            }),
         );
+        assert!(c.contains(
+            "tls {\n  cert_file: \"/s/tls/server.pem\"\n  key_file: \"/s/tls/server.key\"\n}"
+        ));
+        assert!(c.contains("allow_non_tls: true"));
         assert!(c.contains("listen: \"127.0.0.1:54222\""));
         assert!(c.contains("http: \"127.0.0.1:58222\""));
         assert!(c.contains("store_dir: \"/s/nats/jetstream\""));

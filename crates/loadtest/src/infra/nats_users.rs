@@ -82,7 +82,10 @@ pub(super) fn save(state: &StateDir, users: &Users) -> Result<()> {
 pub(super) fn authorization_text(users: &Users) -> String {
     authorization_block(
         Some(&users.admin_password),
-        users.deployments.iter().map(|(p, u)| (p.as_str(), u.as_slice())),
+        users
+            .deployments
+            .iter()
+            .map(|(p, u)| (p.as_str(), u.as_slice())),
     )
 }
 

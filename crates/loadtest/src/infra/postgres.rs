@@ -84,27 +84,37 @@ fn superuser_password(state: &StateDir) -> Result<String> {
     }
 }
 
-/// Brings a cluster made before passwords were required (its `pg_hba.conf` says `trust`) to
-/// password authentication: sets the superuser's password while `trust` still lets us in, then
-/// writes our `pg_hba.conf` and reloads. A no-op for clusters that already have ours.
-async fn require_passwords(cfg: &PgConfig, user: Option<(u32, u32)>, password: &str) -> Result<()> {
+/// Brings a running cluster's access rules and settings to ours and has it re-read them (both
+/// are reloadable). A cluster made before passwords were required (its `pg_hba.conf` says
+/// `trust`) first gets the superuser's password, while `trust` still lets us in. A no-op when
+/// nothing differs.
+async fn apply_config(
+    state: &StateDir,
+    cfg: &PgConfig,
+    user: Option<(u32, u32)>,
+    password: &str,
+) -> Result<()> {
     let hba = cfg.data().join("pg_hba.conf");
-    if fs::read_to_string(&hba).is_ok_and(|text| text == HBA_TEXT) {
+    let hba_is_ours = fs::read_to_string(&hba).is_ok_and(|text| text == HBA_TEXT);
+    let settings_changed = write_settings(state, cfg, user)?;
+    if hba_is_ours && !settings_changed {
         return Ok(());
     }
     let mut conn = connect(&client_url(cfg, password)).await?;
-    let sql = format!("ALTER ROLE postgres PASSWORD {}", quote_literal(password));
-    sqlx::query(&sql)
-        .execute(&mut conn)
-        .await
-        .context("setting the superuser's password")?;
-    write_hba(cfg, user)?;
+    if !hba_is_ours {
+        let sql = format!("ALTER ROLE postgres PASSWORD {}", quote_literal(password));
+        sqlx::query(&sql)
+            .execute(&mut conn)
+            .await
+            .context("setting the superuser's password")?;
+        write_hba(cfg, user)?;
+        tracing::info!("PostgreSQL now requires passwords (pg_hba.conf: scram-sha-256)");
+    }
     sqlx::query("SELECT pg_reload_conf()")
         .execute(&mut conn)
         .await
-        .context("reloading pg_hba.conf")?;
+        .context("reloading the configuration")?;
     conn.close().await.ok();
-    tracing::info!("PostgreSQL now requires passwords (pg_hba.conf: scram-sha-256)");
     Ok(())
 }
 
@@ -175,7 +185,7 @@ pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
             }
             let password = superuser_password(state)?;
             wait_ready(state, &cfg, pid, &password).await?;
-            require_passwords(&cfg, server_user().await?, &password).await?;
+            apply_config(state, &cfg, server_user().await?, &password).await?;
             tracing::info!(pid, port, "reusing our running PostgreSQL");
             return Ok(client_url(&cfg, &password));
         }
@@ -204,7 +214,7 @@ pub(super) async fn restart(state: &StateDir) -> Result<String> {
     if let Some(pid) = running_pid_with(state, &cfg) {
         let password = superuser_password(state)?;
         wait_ready(state, &cfg, pid, &password).await?;
-        require_passwords(&cfg, user, &password).await?;
+        apply_config(state, &cfg, user, &password).await?;
         return Ok(client_url(&cfg, &password));
     }
     let password = start(state, &cfg, user).await?;
@@ -228,7 +238,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
     } else {
         check_major_version(cfg).await?;
     }
-    write_settings(cfg, user)?;
+    write_settings(state, cfg, user)?;
 
     let bin = cfg.postgres_bin();
     let postmaster_pid = data.join("postmaster.pid");
@@ -259,7 +269,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
     save_config(state, cfg)?;
     tracing::info!(pid, port = cfg.port, data = %data.display(), "started PostgreSQL");
     wait_ready(state, cfg, pid, &password).await?;
-    require_passwords(cfg, user, &password).await?;
+    apply_config(state, cfg, user, &password).await?;
     Ok(password)
 }
 
@@ -599,12 +609,23 @@ async fn initdb(
     Ok(())
 }
 
-/// Settings we own, in `ordersys.conf` (included last from postgresql.conf so it wins).
-pub(super) fn settings_text(port: u16, socket_dir: Option<&Path>) -> String {
-    let socket = socket_dir
-        .map(|d| d.to_string_lossy().replace('\'', "''"))
-        .unwrap_or_default();
-    format!(
+/// Settings we own, in `ordersys.conf` (included last from postgresql.conf so it wins). With
+/// `tls` (certificate, key), clients may connect with TLS (`sslmode=verify-full`).
+pub(super) fn settings_text(
+    port: u16,
+    socket_dir: Option<&Path>,
+    tls: Option<(&Path, &Path)>,
+) -> String {
+    let quoted = |p: &Path| p.to_string_lossy().replace('\'', "''");
+    let socket = socket_dir.map(quoted).unwrap_or_default();
+    let tls = tls.map_or(String::new(), |(cert, key)| {
+        format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            quoted(cert),
+            quoted(key)
+        )
+    });
+    let text = format!(
         "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
          listen_addresses = '127.0.0.1'\n\
          port = {port}\n\
@@ -624,16 +645,27 @@ pub(super) fn settings_text(port: u16, socket_dir: Option<&Path>) -> String {
          autovacuum_naptime = 10s\n\
          logging_collector = off\n\
          log_line_prefix = '%m [%p] '\n"
-    )
+    );
+    text + &tls
 }
 
-fn write_settings(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
+/// Writes `ordersys.conf` (and the server's copy of the TLS certificate and key, which must
+/// belong to the server's user); returns whether the settings changed.
+fn write_settings(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<bool> {
     let data = cfg.data();
+    let tls = super::tls::ensure(state)?;
+    let (cert, key) = (cfg.root.join("server.pem"), cfg.root.join("server.key"));
+    fs::copy(&tls.cert, &cert).with_context(|| format!("copying {}", cert.display()))?;
+    process::write_private(&key, &fs::read(&tls.key).context("reading the TLS key")?)?;
+    for file in [&cert, &key] {
+        chown(file, user)?;
+    }
     // A unix socket path is limited to 107 bytes; without room, TCP only.
     let socket_dir = socket_path(cfg);
     let conf = data.join("ordersys.conf");
-    fs::write(&conf, settings_text(cfg.port, socket_dir.as_deref()))
-        .with_context(|| format!("writing {}", conf.display()))?;
+    let text = settings_text(cfg.port, socket_dir.as_deref(), Some((&cert, &key)));
+    let changed = fs::read_to_string(&conf).map_or(true, |old| old != text);
+    fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
     chown(&conf, user)?;
     let main_conf = data.join("postgresql.conf");
     let text = fs::read_to_string(&main_conf)
@@ -647,8 +679,9 @@ fn write_settings(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
         text.push_str(include);
         text.push('\n');
         fs::write(&main_conf, text).with_context(|| format!("writing {}", main_conf.display()))?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(changed)
 }
 
 // ---------------------------------------------------------------- databases
@@ -722,7 +755,7 @@ mod tests {
 
     #[test]
     fn settings_keep_durability_on() {
-        let s = settings_text(55432, Some(Path::new("/x/pg/socket")));
+        let s = settings_text(55432, Some(Path::new("/x/pg/socket")), None);
         assert!(s.contains("port = 55432\n"));
         assert!(s.contains("listen_addresses = '127.0.0.1'\n"));
         assert!(s.contains("unix_socket_directories = '/x/pg/socket'\n"));
@@ -731,7 +764,15 @@ mod tests {
         assert!(s.contains("max_connections = 200\n"));
         assert!(s.contains("shared_buffers = 256MB\n"));
         assert!(s.contains("autovacuum_naptime = 10s\n"));
-        assert!(settings_text(1, None).contains("unix_socket_directories = ''\n"));
+        assert!(settings_text(1, None, None).contains("unix_socket_directories = ''\n"));
+        let tls = settings_text(
+            1,
+            None,
+            Some((Path::new("/r/server.pem"), Path::new("/r/server.key"))),
+        );
+        assert!(tls.contains(
+            "ssl = on\nssl_cert_file = '/r/server.pem'\nssl_key_file = '/r/server.key'\n"
+        ));
     }
 
     #[test]
