@@ -86,7 +86,6 @@ idle_in_transaction_timeout_ms = 30000
 [nats]
 user = ""
 password = ""
-tls_ca_file = ""
 prefix = "shop"
 stream_max_age_secs = 604800
 stream_max_bytes = 1073741824
@@ -308,9 +307,6 @@ pub struct NatsSettings {
     /// The service's NATS user (empty: the URL's credentials, or none).
     pub user: String,
     pub password: String,
-    /// The authority that signed the server's certificate: set, the connection is TLS and
-    /// verified against it (empty: plain).
-    pub tls_ca_file: String,
     /// Prefix of every subject and stream name, so several deployments (or tests) share a server.
     pub prefix: String,
     /// How long and how much each stream keeps (oldest messages go first).
@@ -441,5 +437,18 @@ mod tests {
         assert_eq!(s.http.port, 1);
         assert_eq!(s.database.http_connections, 8);
         assert!(s.consumer.batch_size > 0);
+    }
+
+    #[test]
+    fn the_admin_listener_is_a_thousand_ports_up_unless_set() {
+        let mut http = load::<Sample>(18090, "").expect("defaults load").http;
+        assert_eq!(http.admin_port(), Some(19090));
+        assert_eq!(http.admin_host(), http.host);
+        http.port = 0;
+        assert_eq!(http.admin_port(), Some(0), "any free port");
+        http.port = 65000;
+        assert_eq!(http.admin_port(), None, "past 65535: must be set");
+        http.admin_port = Some(9100);
+        assert_eq!(http.admin_port(), Some(9100));
     }
 }
