@@ -86,6 +86,7 @@ idle_in_transaction_timeout_ms = 30000
 [nats]
 user = ""
 password = ""
+tls_ca_file = ""
 prefix = "shop"
 stream_max_age_secs = 604800
 stream_max_bytes = 1073741824
@@ -307,6 +308,9 @@ pub struct NatsSettings {
     /// The service's NATS user (empty: the URL's credentials, or none).
     pub user: String,
     pub password: String,
+    /// The authority that signed the server's certificate: set, the connection is TLS and
+    /// verified against it (empty: plain).
+    pub tls_ca_file: String,
     /// Prefix of every subject and stream name, so several deployments (or tests) share a server.
     pub prefix: String,
     /// How long and how much each stream keeps (oldest messages go first).
