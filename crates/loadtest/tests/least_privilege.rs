@@ -78,10 +78,7 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
 
     // The order service's role cannot even connect to the payments database…
     let foreign = infra::database_url_as(&admin_url(), &payments, &order_role, &secret);
-    let refused = PgConnection::connect(&foreign)
-        .await
-        .err()
-        .expect("refused");
+    let refused = PgConnection::connect(&foreign).await.expect_err("refused");
     assert_eq!(sql_state(&refused).as_deref(), Some("42501"), "{refused}");
     // …nor log in without its password, nor as another role with its own password.
     let wrong = infra::database_url_as(&admin_url(), &orders, &order_role, "not-the-password");
@@ -131,8 +128,7 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
         let error = sqlx::raw_sql(&format!("DELETE FROM {table}"))
             .execute(&mut auditor)
             .await
-            .err()
-            .expect("the audit cannot write");
+            .expect_err("the audit cannot write");
         assert_eq!(sql_state(&error).as_deref(), Some("42501"), "{error}");
         auditor.close().await.ok();
     }

@@ -53,11 +53,14 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
     // Clients get our server's unix socket (inside the state directory) when its path is short
     // enough, else TCP on loopback.
     let url = &infra.admin_database_url;
+    // The superuser logs in with the password made at setup (0600, in the state directory).
+    let password = std::fs::read_to_string(state.path().join("postgres-password"))?;
+    let password = password.trim();
     match url.split_once("?host=") {
         Some((base, socket_dir)) => {
             assert_eq!(
                 base,
-                format!("postgres://postgres@localhost:{PG_PORT}/postgres")
+                format!("postgres://postgres:{password}@localhost:{PG_PORT}/postgres")
             );
             assert!(
                 socket_dir.starts_with(&state.path().display().to_string()),
@@ -66,17 +69,32 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
         }
         None => assert_eq!(
             url,
-            &format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
+            &format!("postgres://postgres:{password}@127.0.0.1:{PG_PORT}/postgres")
         ),
     }
     sqlx::query("SELECT 1")
         .execute(&sqlx::PgPool::connect(url).await?)
         .await?;
-    assert_eq!(infra.nats_url, format!("nats://127.0.0.1:{NATS_PORT}"));
-    assert_eq!(
-        infra.nats_monitor_url.as_deref(),
-        Some(format!("http://127.0.0.1:{NATS_MONITOR_PORT}").as_str())
-    );
+    // Without the password, over TCP or the socket: refused.
+    {
+        use sqlx::Connection;
+        let no_password = url.replacen(&format!(":{password}@"), "@", 1);
+        assert!(sqlx::PgConnection::connect(&no_password).await.is_err());
+        let tcp = format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres");
+        assert!(sqlx::PgConnection::connect(&tcp).await.is_err());
+    }
+    // NATS: the administrator's URL; nobody gets in anonymously.
+    let (user_info, host) = infra
+        .nats_url
+        .trim_start_matches("nats://")
+        .rsplit_once('@')
+        .expect("credentials in the NATS URL");
+    assert!(user_info.starts_with("ordersys-admin:"));
+    assert_eq!(host, format!("127.0.0.1:{NATS_PORT}"));
+    platform::broker::connect_url(&infra.nats_url).await?;
+    assert!(platform::broker::connect_url(&format!("nats://{host}"))
+        .await
+        .is_err());
     let pg_pid = infra::pid_of(state, "postgres").expect("postgres pid");
     let nats_pid = infra::pid_of(state, "nats").expect("nats pid");
     assert!(alive(pg_pid) && alive(nats_pid));
@@ -97,6 +115,7 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
             ("max_connections", "200"),
             ("shared_buffers", "256MB"),
             ("listen_addresses", "127.0.0.1"),
+            ("ssl", "on"),
         ] {
             let got: String = sqlx::query_scalar(&format!("SHOW {setting}"))
                 .fetch_one(&mut conn)
