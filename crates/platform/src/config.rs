@@ -249,7 +249,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// A client must send a request's head within this (else the connection is closed) ...
     pub header_read_timeout_ms: u64,
-    /// ... and each piece of its body within this (else `400` and the connection is closed).
+    /// ... and each piece of its body within this (else `408` and the connection is closed).
     pub body_read_timeout_ms: u64,
     /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to `host`,
     /// `admin_port` to [`HttpSettings::ADMIN_PORT_OFFSET`] above `port` (0 stays 0: any free

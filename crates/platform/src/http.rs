@@ -133,6 +133,11 @@ fn json_problem(rejection: JsonRejection) -> Problem {
             "body-too-large",
             "Request body is too large",
         ),
+        other if is_body_timeout(&other) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "The request body did not arrive in time",
+        ),
         other => Problem::new(
             other.status(),
             "bad-request",
@@ -140,6 +145,18 @@ fn json_problem(rejection: JsonRejection) -> Problem {
         ),
     }
     .with_detail(detail)
+}
+
+/// Whether reading the body failed because the client stalled (`crate::server`'s body timeout).
+fn is_body_timeout(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// `Path<T>` whose rejections are problems (400 for an id that does not parse).

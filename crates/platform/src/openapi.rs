@@ -71,7 +71,8 @@ fn add_error_responses(operation: &mut Operation) {
     let mut implied: Vec<(&str, &str)> = Vec::new();
     if operation.request_body.is_some() {
         implied.extend([
-            ("400", "Malformed JSON (syntax, invalid UTF-8, nesting too deep) or a body that could not be read in time"),
+            ("400", "Malformed JSON (syntax, invalid UTF-8, nesting too deep)"),
+            ("408", "The body did not arrive in time (the connection is closed)"),
             ("413", "Body too large"),
             ("415", "Content-Type is not application/json"),
             ("422", "The body does not match the schema (unknown or duplicate fields, wrong types, out of range)"),

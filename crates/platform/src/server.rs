@@ -1,7 +1,8 @@
 //! The HTTP server every listener runs: axum's router on hyper's HTTP/1 connections, so that a
 //! slow client cannot hold a connection forever — the request head must arrive within the
 //! header read timeout (else the connection is closed), and each piece of a body within the
-//! body read timeout (else the request fails with a problem and the connection is closed).
+//! body read timeout (else the request is answered `408` problem+json and the connection is
+//! closed).
 
 use axum::Router;
 use hyper::server::conn::http1;

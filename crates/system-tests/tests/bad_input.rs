@@ -334,7 +334,7 @@ async fn a_client_that_stalls_in_the_body_gets_a_problem_and_is_disconnected() {
         .await
         .expect("head and half a body");
     let answer = read_until_closed(&mut stream).await;
-    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(
         answer
             .to_ascii_lowercase()
@@ -420,8 +420,8 @@ fn bad_number() -> impl Strategy<Value = String> {
         // Not whole numbers.
         "-?[0-9]{1,5}\\.[0-9]{0,4}[1-9]",
         "-?[1-9][eE]-[1-9][0-9]{0,2}",
-        // Whole, but past 2^53 (where a float no longer spells one integer) or past f64.
-        "-?[1-9][eE]\\+?(1[6-9]|[2-9][0-9]|[1-9][0-9]{2,3})",
+        // Whole, but past i64 (up to past f64).
+        "-?[1-9](\\.[0-9]{0,3})?[eE]\\+?(19|[2-9][0-9]|[1-9][0-9]{2,3})",
         Just("NaN".to_owned()),
         Just("Infinity".to_owned()),
         Just("true".to_owned()),
@@ -462,7 +462,15 @@ fn body_with(door: &Door, field: usize, defect: &BodyDefect) -> Vec<u8> {
     let valid = with_value(door, usize::MAX, "");
     let name = door.fields[field].0;
     match defect {
-        BodyDefect::Number(raw) => with_value(door, field, raw).into_bytes(),
+        BodyDefect::Number(raw) => {
+            // A bad number goes into an integer field (a quoted one is a fine product name).
+            let field = if door.fields[field].1.is_string() {
+                0
+            } else {
+                field
+            };
+            with_value(door, field, raw).into_bytes()
+        }
         BodyDefect::UnknownField(extra) => {
             let extra = if door.fields.iter().any(|(n, _)| n == extra) {
                 "zz_unknown"
@@ -507,7 +515,6 @@ fn generated_malformed_bodies_get_a_problem_and_write_nothing() {
         .expect("runtime");
     let system = runtime.block_on(seeded(Options::default()));
     let doors = doors(&system);
-    let before = runtime.block_on(written(&system));
     let config = ProptestConfig {
         cases: 300,
         failure_persistence: None,
@@ -519,13 +526,14 @@ fn generated_malformed_bodies_get_a_problem_and_write_nothing() {
         let field = field % door.fields.len();
         let body = body_with(door, field, &defect);
         runtime.block_on(async {
+            let before = written(&system).await;
             let (status, content_type, answer) = post_raw(&system, door, body.clone()).await;
             prop_assert!(
                 is_problem(status, &content_type, &answer),
                 "{} {:?}: {} {} {}", door.url, String::from_utf8_lossy(&body), status, content_type,
                 String::from_utf8_lossy(&answer)
             );
-            prop_assert_eq!(written(&system).await, before.clone(), "{:?} wrote something", defect);
+            prop_assert_eq!(written(&system).await, before, "{:?} wrote something", defect);
             Ok(())
         })?;
     });
