@@ -103,11 +103,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(json_problem(rejection)),
+        if !has_json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Expected Content-Type: application/json",
+            ));
         }
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| json_problem(JsonRejection::from(rejection)))?;
+        let Json(value) = Json::<T>::from_bytes(&bytes).map_err(json_problem)?;
+        // serde also reads a struct from an array of its fields in order; every body is an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-body",
+                "Request body does not match the schema",
+            )
+            .with_detail("the body must be a JSON object"));
+        }
+        Ok(JsonBody(value))
     }
+}
+
+/// `application/json` or `application/*+json`, parameters (charset) aside: what axum's `Json`
+/// accepts.
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_problem(rejection: JsonRejection) -> Problem {

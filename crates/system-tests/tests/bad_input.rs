@@ -191,6 +191,10 @@ fn defects(door: &Door) -> Vec<(&'static str, Vec<u8>)> {
         ("truncated", valid.as_bytes()[..valid.len() - 1].to_vec()),
         ("empty", Vec::new()),
         ("array", b"[]".to_vec()),
+        ("the fields as an array", {
+            let values: Vec<String> = door.fields.iter().map(|(_, v)| v.to_string()).collect();
+            format!("[{}]", values.join(", ")).into_bytes()
+        }),
         (
             "oversized",
             format!("{{\"pad\": \"{}\"}}", "x".repeat(64 * 1024)).into_bytes(),
