@@ -157,6 +157,8 @@ impl Driver {
     /// One round: publish all pending events, process everything waiting for each consumer,
     /// run the service's own steps. Returns how much work was done (0 = quiet).
     pub async fn step(&self) -> Result<usize, DriveError> {
+        // As the running relay's periodic check does: a deleted stream comes back.
+        self.relay.ensure_streams().await?;
         let mut work = self.relay.publish_all_pending().await?;
         for consumer in &self.consumers {
             work += consumer.process_available().await?;

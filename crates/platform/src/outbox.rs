@@ -87,6 +87,9 @@ impl OutboxSignal {
     }
 }
 
+/// How often an idle relay makes sure its streams exist.
+const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Publishes pending outbox rows in batches. Safe with several instances on one database:
 /// rows are claimed with `FOR UPDATE SKIP LOCKED`, so each row is in flight in one relay at a time.
 #[derive(Clone)]
@@ -198,14 +201,31 @@ impl OutboxRelay {
         &self.status
     }
 
+    /// Creates the relay's streams if they are missing (what the running relay does after a
+    /// failed publish and every [`STREAM_CHECK_INTERVAL`]; tests driving the relay call it).
+    pub async fn ensure_streams(&self) -> Result<(), OutboxError> {
+        broker::ensure_streams(&self.jetstream, &self.topology)
+            .await
+            .map_err(|error| OutboxError::Publish(error.to_string()))
+    }
+
     /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
-    /// written by other instances), backs off while failing. After a publish failure the streams
-    /// are ensured again: a stream deleted or lost with the broker's store is re-created.
+    /// written by other instances), backs off while failing. After a publish failure, and every
+    /// [`STREAM_CHECK_INTERVAL`] even when idle, the streams are ensured again: a stream deleted
+    /// or lost with the broker's store is re-created, so its consumers (which may not create it)
+    /// attach again although nothing is being published.
     async fn run(&self) -> Result<(), WorkerError> {
         broker::ensure_streams(&self.jetstream, &self.topology).await?;
         let mut backoff = Duration::from_millis(100);
         let mut last_gauge: Option<tokio::time::Instant> = None;
+        let mut streams_checked = tokio::time::Instant::now();
         loop {
+            if streams_checked.elapsed() >= STREAM_CHECK_INTERVAL {
+                if let Err(error) = broker::ensure_streams(&self.jetstream, &self.topology).await {
+                    tracing::debug!(%error, "cannot ensure streams yet");
+                }
+                streams_checked = tokio::time::Instant::now();
+            }
             if last_gauge.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 if let Ok((rows, oldest)) = self.backlog().await {
                     self.status.set_backlog(rows.max(0) as u64);

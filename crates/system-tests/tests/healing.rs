@@ -198,8 +198,38 @@ async fn a_running_consumer_heals_a_deleted_durable_consumer_by_itself() {
     }
 }
 
-/// A stream deleted with a message nobody consumed yet: the relay and the consumer create the
-/// stream (and the durable consumer) again, and the order whose `OrderCreated` was lost is
+/// A stream deleted while its publisher has nothing to publish: its consumers may not create it
+/// (their NATS users may manage only their own streams) and report down, and the idle relay
+/// re-creates it by itself within its periodic check, after which they attach again.
+#[tokio::test]
+async fn an_idle_publisher_re_creates_its_deleted_stream_and_its_consumers_attach_again() {
+    let system = TestSystem::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let stream = system.stream_name(Source::Payment);
+    system.delete_stream(Source::Payment).await;
+    let js = system.jetstream().await;
+    let back = platform::testing::eventually(DEADLINE, || async {
+        js.get_stream(&stream).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "{stream} not re-created by its idle publisher"
+    );
+    for service in [&system.order, &system.inventory] {
+        let ready = platform::testing::eventually(DEADLINE, || async {
+            (system.ready(service).await.0 == 200).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "{} did not attach again", service.base_url);
+    }
+}
+
+/// A stream deleted with a message nobody consumed yet: the relay creates the stream again and
+/// the consumer its durable consumer, and the order whose `OrderCreated` was lost is
 /// re-driven — asked again — and completes.
 #[tokio::test]
 async fn an_order_lost_with_its_stream_is_redriven_to_completion() {
