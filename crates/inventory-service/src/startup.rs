@@ -9,7 +9,8 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         &settings.common,
         sqlx::migrate!(),
         &crate::events::PUBLISHES,
-    ).await?;
+    )
+    .await?;
     let handler = Arc::new(StockKeeper {
         topology: infra.topology.clone(),
     });

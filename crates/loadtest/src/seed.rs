@@ -127,7 +127,9 @@ mod tests {
         assert_eq!(tokens.len(), 3);
         for (i, token) in tokens.iter().enumerate() {
             assert_eq!(
-                platform::auth::TokenKeys::with_secret("s").verify(token).expect("valid"),
+                platform::auth::TokenKeys::with_secret("s")
+                    .verify(token)
+                    .expect("valid"),
                 i as i64 + 1
             );
         }

@@ -15,7 +15,8 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         &settings.common,
         sqlx::migrate!(),
         &crate::events::PUBLISHES,
-    ).await?;
+    )
+    .await?;
     let handler = Arc::new(OrderOutcomes);
     let consumers = infra.consumers(&subscriptions(), handler).await?;
     // New orders are written by background writers, on the workers' pool: a flood of reads

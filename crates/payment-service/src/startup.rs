@@ -9,7 +9,8 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         &settings.common,
         sqlx::migrate!(),
         &crate::events::PUBLISHES,
-    ).await?;
+    )
+    .await?;
     let handler = Arc::new(Cashier {
         topology: infra.topology.clone(),
         decline_rate: settings.payment.decline_rate,

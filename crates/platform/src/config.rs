@@ -449,7 +449,11 @@ mod tests {
         assert_eq!(http.admin_port(), Some(19090));
         assert_eq!(http.admin_host(), http.host);
         http.port = 0;
-        assert_eq!(http.admin_port(), Some(0), "any free port");
+        assert_eq!(
+            http.admin_port(),
+            Some(0),
+            "any free port, as the public one"
+        );
         http.port = 65000;
         assert_eq!(http.admin_port(), None, "past 65535: must be set");
         http.admin_port = Some(9100);

@@ -148,14 +148,21 @@ impl TestSystem {
         let payment = payment_service::startup::build(&payment_settings)
             .await
             .expect("payment starts");
-        TestSystem {
+        let system = TestSystem {
             prefix,
             inventory_settings,
             order: launch(order, &order_db).await,
             inventory: launch(inventory, &inventory_db).await,
             payment: launch(payment, &payment_db).await,
             http: reqwest::Client::new(),
+        };
+        // A consumer whose stream's publisher had not started yet is not attached (a service
+        // may create only its own stream); running workers keep trying, driven ones attach at
+        // their first step.
+        if !options.workers {
+            system.settle().await;
         }
+        system
     }
 
     fn drivers(&self) -> [&Driver; 3] {
@@ -205,7 +212,8 @@ impl TestSystem {
 
     pub fn token(&self, user_id: i64) -> String {
         TokenKeys::with_secret(JWT_SECRET)
-            .mint(user_id, Duration::from_secs(3600)).expect("mint token")
+            .mint(user_id, Duration::from_secs(3600))
+            .expect("mint token")
     }
 
     pub async fn create_product(&self, id: i64, price_cents: i64, stock: i64) {

@@ -123,7 +123,9 @@ async fn every_bad_request_gets_its_problem_and_writes_nothing() {
     let response = system.http.post(&url).json(&body).send().await.unwrap();
     let problem = expect_problem(response, 401).await;
     assert_eq!(problem["detail"], "missing bearer token");
-    let forged = TokenKeys::with_secret("not-the-secret").mint(7, Duration::from_secs(60)).unwrap();
+    let forged = TokenKeys::with_secret("not-the-secret")
+        .mint(7, Duration::from_secs(60))
+        .unwrap();
     expect_problem(
         system
             .http
@@ -222,8 +224,9 @@ async fn every_bad_request_gets_its_problem_and_writes_nothing() {
 async fn expired_tokens_are_rejected() {
     let system = TestSystem::start(Options::default()).await;
     // Issued two hours ago with a one-minute lifetime.
-    let expired =
-        TokenKeys::with_secret(JWT_SECRET).mint_at(7, Duration::from_secs(60), -7200).unwrap();
+    let expired = TokenKeys::with_secret(JWT_SECRET)
+        .mint_at(7, Duration::from_secs(60), -7200)
+        .unwrap();
     let response = system
         .http
         .post(format!("{}/orders", system.order.base_url))

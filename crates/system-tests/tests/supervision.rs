@@ -69,8 +69,8 @@ async fn a_panic_is_contained_to_its_event_dead_lettered_and_replayed_once_fixed
         sqlx::migrate::Migrator::DEFAULT,
         &platform::events::Source::ALL,
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let pool = infra.pools.workers.clone();
     sqlx::query("CREATE TABLE applied (order_id UUID NOT NULL)")
         .execute(&pool)

@@ -3,7 +3,9 @@
 //! NATS `authorization` block and the services' environment. The NATS permissions are derived
 //! from the services' own code, exactly as the CLI grants them on its private server.
 
-use crate::deploy::{self, Credentials, AUDIT_ROLE, INVENTORY_DB, ORDERS_DB, PAYMENTS_DB, SERVICES};
+use crate::deploy::{
+    self, Credentials, AUDIT_ROLE, INVENTORY_DB, ORDERS_DB, PAYMENTS_DB, SERVICES,
+};
 use crate::infra;
 
 /// Prints everything an operator needs to give deployment `prefix` least-privilege access.
