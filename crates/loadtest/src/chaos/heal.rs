@@ -239,8 +239,7 @@ pub async fn arm_panic(
         instances.join(", ")
     ));
     let order_url = format!("{}/orders", deploy::base_url(deploy::ORDER_PORT));
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = deploy::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
@@ -313,8 +312,7 @@ impl Flood {
             .iter()
             .map(|i| base_url(context, i))
             .collect::<Result<_>>()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = deploy::http_client()
             .pool_max_idle_per_host(FLOOD_CONNECTIONS)
             .timeout(Duration::from_secs(5))
             .build()

@@ -235,8 +235,7 @@ pub fn spawn_probe(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Vec<HealthSample>> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = crate::deploy::http_client()
             .timeout(READY_TIMEOUT)
             .build()
             .unwrap_or_default();

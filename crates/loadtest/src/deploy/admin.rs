@@ -34,8 +34,7 @@ impl Resolution {
 impl AdminClient {
     pub fn new(token: &str) -> Result<AdminClient> {
         Ok(AdminClient {
-            http: reqwest::Client::builder()
-                .no_proxy()
+            http: super::http_client()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .context("building the HTTP client")?,

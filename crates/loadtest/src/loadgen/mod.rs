@@ -132,9 +132,6 @@ impl LoadState {
     }
 }
 
-/// How long the load client keeps an idle connection for reuse.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
-
 /// One HTTP/1.1 keep-alive client for the whole run, pooled for `max_in_flight` connections.
 pub fn http_client(plan: &LoadPlan) -> Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -143,9 +140,9 @@ pub fn http_client(plan: &LoadPlan) -> Result<reqwest::Client> {
         .tcp_nodelay(true)
         .pool_max_idle_per_host(plan.max_in_flight)
         // Below the services' idle-connection close (their header read timeout, 10 s by
-        // default): a POST sent on a pooled connection the server is just closing fails, and
-        // cannot be retried.
-        .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+        // default), as `deploy::http_client` does: a POST sent on a pooled connection the
+        // server is just closing fails, and cannot be retried.
+        .pool_idle_timeout(Duration::from_secs(4))
         .connect_timeout(plan.request_timeout.min(Duration::from_secs(5)))
         .build()
         .context("building the load client")
