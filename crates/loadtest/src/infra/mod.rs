@@ -18,6 +18,7 @@
 
 mod nats;
 mod nats_users;
+mod pg_databases;
 mod pg_roles;
 mod postgres;
 pub mod process;
@@ -237,7 +238,7 @@ pub async fn set_nats_users(state: &StateDir, prefix: &str, users: Vec<NatsUser>
 
 /// `CREATE DATABASE` unless it exists; returns the URL of that database.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
-    postgres::create_database(admin_url, name).await?;
+    pg_databases::create_database(admin_url, name).await?;
     Ok(database_url(admin_url, name))
 }
 
@@ -266,7 +267,7 @@ pub async fn provision_reader(
 
 /// `DROP DATABASE IF EXISTS ... WITH (FORCE)`.
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
-    postgres::drop_database(admin_url, name).await
+    pg_databases::drop_database(admin_url, name).await
 }
 
 /// The URL of database `db` on the same server (and with the same credentials

@@ -2,7 +2,8 @@
 //! database (and so whatever its migrations create there) and cannot connect to the others; the
 //! audit logs in as a role that can read the three databases and change nothing.
 
-use super::postgres::{connect, quote_ident, quote_literal};
+use super::pg_databases::{quote_ident, quote_literal};
+use super::postgres::connect;
 use anyhow::{bail, Context, Result};
 use sqlx::PgConnection;
 
