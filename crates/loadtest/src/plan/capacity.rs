@@ -56,9 +56,15 @@ pub struct CapacitySettings {
     /// A step is judged this long after it ends, so its last requests have answered.
     #[serde(default = "default_evaluation_delay", with = "duration::text")]
     pub evaluation_delay: Duration,
-    /// A step whose HTTP p99 (from the intended start) is above this is saturated.
+    /// A step whose HTTP p99 (from the intended start) is above this in more than one of its
+    /// latency windows (in any, with fewer than three windows) is saturated.
     #[serde(default = "default_http_p99_ms")]
     pub http_p99_ms: f64,
+    /// HTTP latency is judged per window of this length within a step, so one stall (a
+    /// checkpoint, a burst of fsyncs) spoils one window, not the verdict; real saturation spoils
+    /// the windows after it too (whole seconds; a step shorter than this is one window).
+    #[serde(default = "default_latency_window", with = "duration::text")]
+    pub latency_window: Duration,
     /// A step that dropped more than this share of its scheduled requests is saturated.
     #[serde(default = "default_max_dropped")]
     pub max_dropped: f64,
@@ -98,6 +104,9 @@ fn default_evaluation_delay() -> Duration {
 fn default_http_p99_ms() -> f64 {
     100.0
 }
+fn default_latency_window() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_max_dropped() -> f64 {
     0.001
 }
@@ -124,6 +133,7 @@ impl Default for CapacitySettings {
             settle: default_settle(),
             evaluation_delay: default_evaluation_delay(),
             http_p99_ms: default_http_p99_ms(),
+            latency_window: default_latency_window(),
             max_dropped: default_max_dropped(),
             max_backlog_growth: default_max_backlog_growth(),
             min_backlog_growth: default_min_backlog_growth(),
@@ -178,6 +188,10 @@ impl CapacitySettings {
         require(
             positive(self.http_p99_ms),
             "capacity.http_p99_ms must be > 0".into(),
+        );
+        require(
+            self.latency_window.as_secs() >= 1 && self.latency_window.subsec_nanos() == 0,
+            "capacity.latency_window must be whole seconds, at least 1 s".into(),
         );
         require(
             self.evaluation_delay.as_secs_f64() * 1000.0 >= self.http_p99_ms,

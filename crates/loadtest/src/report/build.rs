@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Report, SecondRow};
+use super::{OrderCost, Report, SecondRow};
 use crate::audit::Check;
 use crate::loadgen::stats::{
     latency_summary_from_millis, per_second_percentiles, LatencySummary, RunStats,
@@ -97,6 +97,15 @@ pub fn build_report(inputs: ReportInputs<'_>) -> Report {
         .find(|s| s.progress.stock.get(&watched_product) == Some(&0))
         .map(|s| s.at_s);
 
+    let cost = OrderCost::new(
+        samples
+            .processes
+            .iter()
+            .map(|p| (p.name.clone(), p.cpu_seconds)),
+        count_of(final_progress, |_| true),
+        count_of(final_progress, |k| k == "COMPLETED"),
+        stats.sent(),
+    );
     let load_seconds = schedule
         .total_duration()
         .as_secs_f64()
@@ -126,6 +135,7 @@ pub fn build_report(inputs: ReportInputs<'_>) -> Report {
         checks,
         faults: Vec::new(),
         processes: samples.processes,
+        cost: Some(cost),
         capacity: None,
     }
 }

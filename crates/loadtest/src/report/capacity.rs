@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use super::cost::{self, OrderCost};
 use super::html::escape;
 use super::svg::{line_chart, Chart, Series};
 use crate::audit::check::Check;
@@ -65,6 +66,9 @@ pub struct StepFigures {
     pub achieved_rps: f64,
     pub http_p50_ms: Option<f64>,
     pub http_p99_ms: Option<f64>,
+    /// HTTP p99 of each latency window of the step (`capacity.latency_window`), in order.
+    #[serde(default)]
+    pub http_p99_windows_ms: Vec<f64>,
     /// Orders not final at the start and the end of the step.
     pub backlog_start: Option<i64>,
     pub backlog_end: Option<i64>,
@@ -90,6 +94,9 @@ pub struct StepFigures {
     pub machine_cpu_pct: Option<f64>,
     /// The part of it no tracked process used: other programs on the machine.
     pub other_cpu_pct: Option<f64>,
+    /// CPU per completed order of each process over the step, and of the whole machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<OrderCost>,
 }
 /// The capacity section of `report.json` (next to the fields of a scenario report).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -196,6 +203,7 @@ impl CapacitySummary {
                 }
             );
         }
+        out.push_str(&self.cost_text());
         if let Some(top) = self
             .sustained_rps
             .and_then(|rps| self.steps.iter().find(|s| s.target_rps == rps))
@@ -360,10 +368,86 @@ impl CapacitySummary {
             );
         }
         html.push_str("</table>\n");
+        html.push_str(&self.cost_html());
         for chart in self.charts() {
             let _ = writeln!(html, "<figure>{chart}</figure>");
         }
         html.push_str("</section>\n");
+        html
+    }
+
+    /// The names of the cost table's rows (processes, all tracked, machine), in step order.
+    fn cost_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for row in self
+            .steps
+            .iter()
+            .filter_map(|s| s.cost.as_ref())
+            .flat_map(|c| &c.rows)
+        {
+            if !names.contains(&row.name) {
+                names.push(row.name.clone());
+            }
+        }
+        names
+    }
+
+    fn cost_of(step: &StepFigures, name: &str) -> String {
+        cost::micros(
+            step.cost
+                .as_ref()
+                .and_then(|c| c.rows.iter().find(|r| r.name == name))
+                .and_then(|r| r.us_per_completed),
+        )
+    }
+
+    /// CPU µs per completed order of each process at every step: flat cost or not, at a glance.
+    fn cost_text(&self) -> String {
+        let names = self.cost_names();
+        if names.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("\n  CPU µs per completed order, per step\n");
+        let _ = write!(out, "    {:>4} {:>7}", "step", "target");
+        for name in &names {
+            let _ = write!(out, " {:>w$}", name, w = name.len().max(8));
+        }
+        out.push('\n');
+        for s in &self.steps {
+            let _ = write!(out, "    {:>4} {:>7.0}", s.step, s.target_rps);
+            for name in &names {
+                let _ = write!(
+                    out,
+                    " {:>w$}",
+                    Self::cost_of(s, name),
+                    w = name.len().max(8)
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn cost_html(&self) -> String {
+        let names = self.cost_names();
+        if names.is_empty() {
+            return String::new();
+        }
+        let mut html = String::from(
+            "<h3>CPU µs per completed order, per step</h3>\n<table>\n<tr><th>step</th><th>target req/s</th>",
+        );
+        for name in &names {
+            let _ = write!(html, "<th>{}</th>", escape(name));
+        }
+        html.push_str("</tr>\n");
+        for s in &self.steps {
+            let _ = write!(html, "<tr><td>{}</td><td>{:.0}</td>", s.step, s.target_rps);
+            for name in &names {
+                let _ = write!(html, "<td>{}</td>", Self::cost_of(s, name));
+            }
+            html.push_str("</tr>\n");
+        }
+        html.push_str("</table>\n");
         html
     }
 

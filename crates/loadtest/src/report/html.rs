@@ -50,6 +50,9 @@ impl Report {
         ));
         html.push_str(&self.faults_html());
         html.push_str(&self.processes_html());
+        if let Some(cost) = &self.cost {
+            html.push_str(&cost.html());
+        }
         html.push_str("</body>\n</html>\n");
         html
     }

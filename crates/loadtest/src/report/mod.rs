@@ -13,11 +13,13 @@ pub use crate::observe::monitor::{ProcessSample, ProcessUsage};
 
 pub mod build;
 mod capacity;
+pub mod cost;
 mod html;
 pub mod svg;
 mod text;
 
 pub use capacity::{CapacitySummary, StepFigures, StepProcess, Verdict, CHECK_CAPACITY};
+pub use cost::OrderCost;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -50,6 +52,9 @@ pub struct Report {
     pub faults: Vec<FaultRecord>,
     #[serde(default)]
     pub processes: Vec<ProcessUsage>,
+    /// CPU of each process per order over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<OrderCost>,
     /// A capacity run's steps and verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySummary>,
@@ -200,6 +205,12 @@ mod tests {
                     rss_mib: 100.0,
                 }],
             }],
+            cost: Some(OrderCost::new(
+                [("order-service".to_string(), 44.25)],
+                3_000,
+                2_900,
+                3_100,
+            )),
         }
     }
 
@@ -236,6 +247,10 @@ mod tests {
             "the limits the run had"
         );
         assert!(summary.contains("0 × 429 (counted as errors)"));
+        // 44.25 CPU-s over 3,000 orders and 2,900 completed.
+        assert!(summary.contains("CPU per order (3000 orders taken, 2900 completed"));
+        assert!(summary.contains("14750"), "µs per order: {summary}");
+        assert!(report.to_html().contains("<h2>CPU per order</h2>"));
     }
 
     #[test]

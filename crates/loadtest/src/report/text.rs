@@ -93,6 +93,9 @@ impl Report {
                 );
             }
         }
+        if let Some(cost) = &self.cost {
+            out.push_str(&cost.text());
+        }
         let failed = self.checks.iter().filter(|c| !c.passed).count();
         let _ = writeln!(
             out,

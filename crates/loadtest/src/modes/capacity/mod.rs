@@ -50,7 +50,7 @@ use crate::report::{CapacitySummary, Report, StepFigures, Verdict};
 use crate::session::{self, DuringLoad, Finished, Mode, SessionOptions};
 use rules::{
     completions_in, completions_per_second, highest_sustained, limits, processes_in_window,
-    saturation_reasons, step_figures, BacklogSample, Finalized, Limits,
+    saturation_reasons, step_cost, step_figures, BacklogSample, Finalized, Limits,
 };
 
 fn opt_ms(value: Option<f64>) -> String {
@@ -274,6 +274,7 @@ fn summarise(
             processes_in_window(processes, step.from_s as u64, step.to_s.ceil() as u64);
         let tracked: f64 = step.processes.iter().map(|p| p.cpu_pct).sum();
         step.other_cpu_pct = step.machine_cpu_pct.map(|all| (all - tracked).max(0.0));
+        step.cost = Some(step_cost(step));
     }
     let sustained = highest_sustained(&steps).cloned();
     let saturated = steps
