@@ -468,11 +468,50 @@ async fn out_of_stock_order_with_released_reservation() {
     .await;
 }
 
+/// The `orders final` check of a world.
+async fn orders_final(w: &World) -> Check {
+    w.checks()
+        .await
+        .into_iter()
+        .find(|c| c.name == CHECK_ORDERS_FINAL)
+        .expect("orders final check")
+}
+
 #[tokio::test]
 async fn order_left_pending() {
     with_world(|w| async move {
-        insert_order(&w.dbs, Uuid::new_v4(), USER_A, 1, "PENDING", None).await;
+        let open = Uuid::new_v4();
+        insert_order(&w.dbs, open, USER_A, 1, "PENDING", None).await;
         w.assert_failing(&[CHECK_ORDERS_FINAL]).await;
+        let c = orders_final(&w).await;
+        assert!(
+            c.detail.contains(&format!("1 PENDING ({open})")),
+            "the open order is named: {}",
+            c.detail
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn orders_left_open_are_named_up_to_twenty() {
+    with_world(|w| async move {
+        let open: Vec<Uuid> = (0..25).map(|_| Uuid::new_v4()).collect();
+        for &id in &open {
+            insert_order(&w.dbs, id, USER_A, 1, "PENDING", None).await;
+        }
+        let c = orders_final(&w).await;
+        assert!(!c.passed);
+        assert!(
+            c.detail.contains("25 PENDING (first 20 of 25: "),
+            "{}",
+            c.detail
+        );
+        let named = open
+            .iter()
+            .filter(|id| c.detail.contains(&id.to_string()))
+            .count();
+        assert_eq!(named, 20, "{}", c.detail);
     })
     .await;
 }

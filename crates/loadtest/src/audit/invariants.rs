@@ -383,11 +383,13 @@ impl<'a> Rows<'a> {
     }
 
     /// Check 5a: No order left PENDING or RESERVED, and no saga left open: every order whose
-    /// payment failed had inventory confirm that its stock went back.
+    /// payment failed had inventory confirm that its stock went back. Once the system is quiet
+    /// such an order is a lost one, so each is named by its id (up to
+    /// [`MAX_OPEN_ORDERS_NAMED`] of each kind, with the total).
     pub(super) fn orders_final(&self) -> Check {
-        let mut pending = Offenders::default();
-        let mut reserved = Offenders::default();
-        let mut unconfirmed = Offenders::default();
+        let mut pending = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
+        let mut reserved = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
+        let mut unconfirmed = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
         for o in self.orders {
             match o.status.as_str() {
                 "PENDING" => pending.add(o.id),
@@ -401,11 +403,11 @@ impl<'a> Rows<'a> {
             "{} orders: {} PENDING{}, {} RESERVED{}, {} payment failures without a confirmed stock release{}",
             self.orders.len(),
             pending.count,
-            pending.examples(),
+            pending.named(),
             reserved.count,
-            reserved.examples(),
+            reserved.named(),
             unconfirmed.count,
-            unconfirmed.examples(),
+            unconfirmed.named(),
         );
         Check::new(CHECK_ORDERS_FINAL, passed, detail)
     }
@@ -500,16 +502,32 @@ pub(super) fn http_checks(http: Option<&HttpFigures>) -> [Check; 2] {
 }
 
 /// Offending ids: a count and the first few for the detail line.
-#[derive(Default)]
 struct Offenders {
     count: usize,
+    /// How many ids are kept.
+    limit: usize,
     first: Vec<Uuid>,
 }
 
+impl Default for Offenders {
+    fn default() -> Self {
+        Offenders::naming(MAX_EXAMPLES)
+    }
+}
+
 impl Offenders {
+    /// Keeps the first `limit` ids.
+    fn naming(limit: usize) -> Self {
+        Offenders {
+            count: 0,
+            limit,
+            first: Vec::new(),
+        }
+    }
+
     fn add(&mut self, id: Uuid) {
         self.count += 1;
-        if self.first.len() < MAX_EXAMPLES {
+        if self.first.len() < self.limit {
             self.first.push(id);
         }
     }
@@ -518,16 +536,38 @@ impl Offenders {
         self.count == 0
     }
 
+    fn ids(&self) -> String {
+        let ids: Vec<String> = self.first.iter().map(Uuid::to_string).collect();
+        ids.join(", ")
+    }
+
+    /// A few of the ids, as examples: " (e.g. a, b, …)".
     fn examples(&self) -> String {
         if self.first.is_empty() {
             return String::new();
         }
-        let ids: Vec<String> = self.first.iter().map(Uuid::to_string).collect();
         let more = if self.count > self.first.len() {
             ", …"
         } else {
             ""
         };
-        format!(" (e.g. {}{more})", ids.join(", "))
+        format!(" (e.g. {}{more})", self.ids())
+    }
+
+    /// Every id kept, and how many were not: " (a, b)" or " (first 20 of 25: a, b, …)".
+    fn named(&self) -> String {
+        if self.first.is_empty() {
+            return String::new();
+        }
+        if self.count > self.first.len() {
+            format!(
+                " (first {} of {}: {})",
+                self.first.len(),
+                self.count,
+                self.ids()
+            )
+        } else {
+            format!(" ({})", self.ids())
+        }
     }
 }

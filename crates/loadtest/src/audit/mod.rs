@@ -17,7 +17,7 @@
 //! | `money conserved` | per account and in total: balance + Σ SUCCEEDED charges == deposited |
 //! | `released reservations` | each RELEASED reservation belongs to an order FAILED for a payment reason with a FAILED charge, released once |
 //! | `orphans` | reservations or charges whose order does not exist in the orders DB |
-//! | `orders final` | no order left PENDING or RESERVED |
+//! | `orders final` | no order left PENDING or RESERVED (each such order named, up to 20 of each kind) |
 //! | `outbox drained` | no outbox row left in any of the three DBs |
 //! | `dead letters` | dead-letter records in the three DBs (expected zero) |
 //! | `http p95` | p95 HTTP response time < threshold (or "not measured") |
@@ -82,6 +82,9 @@ fn is_payment_failure(order: &OrderRow) -> bool {
 
 /// How many offending items a detail line names before summarising the rest.
 const MAX_EXAMPLES: usize = 5;
+/// How many open orders `orders final` names, per kind: after the drain an order still open is
+/// a lost one, and its id is what an operator needs to chase it.
+const MAX_OPEN_ORDERS_NAMED: usize = 20;
 /// How many per-product lines the stock detail shows.
 const MAX_PRODUCTS_SHOWN: usize = 10;
 
