@@ -116,4 +116,10 @@ impl EventHandler for OrderOutcomes {
         }
         Ok(())
     }
+
+    /// The order service's reactions only move orders to their next status; its one event,
+    /// `OrderCreated`, is written by the intake and the re-drive (pipeline tests check it).
+    fn writes_outbox(&self) -> bool {
+        false
+    }
 }

@@ -324,6 +324,16 @@ impl TestSystem {
         Topology::new(self.prefix.clone()).stream_name(source)
     }
 
+    /// Messages the stream of `source` holds.
+    pub async fn stream_messages(&self, source: Source) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js
+            .get_stream(self.stream_name(source))
+            .await
+            .expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
     /// Deletes a durable consumer, as an operator's mistake would.
     pub async fn delete_consumer(&self, source: Source, durable: &str) {
         let js = self.jetstream().await;

@@ -1,5 +1,6 @@
 //! The order → stock → payment pipeline end to end, against real PostgreSQL and NATS.
 
+use platform::events::Source;
 use system_tests::{Options, TestSystem};
 
 #[tokio::test]
@@ -94,6 +95,10 @@ async fn a_declined_payment_restores_the_stock_and_charges_nothing() {
     )
     .await;
     assert_eq!(failed, 1);
+    // Every outcome reached the order service (reserved, declined, released), and it published
+    // nothing in reply: its only event is the order's `OrderCreated`, which is why its consumers
+    // need not wake the outbox relay (`OrderOutcomes::writes_outbox`).
+    assert_eq!(system.stream_messages(Source::Order).await, 1);
 }
 
 #[tokio::test]

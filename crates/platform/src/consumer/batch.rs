@@ -180,7 +180,9 @@ impl<H: EventHandler> EventConsumer<H> {
         let mut tx = self.pool.begin().await?;
         self.apply_in(&mut tx, batch).await?;
         tx.commit().await?;
-        self.signal.notify();
+        if self.handler.writes_outbox() {
+            self.signal.notify();
+        }
         metrics::counter!("consumer_processed_total", "consumer" => self.name().to_owned())
             .increment(batch.len() as u64);
         Ok(())

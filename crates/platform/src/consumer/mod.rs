@@ -49,6 +49,14 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &'a mut Transaction<'static, Postgres>,
         events: &'a [Incoming],
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Whether handling events may write outbox rows. After each batch the consumer wakes the
+    /// relay only if so: a handler that never replies would otherwise cost an empty claim
+    /// transaction per batch. A `false` that is wrong loses nothing — the relay's poll finds
+    /// the rows — it only delays them.
+    fn writes_outbox(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
