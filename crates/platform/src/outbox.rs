@@ -101,6 +101,7 @@ pub struct OutboxRelay {
     batch_size: i64,
     events_per_message: usize,
     poll_interval: Duration,
+    linger: Duration,
     status: WorkerStatus,
 }
 
@@ -120,6 +121,7 @@ impl OutboxRelay {
             batch_size: settings.batch_size,
             events_per_message: settings.events_per_message.max(1),
             poll_interval: settings.poll_interval(),
+            linger: Duration::from_millis(settings.linger_ms),
             status: WorkerStatus::new("outbox-relay"),
         }
     }
@@ -210,7 +212,7 @@ impl OutboxRelay {
     }
 
     /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
-    /// written by other instances), backs off while failing. After a publish failure, and every
+    /// written by other instances) and lingers briefly once signalled, backs off while failing. After a publish failure, and every
     /// [`STREAM_CHECK_INTERVAL`] even when idle, the streams are ensured again: a stream deleted
     /// or lost with the broker's store is re-created, so its consumers (which may not create it)
     /// attach again although nothing is being published.
@@ -239,8 +241,11 @@ impl OutboxRelay {
                     backoff = Duration::from_millis(100);
                     self.status.progress();
                     if (n as i64) < self.batch_size {
-                        let _ =
+                        let woken =
                             tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
+                        if woken.is_ok() && !self.linger.is_zero() {
+                            tokio::time::sleep(self.linger).await;
+                        }
                     }
                 }
                 Err(error) => {

@@ -25,7 +25,7 @@ use async_nats::jetstream::{
     context::ConsumerInfoErrorKind,
 };
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::future::Future;
 use std::sync::Arc;
@@ -398,15 +398,30 @@ impl<H: EventHandler> EventConsumer<H> {
             Err(error) => return (format!("cannot open message stream: {error}"), false),
         };
         let mut chunks = stream.ready_chunks(self.settings.batch_size);
+        let linger = Duration::from_millis(self.settings.linger_ms);
         let mut lag = tokio::time::interval(Duration::from_secs(1));
         lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut worked = false;
         loop {
             tokio::select! {
                 chunk = chunks.next() => {
-                    let Some(chunk) = chunk else {
+                    let Some(mut chunk) = chunk else {
                         return ("message stream ended".into(), worked);
                     };
+                    let mut ended = false;
+                    if chunk.len() < self.settings.batch_size && !linger.is_zero() {
+                        tokio::time::sleep(linger).await;
+                        while chunk.len() < self.settings.batch_size {
+                            match chunks.next().now_or_never() {
+                                Some(Some(more)) => chunk.extend(more),
+                                Some(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
                     let mut messages = Vec::with_capacity(chunk.len());
                     let mut broken = None;
                     for item in chunk {
@@ -421,6 +436,9 @@ impl<H: EventHandler> EventConsumer<H> {
                     }
                     if let Some(reason) = broken {
                         return (reason, worked);
+                    }
+                    if ended {
+                        return ("message stream ended".into(), worked);
                     }
                 }
                 _ = lag.tick() => {
