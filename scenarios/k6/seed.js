@@ -2,7 +2,8 @@
 // API. k6 only generates the load; the stack, the seed data and the audit come from `loadtest`:
 //
 //   make build
-//   target/debug/loadtest up --fresh                        # services on 18080-18082, fresh random credentials
+//   target/debug/loadtest up --fresh --scenario scenarios/seed.toml   # services on 18080-18082, fresh random
+//                                                         # credentials, the fair-use limits `loadtest run` deploys
 //   target/debug/loadtest seed --scenario scenarios/seed.toml   # 1 product (3,000 units), 50 accounts
 //   TOKENS=$(target/debug/loadtest token --users 50) k6 run scenarios/k6/seed.js
 //   target/debug/loadtest verify                            # the same audit `loadtest run` does

@@ -78,6 +78,11 @@ enum Command {
         /// NATS subject and stream prefix.
         #[arg(long, default_value = deploy::DEFAULT_PREFIX)]
         prefix: String,
+        /// Deploy the fair-use limits this scenario's `loadtest run` would (set or derived from
+        /// its peak rate per buyer), e.g. before driving its plan with k6; default: the
+        /// services' own limits.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
     },
     /// Stop the services, PostgreSQL and NATS that we started.
     Down,
@@ -229,7 +234,8 @@ async fn execute(command: Command) -> Result<bool> {
             fresh,
             decline_rate,
             prefix,
-        } => done(commands::up(fresh, decline_rate, prefix).await),
+            scenario,
+        } => done(commands::up(fresh, decline_rate, prefix, scenario.as_deref()).await),
         Command::Down => done(commands::down().await),
         Command::InfraUp => done(commands::infra_up().await),
         Command::InfraDown => done(commands::infra_down().await),

@@ -13,14 +13,24 @@ use crate::audit;
 use crate::deploy::{self, services, Credentials, Deployment};
 use crate::infra::{self, StateDir};
 use crate::observe::baseline::{self, BaselineSettings};
+use crate::plan::limits::FairUseLimits;
 use crate::plan::scenario::Scenario;
 use crate::seed;
 
 /// `loadtest up`: PostgreSQL, NATS and the three services with the dev credentials.
-pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
+pub async fn up(
+    fresh: bool,
+    decline_rate: f64,
+    prefix: String,
+    scenario: Option<&Path>,
+) -> Result<()> {
     if !(0.0..=1.0).contains(&decline_rate) {
         bail!("--decline-rate must be within 0..=1 (got {decline_rate})");
     }
+    let limits = match scenario {
+        Some(path) => Some(FairUseLimits::of(&Scenario::from_file(resolve(path)?)?)),
+        None => None,
+    };
     if prefix.is_empty()
         || !prefix
             .chars()
@@ -48,7 +58,11 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
         credentials: credentials.clone(),
         decline_rate,
     };
-    let started = deploy::start_services(&state, &deployment).await?;
+    let replication = deploy::Replication {
+        extra_env: limits.as_ref().map(FairUseLimits::env).unwrap_or_default(),
+        ..deploy::Replication::default()
+    };
+    let started = deploy::start_instances(&state, &deployment, &replication).await?;
     for (name, pid) in &started {
         let port = deploy::SERVICES
             .iter()
@@ -69,6 +83,9 @@ pub async fn up(fresh: bool, decline_rate: f64, prefix: String) -> Result<()> {
         infra::redact(&infra.nats_url)
     );
     println!("decline rate       {decline_rate}");
+    if let Some(limits) = &limits {
+        println!("fair use           {}", limits.describe());
+    }
     println!(
         "credentials        {}  (mode 0600: JWT secret, admin token, the services' passwords)",
         deploy::credentials_file(&state).display()
