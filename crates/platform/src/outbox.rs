@@ -212,10 +212,10 @@ impl OutboxRelay {
     }
 
     /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
-    /// written by other instances) and lingers briefly once signalled, backs off while failing. After a publish failure, and every
-    /// [`STREAM_CHECK_INTERVAL`] even when idle, the streams are ensured again: a stream deleted
-    /// or lost with the broker's store is re-created, so its consumers (which may not create it)
-    /// attach again although nothing is being published.
+    /// written by other instances) and lingers briefly once signalled, backs off while failing.
+    /// After a publish failure, and every [`STREAM_CHECK_INTERVAL`] even when idle, the streams
+    /// are ensured again: a stream deleted or lost with the broker's store is re-created, so its
+    /// consumers (which may not create it) attach again although nothing is being published.
     async fn run(&self) -> Result<(), WorkerError> {
         broker::ensure_streams(&self.jetstream, &self.topology).await?;
         let mut backoff = Duration::from_millis(100);

@@ -35,7 +35,7 @@ pub struct OrderCost {
 }
 
 /// `cpu_s` in µs per one of `count`; `None` when there was none.
-pub fn per(cpu_s: f64, count: u64) -> Option<f64> {
+fn per(cpu_s: f64, count: u64) -> Option<f64> {
     (count > 0).then(|| cpu_s * 1e6 / count as f64)
 }
 
@@ -47,22 +47,29 @@ impl OrderCost {
         completed: u64,
         requests: u64,
     ) -> OrderCost {
-        let row = |name: String, cpu_s: f64| CostRow {
-            name,
-            cpu_s,
-            us_per_order: per(cpu_s, orders),
-            us_per_completed: per(cpu_s, completed),
-            us_per_request: per(cpu_s, requests),
-        };
-        let mut rows: Vec<CostRow> = cpu.into_iter().map(|(n, s)| row(n, s)).collect();
-        let total = rows.iter().map(|r| r.cpu_s).sum();
-        rows.push(row(ALL_TRACKED.into(), total));
-        OrderCost {
+        let mut cost = OrderCost {
             orders,
             completed,
             requests,
-            rows,
+            rows: Vec::new(),
+        };
+        for (name, cpu_s) in cpu {
+            cost.push(name, cpu_s);
         }
+        let total = cost.rows.iter().map(|r| r.cpu_s).sum();
+        cost.push(ALL_TRACKED.into(), total);
+        cost
+    }
+
+    /// Adds a row: `cpu_s` divided by the table's counts.
+    pub fn push(&mut self, name: String, cpu_s: f64) {
+        self.rows.push(CostRow {
+            name,
+            cpu_s,
+            us_per_order: per(cpu_s, self.orders),
+            us_per_completed: per(cpu_s, self.completed),
+            us_per_request: per(cpu_s, self.requests),
+        });
     }
 
     pub fn text(&self) -> String {

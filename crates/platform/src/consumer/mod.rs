@@ -408,20 +408,7 @@ impl<H: EventHandler> EventConsumer<H> {
                     let Some(mut chunk) = chunk else {
                         return ("message stream ended".into(), worked);
                     };
-                    let mut ended = false;
-                    if chunk.len() < self.settings.batch_size && !linger.is_zero() {
-                        tokio::time::sleep(linger).await;
-                        while chunk.len() < self.settings.batch_size {
-                            match chunks.next().now_or_never() {
-                                Some(Some(more)) => chunk.extend(more),
-                                Some(None) => {
-                                    ended = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
+                    let ended = self.linger_for_more(&mut chunks, &mut chunk, linger).await;
                     let mut messages = Vec::with_capacity(chunk.len());
                     let mut broken = None;
                     for item in chunk {
@@ -461,7 +448,30 @@ impl<H: EventHandler> EventConsumer<H> {
             }
         }
     }
+
+    /// Tops a chunk that is not full up with what arrives within `linger`, so that at moderate
+    /// rates several events share one transaction. Returns whether the stream ended meanwhile.
+    async fn linger_for_more<S>(&self, chunks: &mut S, chunk: &mut Chunk, linger: Duration) -> bool
+    where
+        S: futures::Stream<Item = Chunk> + Unpin,
+    {
+        if chunk.len() >= self.settings.batch_size || linger.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(linger).await;
+        while chunk.len() < self.settings.batch_size {
+            match chunks.next().now_or_never() {
+                Some(Some(more)) => chunk.extend(more),
+                Some(None) => return true,
+                None => return false,
+            }
+        }
+        false
+    }
 }
+
+/// A chunk of the message stream: messages, or the errors that break it.
+type Chunk = Vec<Result<jetstream::Message, pull::MessagesError>>;
 
 type Undecodable = (Vec<u8>, EnvelopeError);
 

@@ -274,7 +274,11 @@ fn summarise(
             processes_in_window(processes, step.from_s as u64, step.to_s.ceil() as u64);
         let tracked: f64 = step.processes.iter().map(|p| p.cpu_pct).sum();
         step.other_cpu_pct = step.machine_cpu_pct.map(|all| (all - tracked).max(0.0));
-        step.cost = Some(step_cost(step));
+        // A cut-short step lasted about a second and completed its predecessor's backlog: its
+        // cost per order would mean nothing.
+        if step.verdict != Verdict::CutShort {
+            step.cost = Some(step_cost(step));
+        }
     }
     let sustained = highest_sustained(&steps).cloned();
     let saturated = steps

@@ -7,7 +7,7 @@ use crate::loadgen::stats::{Percentiles, RunStats};
 use crate::observe::monitor::ProcessUsage;
 use crate::plan::capacity::CapacitySettings;
 use crate::plan::schedule::Schedule;
-use crate::report::cost::{per, CostRow, OrderCost};
+use crate::report::cost::OrderCost;
 use crate::report::{StepFigures, StepProcess, Verdict};
 
 /// Share of a step's requests still unanswered at its evaluation that puts its p99 over the
@@ -250,14 +250,7 @@ pub fn step_cost(step: &StepFigures) -> OrderCost {
         step.sent,
     );
     if let Some(all) = step.machine_cpu_pct {
-        let machine = cpu_s(all);
-        cost.rows.push(CostRow {
-            name: MACHINE.into(),
-            cpu_s: machine,
-            us_per_order: per(machine, step.completed),
-            us_per_completed: per(machine, step.completed),
-            us_per_request: per(machine, step.sent),
-        });
+        cost.push(MACHINE.into(), cpu_s(all));
     }
     cost
 }
