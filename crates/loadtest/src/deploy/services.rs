@@ -116,6 +116,7 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             log: &log,
             cwd: None,
             user: None,
+            netns: None,
         },
         &pidfile,
         spec.port,

@@ -18,6 +18,7 @@
 
 mod nats;
 mod nats_users;
+pub mod netns;
 mod pg_databases;
 mod pg_roles;
 mod postgres;

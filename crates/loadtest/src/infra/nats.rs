@@ -251,6 +251,7 @@ async fn start(state: &StateDir, cfg: &NatsConfig) -> Result<()> {
             log: &log,
             cwd: Some(&nats_dir(state)),
             user: None,
+            netns: None,
         },
         &pidfile,
         cfg.port,

@@ -265,6 +265,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
             log: &log,
             cwd: Some(&cfg.root),
             user,
+            netns: None,
         },
         &state.pid_file("postgres"),
         cfg.port,

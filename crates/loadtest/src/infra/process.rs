@@ -261,6 +261,9 @@ pub struct DetachedSpec<'a> {
     pub cwd: Option<&'a Path>,
     /// (uid, gid) to switch to before exec (when we are root).
     pub user: Option<(u32, u32)>,
+    /// A network namespace (`/run/netns/<name>`, see `netns`) to run in instead of ours: the
+    /// process is the program itself (its PID is the one recorded), not `ip netns exec`.
+    pub netns: Option<&'a str>,
 }
 
 /// A log that has grown past this when its process is started again is moved to `<log>.1`
@@ -314,11 +317,27 @@ pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
         // std drops supplementary groups (setgroups(0)) when root switches uid.
         cmd.uid(uid).gid(gid);
     }
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    // Opened here, entered in the child: setns(2) between fork and exec moves only the child.
+    let netns = spec
+        .netns
+        .map(|name| {
+            let path = super::netns::netns_path(name);
+            File::open(&path)
+                .with_context(|| format!("opening network namespace {}", path.display()))
+        })
+        .transpose()?;
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: setsid and setns are async-signal-safe system calls; nothing else runs between
+    // fork and exec, and the namespace's file stays open in the parent until spawn returns.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = netns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
