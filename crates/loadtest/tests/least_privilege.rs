@@ -283,6 +283,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         prefix: prefix.clone(),
         stream_max_age_secs: 60,
         stream_max_bytes: -1,
+        stream_replicas: 1,
         tls_ca_file: String::new(),
     };
     let payment_client = platform::broker::connect(&settings(&payment, "payment-service"))
@@ -434,6 +435,7 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
         prefix: "unused".into(),
         stream_max_age_secs: 60,
         stream_max_bytes: -1,
+        stream_replicas: 1,
         tls_ca_file: ca,
     };
     let client = platform::broker::connect(&settings)

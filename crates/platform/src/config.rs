@@ -90,6 +90,7 @@ tls_ca_file = ""
 prefix = "shop"
 stream_max_age_secs = 604800
 stream_max_bytes = 1073741824
+stream_replicas = 1
 
 [outbox]
 batch_size = 1000
@@ -151,6 +152,13 @@ impl CommonSettings {
         if self.database.worker_connections < 2 || self.database.http_connections < 1 {
             return Err("database.worker_connections must be at least 2 and database.http_connections at least 1".into());
         }
+        if !(1..=5).contains(&self.nats.stream_replicas) {
+            // JetStream keeps at most five copies of a stream.
+            return Err(format!(
+                "nats.stream_replicas ({}) must be between 1 and 5",
+                self.nats.stream_replicas
+            ));
+        }
         if self.consumer.max_deliveries < 1 {
             return Err("consumer.max_deliveries must be at least 1".into());
         }
@@ -193,8 +201,13 @@ impl CommonSettings {
     }
 }
 
-/// The URL with its password (if any) replaced by `***`, for messages and logs.
+/// The URL with its password (if any) replaced by `***`, for messages and logs; in a list of
+/// URLs separated by commas (a NATS cluster's servers, a multi-host PostgreSQL URL), in each.
 pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
@@ -306,6 +319,8 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct NatsSettings {
+    /// A server's URL, or a cluster's servers' URLs separated by commas
+    /// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222,nats://10.0.0.3:4222`).
     pub url: String,
     /// The service's NATS user (empty: the URL's credentials, or none).
     pub user: String,
@@ -318,6 +333,10 @@ pub struct NatsSettings {
     /// How long and how much each stream keeps (oldest messages go first).
     pub stream_max_age_secs: u64,
     pub stream_max_bytes: i64,
+    /// Copies of each stream the service creates (`APP_NATS__STREAM_REPLICAS`): 1 on a single
+    /// server, 3 on a three-node cluster. A stream that exists with another count is changed to
+    /// it if the server allows (a warning says when it does not).
+    pub stream_replicas: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -432,6 +451,33 @@ mod tests {
         settings.auth.admin_token = String::new();
         settings.development = true;
         assert_eq!(settings.validate(), Ok(()), "the development switch");
+    }
+
+    #[test]
+    fn stream_replicas_default_to_one_parse_and_are_bounded() {
+        let mut settings = load_overridden::<Common>(1, "", &[]).unwrap().common;
+        assert_eq!(settings.nats.stream_replicas, 1);
+        let three = load_overridden::<Common>(1, "", &["[nats]\nstream_replicas = 3\n"])
+            .unwrap()
+            .common;
+        assert_eq!(three.nats.stream_replicas, 3);
+        settings.nats.stream_replicas = 0;
+        assert!(settings.validate().unwrap_err().contains("stream_replicas"));
+        settings.nats.stream_replicas = 6;
+        assert!(settings.validate().unwrap_err().contains("stream_replicas"));
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_redacted() {
+        assert_eq!(
+            redact_url("nats://u:p1@a:4222,nats://u:p2@b:4222,nats://c:4222"),
+            "nats://u:***@a:4222,nats://u:***@b:4222,nats://c:4222"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@h1:5432,h2:5432/db"),
+            "postgres://u:***@h1:5432,h2:5432/db"
+        );
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 
     #[test]
