@@ -28,6 +28,8 @@ pub struct Service {
 
 pub struct TestSystem {
     pub prefix: String,
+    /// The NATS server (or cluster: URLs separated by commas) the services use.
+    pub nats_url: String,
     /// For starting more inventory instances on the same database and stream prefix.
     pub inventory_settings: inventory_service::config::Settings,
     pub order: Service,
@@ -36,7 +38,7 @@ pub struct TestSystem {
     pub http: reqwest::Client,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub decline_rate: f64,
     pub max_quantity: i32,
@@ -44,6 +46,9 @@ pub struct Options {
     pub workers: bool,
     /// More settings for all three services, as TOML (e.g. `[redrive]\nafter_secs = 1`).
     pub extra: &'static str,
+    /// The NATS server or cluster (URLs separated by commas) instead of the tests' own
+    /// (`platform::testing::nats_url`).
+    pub nats_url: Option<String>,
 }
 
 impl Default for Options {
@@ -53,13 +58,14 @@ impl Default for Options {
             max_quantity: 100,
             workers: false,
             extra: "",
+            nats_url: None,
         }
     }
 }
 
 /// What every test service gets: its database, the test's prefix and credentials, port 0, and
 /// workers driven by the test unless it asks for real ones.
-fn test_settings(database_url: &str, prefix: &str, options: &Options) -> String {
+fn test_settings(database_url: &str, prefix: &str, nats: &str, options: &Options) -> String {
     format!(
         r#"
 [http]
@@ -92,7 +98,6 @@ max_open_orders = 100000
 [payment]
 decline_rate = {decline_rate}
 "#,
-        nats = nats_url(),
         workers = options.workers,
         max_quantity = options.max_quantity,
         decline_rate = options.decline_rate,
@@ -120,11 +125,12 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
 impl TestSystem {
     pub async fn start(options: Options) -> TestSystem {
         let prefix = format!("t{}", unique_token());
+        let nats = options.nats_url.clone().unwrap_or_else(nats_url);
         let order_db = fresh_database("orders").await;
         let inventory_db = fresh_database("inventory").await;
         let payment_db = fresh_database("payments").await;
 
-        let settings = |db: &str| test_settings(db, &prefix, &options);
+        let settings = |db: &str| test_settings(db, &prefix, &nats, &options);
         let (order_base, inventory_base, payment_base) = (
             settings(&order_db),
             settings(&inventory_db),
@@ -150,6 +156,7 @@ impl TestSystem {
             .expect("payment starts");
         let system = TestSystem {
             prefix,
+            nats_url: nats,
             inventory_settings,
             order: launch(order, &order_db).await,
             inventory: launch(inventory, &inventory_db).await,
@@ -310,7 +317,7 @@ impl TestSystem {
 
     /// A JetStream context on the test's NATS, for injecting messages.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = platform::broker::connect_url(&nats_url())
+        let client = platform::broker::connect_url(&self.nats_url)
             .await
             .expect("connect to NATS");
         async_nats::jetstream::new(client)
