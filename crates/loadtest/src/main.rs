@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{ArgGroup, Parser, Subcommand};
 
+use loadtest::chaos::network::{delayer, DelaySettings};
 use loadtest::commands::{self, dead_letters};
 use loadtest::deploy::admin::Resolution;
 use loadtest::deploy::{self, Credentials};
@@ -137,6 +139,20 @@ enum Command {
         /// Validity in hours.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+    },
+    /// (Internal) Hold every packet of an NFQUEUE queue for a delay, then let it go on: the
+    /// process behind the `delay` network fault, started inside a host's namespace.
+    #[command(hide = true)]
+    NetDelay {
+        #[arg(long)]
+        queue: u16,
+        #[arg(long)]
+        delay_ms: f64,
+        #[arg(long, default_value_t = 0.0)]
+        jitter_ms: f64,
+        /// Written once the queue is bound.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
 }
 
@@ -276,5 +292,25 @@ async fn execute(command: Command) -> Result<bool> {
             secret,
             hours,
         } => done(commands::token(user, users, secret, hours)),
+        Command::NetDelay {
+            queue,
+            delay_ms,
+            jitter_ms,
+            ready_file,
+        } => {
+            let millis = |ms: f64| {
+                Duration::try_from_secs_f64(ms / 1000.0)
+                    .map_err(|e| anyhow::anyhow!("{ms} ms: {e}"))
+            };
+            let settings = DelaySettings {
+                queue,
+                delay: millis(delay_ms)?,
+                jitter: millis(jitter_ms)?,
+            };
+            // The delayer's loop blocks (it polls a netlink socket): off the runtime's workers.
+            tokio::task::spawn_blocking(move || delayer::run(settings, ready_file.as_deref()))
+                .await??;
+            Ok(true)
+        }
     }
 }

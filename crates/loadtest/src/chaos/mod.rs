@@ -37,6 +37,7 @@
 
 mod heal;
 mod inject;
+pub mod network;
 pub mod probe;
 
 pub use crate::plan::faults::{Fault, FaultKind, Hits};
