@@ -29,6 +29,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
+pub mod accepted;
 pub mod check;
 pub mod drain;
 mod invariants;

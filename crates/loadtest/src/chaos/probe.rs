@@ -212,15 +212,15 @@ pub fn worst_between(samples: &[HealthSample], from_s: f64, to_s: f64) -> (Optio
     (worst, missing)
 }
 
-/// How long the probe must still run after `now_s` so that every lifted fault has
-/// [`RECOVERY_SAMPLES`] samples after it (a fault lifted just before the drain ends would
-/// otherwise count as "never caught up" for want of samples).
+/// How long the probe must still run after `now_s` (the drain's end) so that every lifted
+/// fault has [`RECOVERY_SAMPLES`] samples after it and after the drain: a fault lifted just
+/// before the load ends may leave orders that finish only as the drain does, and without
+/// samples of the quiet system it would count as "never caught up".
 pub fn probe_time_needed(executed: &[InjectedFault], now_s: f64) -> Duration {
-    let last_lift = executed
-        .iter()
-        .filter_map(|e| e.lifted_s)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let until = last_lift + (RECOVERY_SAMPLES as f64 + 1.0) * PROBE_EVERY.as_secs_f64();
+    let Some(last_lift) = executed.iter().filter_map(|e| e.lifted_s).reduce(f64::max) else {
+        return Duration::ZERO;
+    };
+    let until = last_lift.max(now_s) + (RECOVERY_SAMPLES as f64 + 1.0) * PROBE_EVERY.as_secs_f64();
     Duration::from_secs_f64((until - now_s).max(0.0))
 }
 
@@ -694,7 +694,11 @@ mod tests {
             probe_time_needed(&lifted, 120.0),
             Duration::from_secs_f64(119.0 + needed - 120.0)
         );
-        assert_eq!(probe_time_needed(&lifted, 200.0), Duration::ZERO);
+        // Long after the last lift, still the samples of the quiet system after the drain.
+        assert_eq!(
+            probe_time_needed(&lifted, 200.0),
+            Duration::from_secs_f64(needed)
+        );
         assert_eq!(probe_time_needed(&[], 5.0), Duration::ZERO);
     }
 }

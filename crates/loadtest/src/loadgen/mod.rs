@@ -104,6 +104,8 @@ pub struct LoadState {
     pub cancel: AtomicBool,
     /// Requests whose connection one replica refused and that were sent to another replica.
     pub failovers: AtomicU64,
+    /// The ids of the orders answered 202 (for the `accepted orders` check).
+    pub accepted: Mutex<Vec<uuid::Uuid>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -116,6 +118,7 @@ impl LoadState {
             started: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             failovers: AtomicU64::new(0),
+            accepted: Mutex::new(Vec::new()),
             in_flight: Arc::new(Semaphore::new(plan.max_in_flight)),
             max_in_flight: plan.max_in_flight,
         })
@@ -153,7 +156,8 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
     let client = http_client(&plan)?;
     let urls: Arc<[String]> = plan.urls().into();
     let plan = Arc::new(plan);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Duration, Outcome)>();
+    type Answer = (Duration, Duration, Outcome, Option<uuid::Uuid>);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
 
     let collector = {
         let state = state.clone();
@@ -161,8 +165,10 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
             let mut batch = Vec::with_capacity(4096);
             while rx.recv_many(&mut batch, 4096).await > 0 {
                 let mut stats = state.stats.lock().unwrap_or_else(|e| e.into_inner());
-                for (offset, latency, outcome) in batch.drain(..) {
+                let mut accepted = state.accepted.lock().unwrap_or_else(|e| e.into_inner());
+                for (offset, latency, outcome, order) in batch.drain(..) {
                     stats.record(offset, latency, outcome);
+                    accepted.extend(order);
                 }
             }
         })
@@ -177,7 +183,7 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
             tokio::time::sleep_until(intended).await;
         }
         let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
-            let _ = tx.send((offset, Duration::ZERO, Outcome::Dropped));
+            let _ = tx.send((offset, Duration::ZERO, Outcome::Dropped, None));
             continue;
         };
         state.started.fetch_add(1, Ordering::Relaxed);
@@ -200,10 +206,10 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
                 state.failovers.fetch_add(1, Ordering::Relaxed);
                 outcome = send_once(request(&urls[(n + 1) % urls.len()])).await;
             }
-            let outcome = outcome.unwrap_or(Outcome::ConnectError);
+            let (outcome, order) = outcome.unwrap_or((Outcome::ConnectError, None));
             let latency = intended.elapsed();
             drop(permit);
-            let _ = tx.send((offset, latency, outcome));
+            let _ = tx.send((offset, latency, outcome, order));
         });
     }
 
@@ -219,19 +225,32 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
     Ok(())
 }
 
-/// Like [`send`], but a refused connection is `Err(())` (nothing reached the server).
-async fn send_once(request: reqwest::RequestBuilder) -> Result<Outcome, ()> {
+/// Like [`send`], but a refused connection is `Err(())` (nothing reached the server); with a
+/// 202, the accepted order's id.
+async fn send_once(request: reqwest::RequestBuilder) -> Result<(Outcome, Option<uuid::Uuid>), ()> {
     match request.send().await {
         Err(e) if is_refused(&e) => Err(()),
         Ok(response) => {
             let status = response.status().as_u16();
             match response.bytes().await {
-                Ok(_) => Ok(Outcome::Status(status)),
-                Err(e) => Ok(classify(&e)),
+                Ok(body) => {
+                    let order = (status == 202).then(|| accepted_id(&body)).flatten();
+                    Ok((Outcome::Status(status), order))
+                }
+                Err(e) => Ok((classify(&e), None)),
             }
         }
-        Err(e) => Ok(classify(&e)),
+        Err(e) => Ok((classify(&e), None)),
     }
+}
+
+/// The `id` of an accepted order's body (`{"id":"<uuid>",…}`): found by its key rather than by
+/// parsing the whole document, which would cost the generator more than the request.
+fn accepted_id(body: &[u8]) -> Option<uuid::Uuid> {
+    const KEY: &[u8] = b"\"id\":\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let text = body.get(at..at + 36)?;
+    uuid::Uuid::try_parse_ascii(text).ok()
 }
 
 /// A connect error caused by `ECONNREFUSED` (no process listens on that port).
@@ -261,6 +280,15 @@ fn classify(error: &reqwest::Error) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accepted_order_id_is_read_from_the_answer() {
+        let id = uuid::Uuid::from_u128(0x1234);
+        let body = format!(r#"{{"id":"{id}","user_id":1,"status":"PENDING"}}"#);
+        assert_eq!(accepted_id(body.as_bytes()), Some(id));
+        assert_eq!(accepted_id(br#"{"id":"not-a-uuid"}"#), None);
+        assert_eq!(accepted_id(b"{}"), None);
+    }
     use crate::plan::scenario::Stage;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
