@@ -10,6 +10,23 @@ use crate::deploy::admin::AdminClient;
 use crate::deploy::{base_url, Credentials, INVENTORY_PORT, PAYMENT_PORT};
 use crate::plan::scenario::Scenario;
 
+/// Where seeding sends products and accounts: an inventory and a payment instance.
+#[derive(Debug, Clone)]
+pub struct SeedTargets {
+    pub inventory: String,
+    pub payment: String,
+}
+
+impl SeedTargets {
+    /// The `up` stack's instances on 127.0.0.1.
+    pub fn local() -> SeedTargets {
+        SeedTargets {
+            inventory: base_url(INVENTORY_PORT),
+            payment: base_url(PAYMENT_PORT),
+        }
+    }
+}
+
 /// What seeding did: how many rows were created and how many already existed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeedSummary {
@@ -32,7 +49,12 @@ pub fn balance_of(scenario: &Scenario, user: u32) -> i64 {
 
 /// Creates the scenario's products (inventory) and accounts (payment). A 409 means the row
 /// exists already and is counted, not treated as an error.
-pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<SeedSummary> {
+/// `services` are the base URLs of an inventory and a payment instance.
+pub async fn seed(
+    scenario: &Scenario,
+    credentials: &Credentials,
+    services: &SeedTargets,
+) -> Result<SeedSummary> {
     let admin = AdminClient::new(&credentials.admin_token)?;
     let mut summary = SeedSummary::default();
 
@@ -43,7 +65,7 @@ pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<Seed
             "price_cents": product.price_cents,
             "stock": product.stock,
         });
-        let url = format!("{}/products", base_url(INVENTORY_PORT));
+        let url = format!("{}/products", services.inventory);
         match create(&admin, &url, &body).await? {
             Created::New => summary.products_created += 1,
             Created::Existing => summary.products_existing += 1,
@@ -51,7 +73,7 @@ pub async fn seed(scenario: &Scenario, credentials: &Credentials) -> Result<Seed
     }
 
     // Accounts in parallel: 50 sequential round trips are slow for no reason.
-    let url = format!("{}/accounts", base_url(PAYMENT_PORT));
+    let url = format!("{}/accounts", services.payment);
     let results = futures::future::join_all((1..=scenario.data.users).map(|user| {
         let body = json!({ "user_id": user, "balance_cents": balance_of(scenario, user) });
         let (url, admin) = (&url, &admin);

@@ -22,13 +22,14 @@ use crate::audit::drain::{self, DrainOutcome};
 use crate::audit::{self, Check, HttpFigures};
 use crate::chaos;
 use crate::deploy::admin::AdminClient;
-use crate::deploy::{self, Credentials, Deployment, ORDER_PORT};
+use crate::deploy::{self, Credentials, Deployment};
 use crate::infra::{self, Infra, StateDir};
 use crate::loadgen::stats::RunStats;
 use crate::loadgen::{self, LoadPlan, LoadState};
 use crate::observe::database::{self, Databases, Scope};
 use crate::observe::monitor::{self, MonitorContext, Phase, Samples};
 use crate::observe::{SystemProbe, SystemState};
+use crate::plan::scenario::Topology;
 use crate::plan::schedule::Schedule;
 use crate::plan::{duration, RunPlan};
 use crate::report::build::{build_report, ReportInputs};
@@ -120,6 +121,9 @@ pub async fn execute<M: Mode>(
 ) -> Result<Report> {
     deploy::check_binaries()?;
     let _lock = infra::run_lock::acquire().await?;
+    if plan.scenario.deploy.topology == Topology::Hosts {
+        return execute_on_hosts(plan, options, mode).await;
+    }
     let state = StateDir::locate()?;
     let postgres_before = infra::pid_of(&state, "postgres").is_some();
     let nats_before = infra::pid_of(&state, "nats").is_some();
@@ -128,7 +132,7 @@ pub async fn execute<M: Mode>(
     let infra = infra::ensure_infra(&state).await?;
 
     let result = tokio::select! {
-        result = run(plan, options, mode, &state, &infra) => result,
+        result = run(plan, options, mode, &state, &infra, None) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
 
@@ -159,23 +163,67 @@ pub async fn execute<M: Mode>(
     result
 }
 
+/// [`execute`] on the hosts topology: its own state directory (`<state>/hosts`), its own
+/// network, PostgreSQL and NATS nodes, all removed at the end (also after a failure or Ctrl-C;
+/// `--keep-running` leaves them for `loadtest infra-down`).
+async fn execute_on_hosts<M: Mode>(
+    plan: &RunPlan,
+    options: &SessionOptions,
+    mode: &M,
+) -> Result<Report> {
+    let state = infra::hosts::state_dir()?;
+    let deploy = &plan.scenario.deploy;
+    let instances: Vec<String> = deploy::instance_names(plan.replication.replicas);
+    println!(
+        "▶ hosts topology: {} service hosts, PostgreSQL and {} NATS node(s) in network namespaces (installing what is missing)…",
+        instances.len(),
+        deploy.nats_nodes
+    );
+    let started = tokio::select! {
+        started = infra::hosts::up(&state, &instances, deploy.nats_nodes) => started,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let hosts = match started {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            infra::hosts::down(&state).await.ok();
+            return Err(e);
+        }
+    };
+    let result = tokio::select! {
+        result = run(plan, options, mode, &state, &hosts.infra, Some(&hosts)) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if options.keep_running {
+        println!("▶ --keep-running: the hosts stay up; `loadtest infra-down` removes them");
+    } else {
+        println!("▶ stopping what the run started and removing its hosts…");
+        deploy::finish_run(&state, &hosts.infra).await;
+        if let Err(e) = infra::hosts::down(&state).await {
+            eprintln!("warning: removing the hosts: {e:#}");
+        }
+    }
+    result
+}
+
 async fn run<M: Mode>(
     plan: &RunPlan,
     options: &SessionOptions,
     mode: &M,
     state: &StateDir,
     infra: &Infra,
+    hosts: Option<&infra::hosts::Hosts>,
 ) -> Result<Report> {
     let scenario = &plan.scenario;
     let Deployed {
         started_at,
         deployment,
+        specs,
         services,
         probe,
         load_plan,
         buyer_token,
-    } = deploy_run(plan, state, infra).await?;
-    let specs = deploy::instance_specs(&deployment, &plan.replication);
+    } = deploy_run(plan, state, infra, hosts).await?;
     let admin = AdminClient::new(&deployment.credentials.admin_token)?;
     chaos::preflight(state, &plan.faults, &specs, &admin).await?;
     let load_state = LoadState::new(&load_plan);
@@ -216,11 +264,11 @@ async fn run<M: Mode>(
         let targets = chaos::ProbeTargets {
             instances: specs
                 .iter()
-                .map(|s| (s.name.clone(), deploy::base_url(s.port)))
+                .map(|s| (s.name.clone(), s.base_url()))
                 .collect(),
             admin: specs
                 .iter()
-                .map(|s| (s.name.clone(), deploy::admin_url(s.port)))
+                .map(|s| (s.name.clone(), s.admin_url()))
                 .collect(),
         };
         let health = chaos::spawn_probe(
@@ -243,6 +291,7 @@ async fn run<M: Mode>(
                 prefix: deployment.prefix.clone(),
                 inventory_db: deployment.databases.inventory.clone(),
                 hot_product: watched_product,
+                hosts: hosts.map(|h| h.network.clone()),
             },
             plan.faults.clone(),
         );
@@ -326,6 +375,13 @@ async fn run<M: Mode>(
     let e2e = database::e2e_latencies(dbs).await?;
 
     let mut checks = checks(audit, &drained, drain_timeout);
+    let accepted = std::mem::take(
+        &mut *load_state
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    checks.push(audit::accepted::accepted_orders(&dbs.orders, &accepted).await?);
     if let Some((_, check)) = &fault_outcome {
         checks.push(check.clone());
     }
@@ -410,6 +466,8 @@ fn file_safe(name: &str) -> String {
 struct Deployed {
     started_at: DateTime<Utc>,
     deployment: Deployment,
+    /// What every instance was started with (where it listens).
+    specs: Vec<deploy::services::ServiceSpec>,
     services: Vec<(String, u32)>,
     probe: SystemProbe,
     load_plan: LoadPlan,
@@ -419,7 +477,12 @@ struct Deployed {
 
 /// Fresh databases and NATS prefix, the services (with `[deploy]` replicas), seed data, one
 /// token per user, connections for the monitor and the drain, and the load plan.
-async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<Deployed> {
+async fn deploy_run(
+    plan: &RunPlan,
+    state: &StateDir,
+    infra: &Infra,
+    hosts: Option<&infra::hosts::Hosts>,
+) -> Result<Deployed> {
     let scenario = &plan.scenario;
     let started_at = Utc::now();
     let prefix = deploy::run_prefix();
@@ -438,15 +501,24 @@ async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<D
         prefix: prefix.clone(),
         credentials: credentials.clone(),
         decline_rate: scenario.payment.decline_rate,
+        placement: hosts.map(|h| h.network.clone()),
+        stream_replicas: hosts.map_or(1, |h| h.nats_nodes),
     };
-    let replicas = plan.replication.replicas;
-    if replicas > 1 {
+    let specs = deploy::instance_specs(&deployment, &plan.replication);
+    let order_urls = deploy::order_urls(&specs);
+    if plan.replication.replicas > 1 || hosts.is_some() {
         println!(
-            "  {replicas} instances of each service (order at {})",
-            deploy::order_urls(replicas).join(", ")
+            "  {} instance(s) of each service (order at {})",
+            plan.replication.replicas,
+            order_urls.join(", ")
         );
     }
     let services = deploy::start_instances(state, &deployment, &plan.replication).await?;
+    if hosts.is_some() {
+        for line in infra::hosts::describe_streams(&infra.nats_url, &prefix).await? {
+            println!("  {line}");
+        }
+    }
 
     let data = &scenario.data;
     println!(
@@ -455,7 +527,11 @@ async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<D
         data.users,
         data.low_balance_users
     );
-    let seeded = seed::seed(scenario, &credentials).await?;
+    let targets = seed::SeedTargets {
+        inventory: deploy::first_url(&specs, "inventory-service")?,
+        payment: deploy::first_url(&specs, "payment-service")?,
+    };
+    let seeded = seed::seed(scenario, &credentials, &targets).await?;
     if seeded.products_existing + seeded.accounts_existing > 0 {
         bail!("the fresh databases already held seed data: {seeded:?}");
     }
@@ -471,17 +547,21 @@ async fn deploy_run(plan: &RunPlan, state: &StateDir, infra: &Infra) -> Result<D
     let product_ids: Vec<i64> = data.products.iter().map(|p| p.id).collect();
     let load_plan = LoadPlan::new(
         plan.schedule.clone(),
-        format!("{}/orders", deploy::base_url(ORDER_PORT)),
+        order_urls
+            .first()
+            .cloned()
+            .context("no order-service instance")?,
         &tokens,
         &product_ids,
         scenario.load.quantity,
         scenario.load.max_in_flight,
         scenario.load.request_timeout,
     )?
-    .with_urls(&deploy::order_urls(replicas));
+    .with_urls(&order_urls);
     Ok(Deployed {
         started_at,
         deployment,
+        specs,
         services,
         probe,
         load_plan,

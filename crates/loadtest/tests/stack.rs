@@ -182,8 +182,10 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
                 ("PORT".into(), FAKE_SERVICE_PORT.to_string()),
                 ("FAKE_GREETING".into(), "hello".into()),
             ],
+            host: "127.0.0.1".into(),
             port: FAKE_SERVICE_PORT,
             admin_port: None,
+            netns: None,
         };
         let pid = services::start_service(state, &spec).await?;
         assert_eq!(services::start_service(state, &spec).await?, pid);

@@ -44,24 +44,26 @@ fn topology(context: &FaultContext) -> Topology {
     Topology::new(context.prefix.clone())
 }
 
-/// The public port of an instance this run started.
-fn port(context: &FaultContext, instance: &str) -> Result<u16> {
-    let spec = context
+/// The start specification of an instance this run started.
+fn spec<'a>(
+    context: &'a FaultContext,
+    instance: &str,
+) -> Result<&'a deploy::services::ServiceSpec> {
+    context
         .specs
         .iter()
         .find(|s| s.name == instance)
-        .with_context(|| format!("no start specification for {instance}"))?;
-    Ok(spec.port)
+        .with_context(|| format!("no start specification for {instance}"))
 }
 
-/// `http://127.0.0.1:<port>` of an instance this run started (its public API).
+/// The public API of an instance this run started.
 fn base_url(context: &FaultContext, instance: &str) -> Result<String> {
-    port(context, instance).map(deploy::base_url)
+    spec(context, instance).map(|s| s.base_url())
 }
 
 /// The admin listener of an instance this run started (dead letters, fault hooks).
 fn admin_url(context: &FaultContext, instance: &str) -> Result<String> {
-    port(context, instance).map(deploy::admin_url)
+    spec(context, instance).map(|s| s.admin_url())
 }
 
 /// The admin URL of the first instance of each service, whose admin API serves the whole
@@ -71,7 +73,7 @@ fn service_admin_urls(context: &FaultContext) -> Vec<(String, String)> {
         .iter()
         .filter_map(|(service, _)| {
             let spec = context.specs.iter().find(|s| s.name.starts_with(service))?;
-            Some((service.to_string(), deploy::admin_url(spec.port)))
+            Some((service.to_string(), spec.admin_url()))
         })
         .collect()
 }
@@ -238,7 +240,10 @@ pub async fn arm_panic(
         "armed the panic hook for product {PANIC_PRODUCT} on {}",
         instances.join(", ")
     ));
-    let order_url = format!("{}/orders", deploy::base_url(deploy::ORDER_PORT));
+    let order_url = format!(
+        "{}/orders",
+        deploy::first_url(&context.specs, "order-service")?
+    );
     let http = deploy::http_client()
         .timeout(Duration::from_secs(10))
         .build()

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::cluster;
 use super::heal::{self, Flood};
 use super::{Fault, FaultKind, Hits};
 use crate::deploy::admin::AdminClient;
@@ -37,6 +38,8 @@ pub struct FaultContext {
     /// The inventory database (for `lock-hold`) and the product the load buys.
     pub inventory_db: String,
     pub hot_product: i64,
+    /// The hosts topology's network (network and cluster faults).
+    pub hosts: Option<crate::infra::netns::HostNetwork>,
 }
 
 /// One fault as it was executed.
@@ -190,6 +193,8 @@ enum Lift {
     DisarmAndReplay(Vec<String>),
     StopFlood(Flood),
     ReleaseLock(sqlx::PgConnection),
+    HealNetwork,
+    RestartNatsNode(String),
 }
 
 /// SIGSTOPs the instances, remembering them so that a dropped schedule continues them.
@@ -290,6 +295,23 @@ async fn inject(
             Ok(Lift::StopFlood(flood))
         }
         (FaultKind::LockHold, _) => Ok(Lift::ReleaseLock(heal::hold_lock(context, actions).await?)),
+        (
+            FaultKind::Partition | FaultKind::Delay | FaultKind::Loss,
+            Hits::Network { hosts, effect },
+        ) => {
+            cluster::apply(context, hosts, effect, actions).await?;
+            Ok(Lift::HealNetwork)
+        }
+        (FaultKind::KillNatsNode, Hits::NatsNode(node)) => {
+            let name = cluster::node(context, node).await?;
+            let pid = infra::nats_cluster::kill_node(state, &name).await?;
+            actions.push(format!("kill -9 {name} (pid {pid})"));
+            Ok(Lift::RestartNatsNode(name))
+        }
+        (FaultKind::PauseNatsNode, Hits::NatsNode(node)) => {
+            let name = cluster::node(context, node).await?;
+            Ok(Lift::Continue(pause(state, &[name], stopped, actions)?))
+        }
         (kind, hits) => bail!("fault {} cannot hit {hits:?}", kind.name()),
     }
 }
@@ -381,6 +403,14 @@ async fn lift_fault(
         }
         Lift::StopFlood(flood) => actions.push(flood.stop().await),
         Lift::ReleaseLock(conn) => heal::release_lock(conn, actions).await?,
+        Lift::HealNetwork => cluster::heal(context, actions).await?,
+        Lift::RestartNatsNode(name) => {
+            let pid = infra::nats_cluster::restart_node(state, &name).await?;
+            actions.push(format!(
+                "restarted {name} on its store as pid {pid} (ready after {:.1} s)",
+                began.elapsed().as_secs_f64()
+            ));
+        }
     }
     Ok(())
 }

@@ -17,6 +17,14 @@
 //! | `panic` | `inventory` | the services' panic hook (built with `--features platform/fault-injection`) armed for a product of its own, and orders placed for it; after `duration` disarmed and the dead letters replayed |
 //! | `pool-starve` | `order` | a flood of `GET /orders/{random}` from many connections, until `duration` is over |
 //! | `lock-hold` | `inventory` | an outside session holds `FOR UPDATE` on the hot product's row for `duration` |
+//! | `partition` | hosts (`peers`, `one_way`) | packets from the target hosts to the peers (and back, unless one way) vanish; healed after `duration` |
+//! | `delay` | hosts (`delay`, `jitter`) | what the hosts send waits `delay` ± `jitter` |
+//! | `loss` | hosts (`loss_percent`) | the hosts' outgoing packets are dropped at that rate |
+//! | `kill-nats-node` | `nats-2` or `leader:<stream>` | `kill -9` of that cluster node; after `duration` restarted on its store |
+//! | `pause-nats-node` | `nats-2` or `leader:<stream>` | that node `SIGSTOP`ped; after `duration` `SIGCONT` |
+//!
+//! The last five need `[deploy] topology = "hosts"` (see `plan::network` for host lists and
+//! `network` for how each is made); `leader:<stream>` is resolved when the fault starts.
 //!
 //! A service target is `order`, `inventory`, `payment` (or `order-service`, …) for every
 //! instance of that service, or `order-service-2` (etc.) for one replica; see
@@ -35,6 +43,7 @@
 //! condition is the decisive one: an order accepted during an outage stays unfinished until
 //! every hop it needs works again.
 
+mod cluster;
 mod heal;
 mod inject;
 pub mod network;
@@ -50,7 +59,7 @@ pub use probe::{
 use anyhow::{bail, Result};
 
 use crate::deploy::admin::AdminClient;
-use crate::deploy::{self, services::ServiceSpec};
+use crate::deploy::services::ServiceSpec;
 use crate::infra::{self, StateDir};
 
 /// The name of the check the runner adds when a scenario has faults.
@@ -103,9 +112,7 @@ pub async fn preflight(
                 .filter(|s| fault.hits.instances().contains(&s.name))
             {
                 // Disarming is harmless and tells whether the hook exists.
-                admin
-                    .set_panic_hook(&deploy::admin_url(spec.port), None)
-                    .await?;
+                admin.set_panic_hook(&spec.admin_url(), None).await?;
             }
         }
     }

@@ -57,6 +57,8 @@ pub async fn up(
         prefix: prefix.clone(),
         credentials: credentials.clone(),
         decline_rate,
+        placement: None,
+        stream_replicas: 1,
     };
     let replication = deploy::Replication {
         extra_env: limits.as_ref().map(FairUseLimits::env).unwrap_or_default(),
@@ -99,8 +101,10 @@ pub async fn down() -> Result<()> {
     let state = StateDir::locate()?;
     let stopped_services = deploy::stop_services(&state).await;
     let stopped_infra = infra::stop_infra(&state).await;
+    let stopped_hosts = infra::hosts::down(&infra::hosts::state_dir()?).await;
     stopped_services?;
     stopped_infra?;
+    stopped_hosts.context("removing a hosts topology left running")?;
     println!("stopped the services, PostgreSQL and NATS we started");
     Ok(())
 }
@@ -132,6 +136,10 @@ pub async fn infra_down() -> Result<()> {
         );
     }
     infra::stop_infra(&state).await?;
+    // A hosts-topology run kept with --keep-running (or interrupted hard): its hosts too.
+    infra::hosts::down(&infra::hosts::state_dir()?)
+        .await
+        .context("removing a hosts topology left running")?;
     println!("stopped PostgreSQL and NATS");
     Ok(())
 }
@@ -173,7 +181,12 @@ pub fn status(infra_running: bool) -> Result<()> {
 pub async fn seed(scenario: &Path) -> Result<()> {
     let scenario = Scenario::from_file(resolve(scenario)?)?;
     let state = StateDir::locate()?;
-    let summary = seed::seed(&scenario, &deploy::recorded_credentials(&state)?).await?;
+    let summary = seed::seed(
+        &scenario,
+        &deploy::recorded_credentials(&state)?,
+        &seed::SeedTargets::local(),
+    )
+    .await?;
     println!(
         "products: {} created, {} existed; accounts: {} created, {} existed",
         summary.products_created,

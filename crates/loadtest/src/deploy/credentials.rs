@@ -219,6 +219,8 @@ mod tests {
             prefix: "run42".into(),
             credentials: Credentials::random(),
             decline_rate: 0.1,
+            placement: None,
+            stream_replicas: 1,
         };
         write_credentials(&state, &deployment).expect("written");
         let mode = std::fs::metadata(credentials_file(&state))

@@ -163,6 +163,10 @@ pub struct Deployment {
     pub prefix: String,
     pub credentials: Credentials,
     pub decline_rate: f64,
+    /// The hosts topology: every instance on the host named after it (else all on 127.0.0.1).
+    pub placement: Option<infra::netns::HostNetwork>,
+    /// Replicas of each stream the services create (3 on a three-node cluster).
+    pub stream_replicas: u32,
 }
 
 /// What a service's NATS user may do, derived from the streams it publishes to and the
@@ -265,16 +269,46 @@ pub fn instance_name(service: &str, replica: u32, replicas: u32) -> String {
     }
 }
 
+/// The instance names of a deployment with `replicas` of each service, in start order.
+pub fn instance_names(replicas: u32) -> Vec<String> {
+    let replicas = replicas.clamp(1, MAX_REPLICAS);
+    (1..=replicas)
+        .flat_map(|r| {
+            SERVICES
+                .iter()
+                .map(move |(s, _)| instance_name(s, r, replicas))
+        })
+        .collect()
+}
+
 /// The HTTP port of replica `replica` (1-based) of the service whose first port is `base`.
 pub fn instance_port(base: u16, replica: u32) -> u16 {
     base + 10 * (replica.max(1) - 1) as u16
 }
 
-/// `http://127.0.0.1:<port>/orders` of every order-service replica, replica 1 first.
-pub fn order_urls(replicas: u32) -> Vec<String> {
-    (1..=replicas.max(1))
-        .map(|r| format!("{}/orders", base_url(instance_port(ORDER_PORT, r))))
+/// Whether `spec` is an instance of `service` ("order-service", "order-service-2", …).
+pub fn is_instance_of(spec: &ServiceSpec, service: &str) -> bool {
+    spec.name
+        .strip_prefix(service)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
+/// `<base URL>/orders` of every order-service instance of `specs`, replica 1 first.
+pub fn order_urls(specs: &[ServiceSpec]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| is_instance_of(s, "order-service"))
+        .map(|s| format!("{}/orders", s.base_url()))
         .collect()
+}
+
+/// The base URL of the first instance of `service` in `specs`.
+pub fn first_url(specs: &[ServiceSpec], service: &str) -> Result<String> {
+    specs
+        .iter()
+        .find(|s| is_instance_of(s, service))
+        .map(ServiceSpec::base_url)
+        .with_context(|| format!("no instance of {service} is deployed"))
 }
 
 /// What every instance is started with: replica 1 of each service in [`SERVICES`] order, then
@@ -295,6 +329,11 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
         })
         .map(|(replica, name, base_port)| {
             let port = instance_port(base_port, replica);
+            let instance = instance_name(name, replica, replicas);
+            let host = deployment
+                .placement
+                .as_ref()
+                .and_then(|net| net.host(&instance));
             let database = match name {
                 "order-service" => &deployment.databases.orders,
                 "inventory-service" => &deployment.databases.inventory,
@@ -309,6 +348,10 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
                 ("APP_DATABASE__URL".to_string(), database.clone()),
                 ("APP_NATS__URL".to_string(), nats_url.clone()),
                 ("APP_NATS__PREFIX".to_string(), deployment.prefix.clone()),
+                (
+                    "APP_NATS__STREAM_REPLICAS".to_string(),
+                    deployment.stream_replicas.max(1).to_string(),
+                ),
                 (
                     "APP_AUTH__JWT_SECRET".to_string(),
                     deployment.credentials.jwt_secret.clone(),
@@ -338,13 +381,20 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
                     deployment.decline_rate.to_string(),
                 ));
             }
+            let address = host.map_or_else(|| "127.0.0.1".to_string(), |h| h.addr.to_string());
+            if host.is_some() {
+                env.push(("APP_HTTP__HOST".to_string(), address.clone()));
+                env.push(("APP_HTTP__ADMIN_HOST".to_string(), address.clone()));
+            }
             env.extend(replication.extra_env.iter().cloned());
             ServiceSpec {
-                name: instance_name(name, replica, replicas),
+                name: instance,
                 binary: services::service_binary(name),
                 env,
+                host: address,
                 port,
                 admin_port: Some(admin_port(port)),
+                netns: host.map(|h| h.netns.clone()),
             }
         })
         .collect()
@@ -423,7 +473,16 @@ pub async fn finish_run(state: &StateDir, infra: &infra::Infra) {
 }
 
 /// `nats://user:password@host:port` → `nats://host:port`.
+/// The URL (or each URL of a comma-separated list: a NATS cluster's nodes) without its
+/// `user:password@`.
 fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|one| without_credentials_one(one.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn without_credentials_one(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -518,6 +577,10 @@ mod tests {
             without_credentials("nats://127.0.0.1:1"),
             "nats://127.0.0.1:1"
         );
+        assert_eq!(
+            without_credentials("nats://a:pw@10.0.0.1:4222,nats://a:pw@10.0.0.2:4222"),
+            "nats://10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
         let deployment = Deployment {
             databases: DatabaseUrls::on("postgres://postgres@127.0.0.1:1/postgres"),
             nats_url: "nats://ordersys-admin:pw@127.0.0.1:2".into(),
@@ -525,6 +588,8 @@ mod tests {
             prefix: "run42".into(),
             credentials: Credentials::random(),
             decline_rate: 0.1,
+            placement: None,
+            stream_replicas: 1,
         };
         let specs = instance_specs(&deployment, &Replication::default());
         let env = |spec: &ServiceSpec, key: &str| {

@@ -13,6 +13,12 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 30;
 /// Names used by the infrastructure's own pidfiles.
 const RESERVED: [&str; 2] = ["postgres", "nats"];
+/// … and the prefixes of the hosts topology's (NATS nodes, network delayers).
+const RESERVED_PREFIXES: [&str; 2] = ["nats-", "netdelay-"];
+
+fn is_infrastructure(name: &str) -> bool {
+    RESERVED.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// One service instance to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +29,29 @@ pub struct ServiceSpec {
     pub binary: PathBuf,
     /// Extra environment on top of ours.
     pub env: Vec<(String, String)>,
-    /// Its HTTP port on 127.0.0.1 (for `/ready`).
+    /// The address both its listeners are on: 127.0.0.1, or its host's in the hosts topology.
+    pub host: String,
+    /// Its HTTP port (for `/ready`).
     pub port: u16,
     /// Its admin listener's port (`/metrics`, `/admin/*`), if it has one.
     pub admin_port: Option<u16>,
+    /// Its host's network namespace in the hosts topology.
+    pub netns: Option<String>,
+}
+
+impl ServiceSpec {
+    /// `http://<host>:<port>`: its public API.
+    pub fn base_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+
+    /// `http://<host>:<admin port>`: `/metrics` and `/admin/*`.
+    pub fn admin_url(&self) -> String {
+        let port = self
+            .admin_port
+            .unwrap_or_else(|| super::admin_port(self.port));
+        format!("http://{}:{port}", self.host)
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -38,7 +63,7 @@ fn check_name(name: &str) -> Result<()> {
     if !ok {
         bail!("invalid service name {name:?} (letters, digits, '-', '_', '.')");
     }
-    if RESERVED.contains(&name) {
+    if is_infrastructure(name) {
         bail!("{name:?} is reserved for the infrastructure");
     }
     Ok(())
@@ -75,7 +100,7 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             if existing.binary.as_deref() == Some(binary.as_path())
                 && existing.port == Some(spec.port)
             {
-                wait_ready(&spec.name, existing.pid, spec.port, &log).await?;
+                wait_ready(spec, existing.pid, &log).await?;
                 return Ok(existing.pid);
             }
             bail!(
@@ -95,8 +120,12 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
         );
     }
     // A process just killed may still hold its ports for a moment (its leader is a zombie
-    // while the other threads close the shared file table).
-    for port in std::iter::once(spec.port).chain(spec.admin_port) {
+    // while the other threads close the shared file table). A host of its own has no one else.
+    let ports = spec.netns.is_none().then_some(spec.port);
+    for port in ports
+        .into_iter()
+        .chain(spec.admin_port.filter(|_| spec.netns.is_none()))
+    {
         let free_by = Instant::now() + Duration::from_secs(5);
         while process::port_open(port).await && Instant::now() < free_by {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -116,13 +145,13 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
             log: &log,
             cwd: None,
             user: None,
-            netns: None,
+            netns: spec.netns.as_deref(),
         },
         &pidfile,
         spec.port,
     )?;
     tracing::info!(name = %spec.name, pid, port = spec.port, "started service");
-    if let Err(e) = wait_ready(&spec.name, pid, spec.port, &log).await {
+    if let Err(e) = wait_ready(spec, pid, &log).await {
         if let Err(stop_err) = process::terminate(pid, &binary, libc::SIGTERM, STOP_GRACE).await {
             tracing::warn!(name = %spec.name, pid, "stopping the unready service failed: {stop_err:#}");
         } else {
@@ -133,12 +162,14 @@ pub async fn start_service(state: &StateDir, spec: &ServiceSpec) -> Result<u32> 
     Ok(pid)
 }
 
-async fn wait_ready(name: &str, pid: u32, port: u16, log: &Path) -> Result<()> {
+async fn wait_ready(spec: &ServiceSpec, pid: u32, log: &Path) -> Result<()> {
     let client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()
         .context("building an HTTP client")?;
-    let url = format!("http://127.0.0.1:{port}/ready");
+    let (name, port) = (&spec.name, spec.port);
+    let url = format!("{}/ready", spec.base_url());
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let last = match client.get(&url).send().await {
@@ -180,7 +211,9 @@ fn service_pidfiles(state: &StateDir) -> Vec<(String, PidFile)> {
         .filter_map(|e| {
             let file_name = e.file_name().to_string_lossy().into_owned();
             let name = file_name.strip_suffix(".pid")?.to_string();
-            if RESERVED.contains(&name.as_str()) {
+            // The hosts topology keeps NATS nodes (`nats-1`) and network delayers in the same
+            // directory: they are not services.
+            if RESERVED.contains(&name.as_str()) || is_infrastructure(&name) {
                 return None;
             }
             Some((name, PidFile::read(&e.path())?))

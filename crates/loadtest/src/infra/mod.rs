@@ -16,6 +16,7 @@
 //!   nats/nats.conf, nats/jetstream
 //! ```
 
+pub mod hosts;
 mod nats;
 pub mod nats_cluster;
 mod nats_users;

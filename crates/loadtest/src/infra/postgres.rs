@@ -23,9 +23,28 @@ pub(super) struct PgConfig {
     pub bin_dir: PathBuf,
     /// Holds `data/` (PGDATA) and `socket/`.
     pub root: PathBuf,
+    /// On a host of the hosts topology instead of 127.0.0.1.
+    #[serde(default)]
+    pub placement: Option<PgPlacement>,
+}
+
+/// Where a PostgreSQL of the hosts topology runs: inside its host's namespace, listening on the
+/// host's address, taking clients (over TCP only) from the hosts' subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PgPlacement {
+    pub addr: std::net::Ipv4Addr,
+    pub netns: String,
+    /// The clients' network, e.g. `10.213.1.0/24`.
+    pub clients: String,
 }
 
 impl PgConfig {
+    /// The address it listens on.
+    fn listen(&self) -> String {
+        self.placement
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |p| p.addr.to_string())
+    }
     fn data(&self) -> PathBuf {
         self.root.join("data")
     }
@@ -46,13 +65,20 @@ pub(super) enum StopMode {
 }
 
 pub(super) fn admin_url(port: u16, password: &str) -> String {
-    format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres")
+    admin_url_at("127.0.0.1", port, password)
+}
+
+fn admin_url_at(host: &str, port: u16, password: &str) -> String {
+    format!("postgres://postgres:{password}@{host}:{port}/postgres")
 }
 
 /// The admin URL clients should use: the unix socket when the server has one (a round trip over
 /// it costs the kernel much less than one over loopback TCP — measured in docs/performance.md),
-/// else TCP.
+/// else TCP. On a host of the hosts topology always TCP: clients cross the network.
 fn client_url(cfg: &PgConfig, password: &str) -> String {
+    if cfg.placement.is_some() {
+        return admin_url_at(&cfg.listen(), cfg.port, password);
+    }
     match socket_path(cfg) {
         Some(dir) if dir.to_str().is_some_and(is_plain_path) => format!(
             "postgres://postgres:{password}@localhost:{}/postgres?host={}",
@@ -70,6 +96,14 @@ const HBA_TEXT: &str = "# Written by loadtest: every role authenticates with its
 local all all scram-sha-256\n\
 host all all 127.0.0.1/32 scram-sha-256\n\
 host all all ::1/128 scram-sha-256\n";
+
+/// [`HBA_TEXT`], plus the hosts' subnet for a server on a host.
+fn hba_text(cfg: &PgConfig) -> String {
+    match &cfg.placement {
+        Some(p) => format!("{HBA_TEXT}host all all {} scram-sha-256\n", p.clients),
+        None => HBA_TEXT.to_string(),
+    }
+}
 
 /// The superuser's password, generated once per cluster, readable by root only.
 fn superuser_password(state: &StateDir) -> Result<String> {
@@ -95,7 +129,7 @@ async fn apply_config(
     password: &str,
 ) -> Result<()> {
     let hba = cfg.data().join("pg_hba.conf");
-    let hba_is_ours = fs::read_to_string(&hba).is_ok_and(|text| text == HBA_TEXT);
+    let hba_is_ours = fs::read_to_string(&hba).is_ok_and(|text| text == hba_text(cfg));
     let settings_changed = write_settings(state, cfg, user)?;
     if hba_is_ours && !settings_changed {
         return Ok(());
@@ -123,7 +157,7 @@ async fn apply_config(
 
 fn write_hba(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
     let hba = cfg.data().join("pg_hba.conf");
-    fs::write(&hba, HBA_TEXT).with_context(|| format!("writing {}", hba.display()))?;
+    fs::write(&hba, hba_text(cfg)).with_context(|| format!("writing {}", hba.display()))?;
     chown(&hba, user)
 }
 
@@ -177,7 +211,16 @@ fn running_pid_with(state: &StateDir, cfg: &PgConfig) -> Option<u32> {
 
 /// Make sure our PostgreSQL runs on `port`; returns its admin URL.
 pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
-    if let Some(cfg) = load_config(state) {
+    ensure_on(state, port, None).await
+}
+
+/// [`ensure`], on a host of the hosts topology when `placement` says so.
+pub(super) async fn ensure_on(
+    state: &StateDir,
+    port: u16,
+    placement: Option<PgPlacement>,
+) -> Result<String> {
+    if let Some(cfg) = load_config(state).filter(|cfg| cfg.placement == placement) {
         if let Some(pid) = running_pid_with(state, &cfg) {
             if cfg.port != port {
                 bail!(
@@ -200,6 +243,7 @@ pub(super) async fn ensure(state: &StateDir, port: u16) -> Result<String> {
         port,
         bin_dir,
         root,
+        placement,
     };
     let password = start(state, &cfg, user).await?;
     Ok(client_url(&cfg, &password))
@@ -250,7 +294,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
             process::remove_file_if_exists(&postmaster_pid)?;
         }
     }
-    if process::port_open(cfg.port).await {
+    if cfg.placement.is_none() && process::port_open(cfg.port).await {
         bail!(
             "127.0.0.1:{} is already in use by a process we did not start; choose another port (ORDERSYS_PG_PORT) or set ORDERSYS_DATABASE_URL",
             cfg.port
@@ -265,7 +309,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
             log: &log,
             cwd: Some(&cfg.root),
             user,
-            netns: None,
+            netns: cfg.placement.as_ref().map(|p| p.netns.as_str()),
         },
         &state.pid_file("postgres"),
         cfg.port,
@@ -278,7 +322,7 @@ async fn start(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Re
 }
 
 async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32, password: &str) -> Result<()> {
-    let url = admin_url(cfg.port, password);
+    let url = admin_url_at(&cfg.listen(), cfg.port, password);
     let deadline = Instant::now() + READY_TIMEOUT;
     let log = state.log_file("postgres");
     loop {
@@ -289,7 +333,8 @@ async fn wait_ready(state: &StateDir, cfg: &PgConfig, pid: u32, password: &str) 
         process::ensure_alive(pid, "PostgreSQL", &log)?;
         if Instant::now() >= deadline {
             bail!(
-                "PostgreSQL (pid {pid}) did not accept connections on 127.0.0.1:{} within {READY_TIMEOUT:?} (last error: {err:#}); it is left running; last lines of {}:\n{}",
+                "PostgreSQL (pid {pid}) did not accept connections on {}:{} within {READY_TIMEOUT:?} (last error: {err:#}); it is left running; last lines of {}:\n{}",
+                cfg.listen(),
                 cfg.port,
                 log.display(),
                 process::tail_file(&log, LOG_TAIL_LINES)
@@ -616,6 +661,7 @@ async fn initdb(
 /// Settings we own, in `ordersys.conf` (included last from postgresql.conf so it wins). With
 /// `tls` (certificate, key), clients may connect with TLS (`sslmode=verify-full`).
 pub(super) fn settings_text(
+    listen: &str,
     port: u16,
     socket_dir: Option<&Path>,
     tls: Option<(&Path, &Path)>,
@@ -631,7 +677,7 @@ pub(super) fn settings_text(
     });
     let text = format!(
         "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
-         listen_addresses = '127.0.0.1'\n\
+         listen_addresses = '{listen}'\n\
          port = {port}\n\
          unix_socket_directories = '{socket}'\n\
          max_connections = 200\n\
@@ -667,7 +713,12 @@ fn write_settings(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) ->
     // A unix socket path is limited to 107 bytes; without room, TCP only.
     let socket_dir = socket_path(cfg);
     let conf = data.join("ordersys.conf");
-    let text = settings_text(cfg.port, socket_dir.as_deref(), Some((&cert, &key)));
+    let text = settings_text(
+        &cfg.listen(),
+        cfg.port,
+        socket_dir.as_deref(),
+        Some((&cert, &key)),
+    );
     let changed = fs::read_to_string(&conf).map_or(true, |old| old != text);
     fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
     chown(&conf, user)?;
@@ -708,7 +759,7 @@ mod tests {
 
     #[test]
     fn settings_keep_durability_on() {
-        let s = settings_text(55432, Some(Path::new("/x/pg/socket")), None);
+        let s = settings_text("127.0.0.1", 55432, Some(Path::new("/x/pg/socket")), None);
         assert!(s.contains("port = 55432\n"));
         assert!(s.contains("listen_addresses = '127.0.0.1'\n"));
         assert!(s.contains("unix_socket_directories = '/x/pg/socket'\n"));
@@ -717,8 +768,11 @@ mod tests {
         assert!(s.contains("max_connections = 200\n"));
         assert!(s.contains("shared_buffers = 256MB\n"));
         assert!(s.contains("autovacuum_naptime = 10s\n"));
-        assert!(settings_text(1, None, None).contains("unix_socket_directories = ''\n"));
+        assert!(
+            settings_text("127.0.0.1", 1, None, None).contains("unix_socket_directories = ''\n")
+        );
         let tls = settings_text(
+            "127.0.0.1",
             1,
             None,
             Some((Path::new("/r/server.pem"), Path::new("/r/server.key"))),
@@ -749,7 +803,24 @@ mod tests {
             port: 55432,
             bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
             root: PathBuf::from(root),
+            placement: None,
         }
+    }
+
+    #[test]
+    fn a_server_on_a_host_listens_on_its_address_and_takes_the_subnet_over_tcp() {
+        let mut cfg = cfg_at("/r");
+        cfg.placement = Some(PgPlacement {
+            addr: std::net::Ipv4Addr::new(10, 213, 1, 10),
+            netns: "osrun-postgres".into(),
+            clients: "10.213.1.0/24".into(),
+        });
+        assert_eq!(
+            client_url(&cfg, "pw"),
+            "postgres://postgres:pw@10.213.1.10:55432/postgres"
+        );
+        assert!(hba_text(&cfg).ends_with("host all all 10.213.1.0/24 scram-sha-256\n"));
+        assert!(hba_text(&cfg_at("/r")) == HBA_TEXT);
     }
 
     #[test]

@@ -313,11 +313,9 @@ pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
     if let Some(dir) = spec.cwd {
         cmd.current_dir(dir);
     }
-    if let Some((uid, gid)) = spec.user {
-        // std drops supplementary groups (setgroups(0)) when root switches uid.
-        cmd.uid(uid).gid(gid);
-    }
     // Opened here, entered in the child: setns(2) between fork and exec moves only the child.
+    // It needs root, so the child enters the namespace first and switches user afterwards (by
+    // hand: std's `Command::uid` would switch before any `pre_exec` runs).
     let netns = spec
         .netns
         .map(|name| {
@@ -327,17 +325,29 @@ pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
         })
         .transpose()?;
     let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    // SAFETY: setsid and setns are async-signal-safe system calls; nothing else runs between
-    // fork and exec, and the namespace's file stays open in the parent until spawn returns.
+    let user = spec.user;
+    // SAFETY: setsid, setns, setgroups, setgid and setuid are async-signal-safe system calls;
+    // nothing else runs between fork and exec, and the namespace's file stays open in the
+    // parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(fd) = netns_fd {
-                if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
-                    return Err(io::Error::last_os_error());
+            let check = |rc: libc::c_int| {
+                if rc == -1 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
                 }
+            };
+            check(libc::setsid())?;
+            if let Some(fd) = netns_fd {
+                check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            }
+            if let Some((uid, gid)) = user {
+                // Supplementary groups go first (root's would stay otherwise), then the group,
+                // then the user (after which nothing else may change).
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
             }
             Ok(())
         });

@@ -403,6 +403,19 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
             });
         }
     }
+    // The nodes of a NATS cluster (hosts topology), each under its own name.
+    if let Ok(Some(cluster)) = infra::nats_cluster::recorded(state) {
+        for node in &cluster.nodes {
+            if let Some(pid) = infra::nats_cluster::node_pid(state, &node.name) {
+                tracked.push(Tracked {
+                    name: node.name.clone(),
+                    pid,
+                    with_children: false,
+                    pid_file: Some(state.pid_file(&node.name)),
+                });
+            }
+        }
+    }
     tracked.push(Tracked {
         name: "loadtest".into(),
         pid: std::process::id(),

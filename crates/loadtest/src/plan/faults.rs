@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::deploy::{self, Replication, MAX_REPLICAS, SERVICES};
 use crate::plan::duration;
-use crate::plan::scenario::Scenario;
+use crate::plan::network::{self, HostRef, NetworkEffect};
+use crate::plan::scenario::{Scenario, Topology};
 
 /// The kinds of fault, as written in scenario files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,10 +27,15 @@ pub enum FaultKind {
     Panic,
     PoolStarve,
     LockHold,
+    Partition,
+    Delay,
+    Loss,
+    KillNatsNode,
+    PauseNatsNode,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::KillNats,
@@ -41,6 +47,11 @@ impl FaultKind {
         FaultKind::Panic,
         FaultKind::PoolStarve,
         FaultKind::LockHold,
+        FaultKind::Partition,
+        FaultKind::Delay,
+        FaultKind::Loss,
+        FaultKind::KillNatsNode,
+        FaultKind::PauseNatsNode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,7 +67,24 @@ impl FaultKind {
             FaultKind::Panic => "panic",
             FaultKind::PoolStarve => "pool-starve",
             FaultKind::LockHold => "lock-hold",
+            FaultKind::Partition => "partition",
+            FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
+            FaultKind::KillNatsNode => "kill-nats-node",
+            FaultKind::PauseNatsNode => "pause-nats-node",
         }
+    }
+
+    /// Whether it needs the hosts topology (a network, a cluster).
+    pub fn needs_hosts(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition
+                | FaultKind::Delay
+                | FaultKind::Loss
+                | FaultKind::KillNatsNode
+                | FaultKind::PauseNatsNode
+        )
     }
 
     pub fn parse(text: &str) -> Option<FaultKind> {
@@ -83,6 +111,13 @@ pub enum Hits {
         name: &'static str,
         instances: Vec<String>,
     },
+    /// Hosts whose traffic a network fault changes.
+    Network {
+        hosts: Vec<HostRef>,
+        effect: NetworkEffect,
+    },
+    /// One NATS node of the cluster.
+    NatsNode(HostRef),
 }
 
 impl Hits {
@@ -94,7 +129,11 @@ impl Hits {
                 paused: instances, ..
             }
             | Hits::Service { instances, .. } => instances,
-            Hits::Nats | Hits::Postgres | Hits::Consumers(_) => &[],
+            Hits::Nats
+            | Hits::Postgres
+            | Hits::Consumers(_)
+            | Hits::Network { .. }
+            | Hits::NatsNode(_) => &[],
         }
     }
 }
@@ -203,6 +242,39 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
         }
         FaultKind::Panic | FaultKind::LockHold => service("inventory"),
         FaultKind::PoolStarve => service("order"),
+        // Resolved by `network_hits` (they need the scenario's topology).
+        FaultKind::Partition
+        | FaultKind::Delay
+        | FaultKind::Loss
+        | FaultKind::KillNatsNode
+        | FaultKind::PauseNatsNode => Err(format!("{} needs the hosts topology", kind.name())),
+    }
+}
+
+/// What a network or cluster fault hits.
+fn network_hits(
+    kind: FaultKind,
+    spec: &crate::plan::scenario::FaultSpec,
+    scenario: &Scenario,
+) -> Result<Hits, String> {
+    let deploy = &scenario.deploy;
+    network::require_hosts(deploy.topology, kind.name())?;
+    let hosts = network::resolve_hosts(&spec.target, deploy.replicas, deploy.nats_nodes)?;
+    match kind {
+        FaultKind::KillNatsNode | FaultKind::PauseNatsNode => match hosts.as_slice() {
+            [node @ HostRef::StreamLeader(_)] => Ok(Hits::NatsNode(node.clone())),
+            [node @ HostRef::Named(name)] if name.starts_with("nats-") => {
+                Ok(Hits::NatsNode(node.clone()))
+            }
+            _ => Err(format!(
+                "target must be one NATS node (nats-2) or a stream's leader (leader:order), got {:?}",
+                spec.target
+            )),
+        },
+        _ => Ok(Hits::Network {
+            hosts,
+            effect: network::effect(kind.name(), spec, deploy.replicas, deploy.nats_nodes)?,
+        }),
     }
 }
 
@@ -232,7 +304,12 @@ pub fn schedule(scenario: &Scenario) -> Result<Vec<Fault>, Vec<String>> {
             }
         };
         let target = spec.target.trim();
-        let hits = match hits(kind, target, replicas) {
+        let resolved = if kind.needs_hosts() {
+            network_hits(kind, spec, scenario)
+        } else {
+            hits(kind, target, replicas)
+        };
+        let hits = match resolved {
             Ok(hits) => hits,
             Err(problem) => {
                 problems.push(format!("faults[{i}] ({}): {problem}", kind.name()));
@@ -280,6 +357,13 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
             "deploy.replicas must be within 1..={MAX_REPLICAS} (got {replicas})"
         ));
         return problems;
+    }
+    if scenario.deploy.topology == Topology::Hosts && ![1, 3].contains(&scenario.deploy.nats_nodes)
+    {
+        problems.push(format!(
+            "deploy.nats_nodes must be 1 or 3 (got {})",
+            scenario.deploy.nats_nodes
+        ));
     }
     if let Some(wait) = scenario.deploy.consumer_ack_wait {
         if wait < Duration::from_secs(1) {
@@ -495,6 +579,8 @@ mod tests {
             prefix: "run1".into(),
             credentials: deploy::Credentials::random(),
             decline_rate: 0.05,
+            placement: None,
+            stream_replicas: 1,
         };
         let specs = deploy::instance_specs(
             &deployment,
@@ -531,12 +617,15 @@ mod tests {
             .iter()
             .all(|s| env(s, "APP_CONSUMER__ACK_WAIT_SECS").as_deref() == Some("10")));
         assert_eq!(
-            deploy::order_urls(2),
+            deploy::order_urls(&specs),
             vec![
                 "http://127.0.0.1:18080/orders".to_string(),
                 "http://127.0.0.1:18090/orders".to_string()
             ]
         );
+        assert!(specs.iter().all(|s| s.netns.is_none()
+            && env(s, "APP_HTTP__HOST").is_none()
+            && env(s, "APP_NATS__STREAM_REPLICAS").as_deref() == Some("1")));
         let single = deploy::instance_specs(&deployment, &Replication::default());
         let names: Vec<&str> = single.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod duration;
 pub mod faults;
 pub mod limits;
+pub mod network;
 pub mod scenario;
 pub mod schedule;
 

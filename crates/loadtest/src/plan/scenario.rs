@@ -86,6 +86,22 @@ pub struct DeploySettings {
     /// (`APP_REDRIVE__AFTER_SECS`); unset: the services' default (20 s).
     #[serde(default, with = "duration::optional_text")]
     pub redrive_after: Option<Duration>,
+    /// `local` (default): every process on 127.0.0.1. `hosts`: every PostgreSQL, NATS node
+    /// and service instance on a host of its own (a network namespace, `infra::hosts`).
+    #[serde(default)]
+    pub topology: Topology,
+    /// NATS servers in the hosts topology: 3 (a cluster, streams with 3 replicas) or 1.
+    #[serde(default = "default_nats_nodes")]
+    pub nats_nodes: u32,
+}
+
+/// Where the run's processes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    #[default]
+    Local,
+    Hosts,
 }
 
 impl Default for DeploySettings {
@@ -95,8 +111,14 @@ impl Default for DeploySettings {
             consumer_ack_wait: None,
             stall_after: None,
             redrive_after: None,
+            topology: Topology::Local,
+            nats_nodes: default_nats_nodes(),
         }
     }
+}
+
+fn default_nats_nodes() -> u32 {
+    3
 }
 
 fn default_replicas() -> u32 {
@@ -200,7 +222,7 @@ impl Default for Thresholds {
 }
 
 /// A fault to inject during the run; executed elsewhere, only parsed here.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     #[serde(with = "duration::text")]
@@ -209,6 +231,20 @@ pub struct FaultSpec {
     pub target: String,
     #[serde(default, with = "duration::optional_text")]
     pub duration: Option<Duration>,
+    /// Network faults (`plan::network`): the other side of a `partition` …
+    #[serde(default)]
+    pub peers: Option<String>,
+    /// … cut in one direction only (target → peers) …
+    #[serde(default)]
+    pub one_way: Option<bool>,
+    /// … a `delay` and its jitter …
+    #[serde(default, with = "duration::optional_text")]
+    pub delay: Option<Duration>,
+    #[serde(default, with = "duration::optional_text")]
+    pub jitter: Option<Duration>,
+    /// … the share of packets a `loss` drops.
+    #[serde(default)]
+    pub loss_percent: Option<f64>,
 }
 
 fn default_max_in_flight() -> usize {
@@ -423,12 +459,14 @@ mod tests {
                     kind: "kill".into(),
                     target: "payment".into(),
                     duration: Some(Duration::from_secs(2)),
+                    ..FaultSpec::default()
                 },
                 FaultSpec {
                     at: Duration::from_secs(60),
                     kind: "kill-nats".into(),
                     target: "nats".into(),
                     duration: Some(Duration::from_secs(3)),
+                    ..FaultSpec::default()
                 },
             ]
         );

@@ -1,0 +1,201 @@
+//! The hosts topology: one PostgreSQL host, one host per NATS node and one per service
+//! instance, each a network namespace on the run's private network (`netns`), so that every
+//! connection crosses a network the run can cut, slow down or make lossy (`chaos::network`).
+//!
+//! It has a state directory of its own (`<state>/hosts`: pidfiles, logs, the PostgreSQL
+//! cluster, the NATS stores), so the loopback stack of `loadtest up` is left alone. [`up`]
+//! removes whatever an interrupted run left first; [`down`] stops every process by its PID
+//! and removes the network.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+use super::netns::HostNetwork;
+use super::postgres::{self, PgPlacement};
+use super::{nats_cluster, process, Infra, StateDir};
+
+/// The network's tag and subnet: `10.213.1.0/24`, namespaces `osrun-<host>`.
+const TAG: &str = "run";
+const SUBNET: u8 = 1;
+pub const POSTGRES_HOST: &str = "postgres";
+pub const POSTGRES_PORT: u16 = 5432;
+
+/// The name of NATS node `i` (1-based), its host's too.
+pub fn nats_host(i: u32) -> String {
+    format!("nats-{i}")
+}
+
+/// `<state>/hosts`, the hosts topology's own state directory.
+pub fn state_dir() -> Result<StateDir> {
+    let state = StateDir::locate()?;
+    StateDir::at(state.path().join("hosts"))
+}
+
+/// A running hosts topology.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    pub network: HostNetwork,
+    pub infra: Infra,
+    pub nats_nodes: u32,
+}
+
+/// What [`down`] needs after a crash: the network that was made.
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    hosts: Vec<String>,
+}
+
+fn record_path(state: &StateDir) -> std::path::PathBuf {
+    state.path().join("hosts.json")
+}
+
+/// The hosts of a run: PostgreSQL, the NATS nodes, then every service instance.
+pub fn plan_network(instances: &[String], nats_nodes: u32) -> Result<HostNetwork> {
+    let mut names = vec![POSTGRES_HOST.to_string()];
+    names.extend((1..=nats_nodes).map(nats_host));
+    names.extend(instances.iter().cloned());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    HostNetwork::plan(TAG, SUBNET, &names)
+}
+
+/// The subnet every host is on, for access rules (`10.213.1.0/24`).
+fn subnet_cidr(network: &HostNetwork) -> String {
+    let octets = network.workstation_addr().octets();
+    format!("{}/24", Ipv4Addr::new(octets[0], octets[1], octets[2], 0))
+}
+
+/// Creates the network and starts PostgreSQL and the NATS nodes on their hosts (installing
+/// what is missing). The services are started by `deploy` onto the hosts named after them.
+pub async fn up(state: &StateDir, instances: &[String], nats_nodes: u32) -> Result<Hosts> {
+    down(state)
+        .await
+        .context("removing what an earlier hosts run left")?;
+    let network = plan_network(instances, nats_nodes)?;
+    let recorded = Recorded {
+        hosts: network.hosts.iter().map(|h| h.name.clone()).collect(),
+    };
+    process::write_atomic(
+        &record_path(state),
+        serde_json::to_string(&recorded)
+            .context("serialising hosts.json")?
+            .as_bytes(),
+    )?;
+    network.create().await?;
+    let pg = network.host(POSTGRES_HOST).context("the PostgreSQL host")?;
+    let admin_database_url = postgres::ensure_on(
+        state,
+        POSTGRES_PORT,
+        Some(PgPlacement {
+            addr: pg.addr,
+            netns: pg.netns.clone(),
+            clients: subnet_cidr(&network),
+        }),
+    )
+    .await
+    .context("starting PostgreSQL on its host")?;
+    let nodes: Vec<nats_cluster::NodeSpec> = (1..=nats_nodes)
+        .map(|i| {
+            let host = network.host(&nats_host(i)).context("a NATS host")?;
+            Ok(nats_cluster::NodeSpec::on_host(
+                &host.name,
+                host.addr,
+                &host.netns,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let cluster = nats_cluster::start(state, &nodes)
+        .await
+        .context("starting the NATS nodes on their hosts")?;
+    Ok(Hosts {
+        network,
+        infra: Infra {
+            admin_database_url,
+            nats_url: cluster.admin_url,
+            nats_monitor_url: Some(cluster.monitor_url),
+        },
+        nats_nodes,
+    })
+}
+
+/// One line per stream of `prefix`: its replicas and where they are, as the cluster reports
+/// them (so a run shows that its streams really have the copies it asked for).
+pub async fn describe_streams(nats_url: &str, prefix: &str) -> Result<Vec<String>> {
+    let client = platform::broker::connect_url(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut lines = Vec::new();
+    for name in crate::deploy::stream_names(prefix) {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .with_context(|| format!("stream {name}"))?;
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("stream {name}"))?;
+        let (leader, peers) = info.cluster.as_ref().map_or((None, Vec::new()), |c| {
+            let peers = c
+                .replicas
+                .iter()
+                .map(|r| format!("{}{}", r.name, if r.current { "" } else { " (behind)" }))
+                .collect();
+            (c.leader.clone(), peers)
+        });
+        lines.push(format!(
+            "{name}: {} replica(s), leader {}, followers [{}]",
+            info.config.num_replicas,
+            leader.unwrap_or_else(|| "none".into()),
+            peers.join(", ")
+        ));
+    }
+    Ok(lines)
+}
+
+/// Stops the NATS nodes and PostgreSQL of the hosts state directory (by PID) and removes the
+/// network recorded there; nothing to do when there is none. Services are stopped before this
+/// (`deploy::finish_run` / `deploy::stop_services` on the same state directory).
+pub async fn down(state: &StateDir) -> Result<()> {
+    crate::deploy::services::stop_all_services(state)
+        .await
+        .context("stopping the services on the hosts")?;
+    let nats = nats_cluster::stop(state).await;
+    let pg = postgres::stop(state, postgres::StopMode::Fast).await;
+    let Ok(text) = std::fs::read_to_string(record_path(state)) else {
+        nats?;
+        return pg;
+    };
+    let recorded: Recorded = serde_json::from_str(&text).context("reading hosts.json")?;
+    let names: Vec<&str> = recorded.hosts.iter().map(String::as_str).collect();
+    let network = HostNetwork::plan(TAG, SUBNET, &names)?;
+    // The delayers of a delay fault run inside the hosts: stopped before the hosts go.
+    let healed = crate::chaos::network::heal(&network, state).await;
+    let removed = network.destroy().await;
+    healed.context("lifting the network faults")?;
+    nats.context("stopping the NATS nodes")?;
+    pg.context("stopping PostgreSQL")?;
+    removed?;
+    process::remove_file_if_exists(&record_path(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_then_nats_then_the_services() {
+        let net = plan_network(&["order-service".into(), "payment-service".into()], 3).unwrap();
+        let names: Vec<_> = net.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "postgres",
+                "nats-1",
+                "nats-2",
+                "nats-3",
+                "order-service",
+                "payment-service"
+            ]
+        );
+        assert_eq!(subnet_cidr(&net), "10.213.1.0/24");
+    }
+}
