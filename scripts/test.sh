@@ -45,5 +45,7 @@ if [ "${SKIP_LOADTEST:-0}" != "1" ]; then
     "$loadtest" run --scenario scenarios/ci-chaos.toml
     echo "== short self-healing scenario (deleted consumer and stream, panicking handler, poison)"
     "$loadtest" run --scenario scenarios/ci-heal.toml
+    echo "== short cluster scenario (hosts in network namespaces, 3-node NATS cluster: partitions, delay, loss, leader kill and pause)"
+    "$loadtest" run --scenario scenarios/cluster-chaos-short.toml
 fi
 echo "tests: $totals"
