@@ -515,7 +515,7 @@ async fn deploy_run(
     }
     let services = deploy::start_instances(state, &deployment, &plan.replication).await?;
     if hosts.is_some() {
-        for line in infra::hosts::describe_streams(&infra.nats_url, &prefix).await? {
+        for line in deploy::describe_streams(&infra.nats_url, &prefix).await? {
             println!("  {line}");
         }
     }

@@ -495,6 +495,39 @@ fn without_credentials_one(url: &str) -> String {
     }
 }
 
+/// One line per stream of `prefix`: its replicas and where they are, as the cluster reports
+/// them (so a run shows that its streams really have the copies it asked for).
+pub async fn describe_streams(nats_url: &str, prefix: &str) -> Result<Vec<String>> {
+    let client = platform::broker::connect_url(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut lines = Vec::new();
+    for name in stream_names(prefix) {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .with_context(|| format!("stream {name}"))?;
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("stream {name}"))?;
+        let (leader, peers) = info.cluster.as_ref().map_or((None, Vec::new()), |c| {
+            let peers = c
+                .replicas
+                .iter()
+                .map(|r| format!("{}{}", r.name, if r.current { "" } else { " (behind)" }))
+                .collect();
+            (c.leader.clone(), peers)
+        });
+        lines.push(format!(
+            "{name}: {} replica(s), leader {}, followers [{}]",
+            info.config.num_replicas,
+            leader.unwrap_or_else(|| "none".into()),
+            peers.join(", ")
+        ));
+    }
+    Ok(lines)
+}
+
 /// The three stream names of a prefix (`<PREFIX>_ORDER`, …).
 pub fn stream_names(prefix: &str) -> Vec<String> {
     let topology = Topology::new(prefix);

@@ -20,6 +20,8 @@ const TAG: &str = "run";
 const SUBNET: u8 = 1;
 pub const POSTGRES_HOST: &str = "postgres";
 pub const POSTGRES_PORT: u16 = 5432;
+/// How long a process on a host may take to exit after SIGTERM.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The name of NATS node `i` (1-based), its host's too.
 pub fn nats_host(i: u32) -> String {
@@ -118,46 +120,14 @@ pub async fn up(state: &StateDir, instances: &[String], nats_nodes: u32) -> Resu
     })
 }
 
-/// One line per stream of `prefix`: its replicas and where they are, as the cluster reports
-/// them (so a run shows that its streams really have the copies it asked for).
-pub async fn describe_streams(nats_url: &str, prefix: &str) -> Result<Vec<String>> {
-    let client = platform::broker::connect_url(nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let mut lines = Vec::new();
-    for name in crate::deploy::stream_names(prefix) {
-        let mut stream = js
-            .get_stream(&name)
-            .await
-            .with_context(|| format!("stream {name}"))?;
-        let info = stream
-            .info()
-            .await
-            .with_context(|| format!("stream {name}"))?;
-        let (leader, peers) = info.cluster.as_ref().map_or((None, Vec::new()), |c| {
-            let peers = c
-                .replicas
-                .iter()
-                .map(|r| format!("{}{}", r.name, if r.current { "" } else { " (behind)" }))
-                .collect();
-            (c.leader.clone(), peers)
-        });
-        lines.push(format!(
-            "{name}: {} replica(s), leader {}, followers [{}]",
-            info.config.num_replicas,
-            leader.unwrap_or_else(|| "none".into()),
-            peers.join(", ")
-        ));
-    }
-    Ok(lines)
-}
-
-/// Stops the NATS nodes and PostgreSQL of the hosts state directory (by PID) and removes the
-/// network recorded there; nothing to do when there is none. Services are stopped before this
-/// (`deploy::finish_run` / `deploy::stop_services` on the same state directory).
+/// Stops every process of the hosts state directory by its PID — whatever else recorded one
+/// there (services, the delayers of a delay fault), then the NATS nodes and PostgreSQL — and
+/// removes the network recorded there; nothing to do when there is none. (A process left in a
+/// namespace whose name is gone would live on, unreachable.)
 pub async fn down(state: &StateDir) -> Result<()> {
-    crate::deploy::services::stop_all_services(state)
+    stop_recorded_processes(state)
         .await
-        .context("stopping the services on the hosts")?;
+        .context("stopping the processes on the hosts")?;
     let nats = nats_cluster::stop(state).await;
     let pg = postgres::stop(state, postgres::StopMode::Fast).await;
     let Ok(text) = std::fs::read_to_string(record_path(state)) else {
@@ -167,14 +137,48 @@ pub async fn down(state: &StateDir) -> Result<()> {
     let recorded: Recorded = serde_json::from_str(&text).context("reading hosts.json")?;
     let names: Vec<&str> = recorded.hosts.iter().map(String::as_str).collect();
     let network = HostNetwork::plan(TAG, SUBNET, &names)?;
-    // The delayers of a delay fault run inside the hosts: stopped before the hosts go.
-    let healed = crate::chaos::network::heal(&network, state).await;
     let removed = network.destroy().await;
-    healed.context("lifting the network faults")?;
     nats.context("stopping the NATS nodes")?;
     pg.context("stopping PostgreSQL")?;
     removed?;
     process::remove_file_if_exists(&record_path(state))
+}
+
+/// Every recorded process other than PostgreSQL and the NATS nodes (which stop on their own
+/// terms): SIGTERM, SIGKILL after a grace period, each checked to still run its binary.
+async fn stop_recorded_processes(state: &StateDir) -> Result<()> {
+    let nodes: Vec<String> = nats_cluster::recorded(state)?
+        .map(|c| c.nodes.into_iter().map(|n| n.name).collect())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    for entry in std::fs::read_dir(state.pids_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(".pid") else {
+            continue;
+        };
+        if name == "postgres" || name == "nats" || nodes.iter().any(|n| n == name) {
+            continue;
+        }
+        let Some(pidfile) = process::PidFile::read(&entry.path()) else {
+            continue;
+        };
+        if let (true, Some(binary)) = (pidfile.is_running(), &pidfile.binary) {
+            if let Err(e) = process::terminate(pidfile.pid, binary, libc::SIGTERM, STOP_GRACE).await
+            {
+                errors.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        }
+        process::remove_file_if_exists(&entry.path())?;
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("stopping {}", errors.join("; "));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
