@@ -73,6 +73,8 @@ pub async fn up(state: &StateDir, instances: &[String], nats_nodes: u32) -> Resu
     down(state)
         .await
         .context("removing what an earlier hosts run left")?;
+    // Every run has fresh databases and a prefix of its own; its broker starts empty too.
+    nats_cluster::remove_stores(state)?;
     let network = plan_network(instances, nats_nodes)?;
     let recorded = Recorded {
         hosts: network.hosts.iter().map(|h| h.name.clone()).collect(),

@@ -199,7 +199,8 @@ pub fn node_pid(state: &StateDir, node: &str) -> Option<u32> {
 }
 
 /// The configuration of `node` of `nodes`: the single server's (`nats::server_text`, users),
-/// and a `cluster` block with routes to every other node.
+/// and a `cluster` block with routes to every other node — none for a "cluster" of one node,
+/// which is a single server (JetStream refuses to start clustered without routes).
 fn config_text(nodes: &[NodeSpec], node: &NodeSpec, store: &Path, users: &Users) -> String {
     let mut text = super::nats::server_text(
         &node.name,
@@ -213,12 +214,14 @@ fn config_text(nodes: &[NodeSpec], node: &NodeSpec, store: &Path, users: &Users)
         .filter(|other| other.name != node.name)
         .map(|other| format!("    \"{}\"", other.route_url()))
         .collect();
-    text.push_str(&format!(
-        "cluster {{\n  name: \"{CLUSTER_NAME}\"\n  listen: \"{}:{}\"\n  routes: [\n{}\n  ]\n}}\n",
-        node.addr,
-        node.cluster_port,
-        routes.join(",\n")
-    ));
+    if !routes.is_empty() {
+        text.push_str(&format!(
+            "cluster {{\n  name: \"{CLUSTER_NAME}\"\n  listen: \"{}:{}\"\n  routes: [\n{}\n  ]\n}}\n",
+            node.addr,
+            node.cluster_port,
+            routes.join(",\n")
+        ));
+    }
     text.push_str(&nats_users::authorization_text(users));
     text
 }
@@ -375,6 +378,18 @@ async fn start_node(
 
 /// Stops every node of the cluster recorded in `state` (SIGTERM, SIGKILL after 10 s), by PID;
 /// stores and configuration stay. Nothing to do when none was set up.
+/// Removes every node's configuration and JetStream store (the nodes must be stopped): a
+/// cluster started afterwards begins empty. The hosts topology does this before each run, so a
+/// store left by another run — other streams, another number of nodes — cannot hold it up.
+pub fn remove_stores(state: &StateDir) -> Result<()> {
+    let dir = state.path().join("nats-cluster");
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
 pub async fn stop(state: &StateDir) -> Result<()> {
     let Some(record) = load_record(state)? else {
         return Ok(());
@@ -574,6 +589,14 @@ mod tests {
             "no route to itself"
         );
         assert!(text.contains(r#"{ user: "ordersys-admin", password: "a1" }"#));
+    }
+
+    #[test]
+    fn a_cluster_of_one_is_a_single_server() {
+        let one = &three()[..1];
+        let text = config_text(one, &one[0], Path::new("/s"), &Users::default());
+        assert!(text.contains("sync_interval: always"));
+        assert!(!text.contains("cluster {"), "{text}");
     }
 
     #[test]
