@@ -1,24 +1,13 @@
 //! The hosts network against the real kernel: the CLI reaches a host by its address, hosts
 //! reach each other, and nothing of the network remains after `destroy`. Needs root (CI is).
 
+mod support;
+use support::in_netns;
+
 use loadtest::infra::netns::{netns_path, HostNetwork};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
-
-/// Runs `f` on a thread that has entered `netns` (setns moves only the calling thread).
-fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns_path(netns)).expect("namespace handle");
-    std::thread::spawn(move || {
-        // SAFETY: a valid namespace file descriptor; only this thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
-}
 
 fn echo_once(listener: TcpListener) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {

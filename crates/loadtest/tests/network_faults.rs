@@ -4,12 +4,14 @@
 //! The tests share one network (tag `nf`, 10.213.251.0/24) and so run one at a time; each
 //! creates it afresh and a guard removes it, also when an assertion fails.
 
+mod support;
+use support::in_netns;
+
 use loadtest::chaos::network;
-use loadtest::infra::netns::{netns_path, Host, HostNetwork};
+use loadtest::infra::netns::{Host, HostNetwork};
 use loadtest::infra::{process, StateDir};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,19 +21,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A connect attempt across a partition is given this long before it counts as cut.
 const CUT: Duration = Duration::from_millis(700);
 const PORT: u16 = 7300;
-
-/// Runs `f` on a thread that has entered `netns` (setns moves only the calling thread).
-fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns_path(netns)).expect("namespace handle");
-    std::thread::spawn(move || {
-        // SAFETY: a valid namespace file descriptor; only this thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
-}
 
 /// The network, its state directory, and their removal however the test ends.
 struct Net {

@@ -498,19 +498,7 @@ pub(super) async fn set_users(
     )
     .await?;
     let record = require_record(state)?;
-    let mut users = nats_users::load(state)?;
-    let probe = deployment_users
-        .first()
-        .map(|u| (u.user.clone(), u.password.clone()))
-        .unwrap_or_else(|| (ADMIN_USER.to_string(), users.admin_password.clone()));
-    if deployment_users.is_empty() {
-        users.deployments.remove(prefix);
-    } else {
-        users
-            .deployments
-            .insert(prefix.to_string(), deployment_users);
-    }
-    nats_users::save(state, &users)?;
+    let (users, probe) = nats_users::record_deployment(state, prefix, deployment_users)?;
     for node in &record.nodes {
         if !write_conf(state, &record, node, &users)? {
             continue;

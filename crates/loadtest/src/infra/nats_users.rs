@@ -69,6 +69,30 @@ pub(super) fn load(state: &StateDir) -> Result<Users> {
     Ok(users)
 }
 
+/// Records exactly `deployment_users` for deployment `prefix` (none: removes it) and returns
+/// the users with a login that proves a server took them: the first new user, else the
+/// administrator. Callers hold [`lock_path`] and then render and apply the users.
+pub(super) fn record_deployment(
+    state: &StateDir,
+    prefix: &str,
+    deployment_users: Vec<NatsUser>,
+) -> Result<(Users, (String, String))> {
+    let mut users = load(state)?;
+    let probe = deployment_users
+        .first()
+        .map(|u| (u.user.clone(), u.password.clone()))
+        .unwrap_or_else(|| (ADMIN_USER.to_string(), users.admin_password.clone()));
+    if deployment_users.is_empty() {
+        users.deployments.remove(prefix);
+    } else {
+        users
+            .deployments
+            .insert(prefix.to_string(), deployment_users);
+    }
+    save(state, &users)?;
+    Ok((users, probe))
+}
+
 pub(super) fn save(state: &StateDir, users: &Users) -> Result<()> {
     let path = users_path(state);
     if let Some(dir) = path.parent() {
