@@ -23,6 +23,7 @@ mod nats_users;
 pub mod netns;
 mod pg_databases;
 mod pg_roles;
+mod pg_settings;
 mod postgres;
 pub mod process;
 pub mod run_lock;
