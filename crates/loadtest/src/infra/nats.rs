@@ -93,38 +93,16 @@ fn write_conf(state: &StateDir, cfg: &NatsConfig, users: &Users) -> Result<bool>
     Ok(true)
 }
 
-/// Rewrites the configuration and has the running server re-read it (users and permissions
-/// are reloadable; connections stay), then waits until `probe` (user, password) can connect.
-async fn reload(
-    state: &StateDir,
-    cfg: &NatsConfig,
-    users: &Users,
-    probe: (&str, &str),
-) -> Result<()> {
+/// Rewrites the configuration and has the running server re-read it.
+async fn reload(state: &StateDir, cfg: &NatsConfig, users: &Users) -> Result<()> {
     if !write_conf(state, cfg, users)? {
         return Ok(());
     }
     let Some(pf) = running(state) else {
         return Ok(());
     };
-    process::send_signal(pf.pid, libc::SIGHUP)?;
-    let url = client_url(cfg.port, probe.0, probe.1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match platform::broker::connect_url(&url).await {
-            Ok(client) => {
-                drop(client);
-                return Ok(());
-            }
-            Err(e) if Instant::now() >= deadline => {
-                bail!(
-                    "nats-server did not accept user {} 10 s after a reload: {e}",
-                    probe.0
-                )
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let monitor = format!("http://127.0.0.1:{}", cfg.monitor_port);
+    nats_users::reload(pf.pid, &monitor, "nats-server").await
 }
 
 /// Gives deployment `prefix` exactly `deployment_users` (replacing any it had).
@@ -142,8 +120,8 @@ pub(super) async fn set_users(
     let Some(cfg) = load_config(state) else {
         bail!("no nats-server was set up in {}", state.path().display());
     };
-    let (users, probe) = nats_users::record_deployment(state, prefix, deployment_users)?;
-    reload(state, &cfg, &users, (&probe.0, &probe.1)).await
+    let users = nats_users::record_deployment(state, prefix, deployment_users)?;
+    reload(state, &cfg, &users).await
 }
 
 /// The running nats-server we started, from our pidfile.
@@ -176,7 +154,7 @@ pub(super) async fn ensure(
         let mixed_tls =
             fs::read_to_string(conf_path(state)).is_ok_and(|t| t.contains("allow_non_tls"));
         if mixed_tls {
-            reload(state, cfg, &users, (ADMIN_USER, &users.admin_password)).await?;
+            reload(state, cfg, &users).await?;
         } else {
             tracing::info!(
                 pid = pf.pid,

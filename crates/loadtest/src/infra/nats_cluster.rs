@@ -484,8 +484,7 @@ pub async fn restart_node(state: &StateDir, node: &str) -> Result<u32> {
 }
 
 /// Gives deployment `prefix` exactly `deployment_users` on every node (an empty list removes
-/// them): every node's configuration is rewritten and re-read (SIGHUP; connections stay), then
-/// each running node is waited for until the first of them (or the administrator) can log in.
+/// them): every running node's configuration is rewritten and re-read, one node after another.
 pub(super) async fn set_users(
     state: &StateDir,
     prefix: &str,
@@ -498,7 +497,7 @@ pub(super) async fn set_users(
     )
     .await?;
     let record = require_record(state)?;
-    let (users, probe) = nats_users::record_deployment(state, prefix, deployment_users)?;
+    let users = nats_users::record_deployment(state, prefix, deployment_users)?;
     for node in &record.nodes {
         if !write_conf(state, &record, node, &users)? {
             continue;
@@ -506,31 +505,14 @@ pub(super) async fn set_users(
         let Some(pid) = node_pid(state, &node.name) else {
             continue;
         };
-        process::send_signal(pid, libc::SIGHUP)?;
-        let url = urls_as(
-            std::slice::from_ref(node),
-            Some((probe.0.as_str(), probe.1.as_str())),
-        );
-        wait_login(&url, &node.name, &probe.0).await?;
+        nats_users::reload(
+            pid,
+            &node.monitor_url(),
+            &format!("NATS node {}", node.name),
+        )
+        .await?;
     }
     Ok(())
-}
-
-/// Polls until `url` lets its user in (a reload takes a moment).
-async fn wait_login(url: &str, node: &str, user: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match platform::broker::connect_url(url).await {
-            Ok(client) => {
-                drop(client);
-                return Ok(());
-            }
-            Err(e) if Instant::now() >= deadline => {
-                bail!("NATS node {node} did not accept user {user} 10 s after a reload: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,13 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use platform::broker_access::BrokerPermissions;
 use serde::{Deserialize, Serialize};
 
 use super::process;
 use super::StateDir;
+
+/// How long a server may take to re-read its configuration.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The user with every right.
 pub const ADMIN_USER: &str = "ordersys-admin";
@@ -70,18 +74,13 @@ pub(super) fn load(state: &StateDir) -> Result<Users> {
 }
 
 /// Records exactly `deployment_users` for deployment `prefix` (none: removes it) and returns
-/// the users with a login that proves a server took them: the first new user, else the
-/// administrator. Callers hold [`lock_path`] and then render and apply the users.
+/// every user. Callers hold [`lock_path`] and then render the users and [`reload`] each server.
 pub(super) fn record_deployment(
     state: &StateDir,
     prefix: &str,
     deployment_users: Vec<NatsUser>,
-) -> Result<(Users, (String, String))> {
+) -> Result<Users> {
     let mut users = load(state)?;
-    let probe = deployment_users
-        .first()
-        .map(|u| (u.user.clone(), u.password.clone()))
-        .unwrap_or_else(|| (ADMIN_USER.to_string(), users.admin_password.clone()));
     if deployment_users.is_empty() {
         users.deployments.remove(prefix);
     } else {
@@ -90,7 +89,46 @@ pub(super) fn record_deployment(
             .insert(prefix.to_string(), deployment_users);
     }
     save(state, &users)?;
-    Ok((users, probe))
+    Ok(users)
+}
+
+/// Has the server `pid` re-read its configuration (SIGHUP: users and permissions reload,
+/// connections stay) and waits until its monitoring endpoint reports a configuration loaded
+/// after the signal (`/varz` `config_load_time`). A login cannot confirm a reload: a removed
+/// user is let in until the server has re-read its file.
+pub(super) async fn reload(pid: u32, monitor_url: &str, server: &str) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building an HTTP client")?;
+    let varz = format!("{monitor_url}/varz");
+    let loaded_at = |http: reqwest::Client, url: String| async move {
+        let varz: serde_json::Value = http.get(&url).send().await?.json().await?;
+        anyhow::Ok(
+            varz["config_load_time"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let before = loaded_at(http.clone(), varz.clone())
+        .await
+        .with_context(|| format!("{server}: reading {varz} before a reload"))?;
+    process::send_signal(pid, libc::SIGHUP)?;
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    loop {
+        match loaded_at(http.clone(), varz.clone()).await {
+            Ok(now) if !now.is_empty() && now != before => return Ok(()),
+            Ok(_) if Instant::now() >= deadline => bail!(
+                "{server} (pid {pid}) did not re-read its configuration within {RELOAD_TIMEOUT:?} \
+                 (its log says why: a configuration it refused is not applied)"
+            ),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("{server} (pid {pid}) after a reload: {varz}: {e}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 pub(super) fn save(state: &StateDir, users: &Users) -> Result<()> {
