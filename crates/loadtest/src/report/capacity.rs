@@ -1,5 +1,6 @@
-//! The capacity section of a report: every step's figures and verdict, the highest sustained
-//! step, and the ratio to the naive baseline; its text and its HTML section.
+//! The capacity section of a report: every step's figures and verdict, the highest step kept up
+//! and the highest also fast (sustained), and the ratio to the naive baseline; its text and its
+//! HTML section.
 
 use std::fmt::Write as _;
 
@@ -19,10 +20,13 @@ pub const CHECK_CAPACITY: &str = "capacity";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Every rule held.
+    /// Kept up, and fast: every rule held.
     #[default]
     Sustained,
-    /// At least one rule broke; the load stopped here.
+    /// Kept up, but its HTTP p99 was over the limit; the load went on.
+    Slow,
+    /// Did not keep up (dropped, unanswered or failed requests, a growing backlog); the load
+    /// stopped here.
     Saturated,
     /// The step after the saturated one, stopped early; not judged.
     CutShort,
@@ -32,6 +36,7 @@ impl Verdict {
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Sustained => "sustained",
+            Verdict::Slow => "kept up, slow",
             Verdict::Saturated => "SATURATED",
             Verdict::CutShort => "cut short",
         }
@@ -103,10 +108,17 @@ pub struct StepFigures {
 pub struct CapacitySummary {
     pub settings: Option<CapacitySettings>,
     pub steps: Vec<StepFigures>,
-    /// Target rate of the highest step sustained with every rule holding.
+    /// Target rate of the highest step sustained with every rule holding (kept up and fast).
     pub sustained_rps: Option<f64>,
     /// Orders COMPLETED per second end to end during that step.
     pub sustained_completed_per_s: Option<f64>,
+    /// Target rate of the highest step kept up, fast or slow: the throughput the pipeline
+    /// carries (the figure that repeats; see `modes/capacity/rules.rs`).
+    #[serde(default)]
+    pub kept_up_rps: Option<f64>,
+    /// Orders COMPLETED per second end to end during that step.
+    #[serde(default)]
+    pub kept_up_completed_per_s: Option<f64>,
     /// Target rate of the first saturated step and why.
     pub saturated_rps: Option<f64>,
     pub saturation_reasons: Vec<String>,
@@ -116,7 +128,7 @@ pub struct CapacitySummary {
     pub completed_per_second: Vec<u64>,
     pub baseline: Option<BaselineReport>,
     pub baseline_error: Option<String>,
-    /// `sustained_completed_per_s / baseline.best_tps`.
+    /// `kept_up_completed_per_s / baseline.best_tps`: throughput against throughput.
     pub ratio_to_baseline: Option<f64>,
     /// The durability settings the figure was measured with.
     pub durability: String,
@@ -127,7 +139,7 @@ pub struct CapacitySummary {
 
 impl CapacitySummary {
     pub fn fill_ratio(&mut self) {
-        self.ratio_to_baseline = match (&self.baseline, self.sustained_completed_per_s) {
+        self.ratio_to_baseline = match (&self.baseline, self.kept_up_completed_per_s) {
             (Some(baseline), Some(completed)) if baseline.best_tps > 0.0 => {
                 Some(completed / baseline.best_tps)
             }
@@ -137,13 +149,40 @@ impl CapacitySummary {
 
     /// The capacity check: passes when at least one step was sustained.
     pub fn check(&self) -> Check {
-        let mut detail = match (self.sustained_rps, self.sustained_completed_per_s) {
-            (Some(rps), Some(completed)) => format!(
-                "highest sustained step {rps:.0} req/s ({completed:.0} orders/s completed end to end)"
-            ),
-            (Some(rps), None) => format!("highest sustained step {rps:.0} req/s"),
-            _ => "no step sustained: lower capacity.start_rate".to_string(),
+        let orders = |completed: Option<f64>| {
+            completed.map_or(String::new(), |c| {
+                format!(" ({c:.0} orders/s completed end to end)")
+            })
         };
+        let mut detail = match self.kept_up_rps {
+            Some(rps) => format!(
+                "highest step kept up {rps:.0} req/s{}",
+                orders(self.kept_up_completed_per_s)
+            ),
+            None => "no step kept up: lower capacity.start_rate".to_string(),
+        };
+        let limit = self
+            .settings
+            .as_ref()
+            .map_or("the latency limit".to_string(), |s| {
+                format!("HTTP p99 ≤ {:.0} ms", s.http_p99_ms)
+            });
+        match self.sustained_rps {
+            Some(rps) if Some(rps) == self.kept_up_rps => {
+                let _ = write!(detail, ", within {limit}");
+            }
+            Some(rps) => {
+                let _ = write!(
+                    detail,
+                    "; within {limit} up to {rps:.0} req/s{}",
+                    orders(self.sustained_completed_per_s)
+                );
+            }
+            None if self.kept_up_rps.is_some() => {
+                let _ = write!(detail, "; no step within {limit}");
+            }
+            None => {}
+        }
         match self.saturated_rps {
             Some(rps) => {
                 let _ = write!(
@@ -205,12 +244,12 @@ impl CapacitySummary {
         }
         out.push_str(&self.cost_text());
         if let Some(top) = self
-            .sustained_rps
+            .kept_up_rps
             .and_then(|rps| self.steps.iter().find(|s| s.target_rps == rps))
         {
             let _ = writeln!(
                 out,
-                "\n  CPU and memory at the top sustained step ({:.0} req/s)",
+                "\n  CPU and memory at the highest step kept up ({:.0} req/s)",
                 top.target_rps
             );
             for p in &top.processes {
@@ -240,8 +279,8 @@ impl CapacitySummary {
         if let Some(ratio) = self.ratio_to_baseline {
             let _ = writeln!(
                 out,
-                "  ratio: {:.0} completed orders/s end to end ÷ {:.0} naive tps = {ratio:.2}×",
-                self.sustained_completed_per_s.unwrap_or(0.0),
+                "  ratio: {:.0} completed orders/s end to end (highest step kept up) ÷ {:.0} naive tps = {ratio:.2}×",
+                self.kept_up_completed_per_s.unwrap_or(0.0),
                 self.baseline.as_ref().map_or(0.0, |b| b.best_tps)
             );
         }
@@ -267,9 +306,15 @@ impl CapacitySummary {
             );
         };
         row("Result", self.check().detail);
+        if let Some(completed) = self.kept_up_completed_per_s {
+            row(
+                "Completed orders/s (highest step kept up)",
+                format!("{completed:.0}"),
+            );
+        }
         if let Some(completed) = self.sustained_completed_per_s {
             row(
-                "Completed orders/s (sustained step)",
+                "Completed orders/s (highest sustained step)",
                 format!("{completed:.0}"),
             );
         }
@@ -330,7 +375,7 @@ impl CapacitySummary {
             let class = match s.verdict {
                 Verdict::Sustained => "pass",
                 Verdict::Saturated => "fail",
-                Verdict::CutShort => "",
+                Verdict::Slow | Verdict::CutShort => "",
             };
             let _ = write!(
                 html,
@@ -546,11 +591,16 @@ mod tests {
         steps[2].step = 3;
         steps[0].completed_per_s = 499.0;
         steps[1].completed_per_s = 998.0;
+        steps[1].verdict = Verdict::Slow;
+        steps[1].reasons = vec!["HTTP p99 150.0 ms > 100 ms".into()];
         steps[2].verdict = Verdict::Saturated;
-        steps[2].reasons = vec!["HTTP p99 150.0 ms > 100 ms".into()];
+        steps[2].reasons = vec!["end-to-end backlog grew by 900 orders over 20 s".into()];
         let mut summary = CapacitySummary {
-            sustained_rps: Some(1000.0),
-            sustained_completed_per_s: Some(998.0),
+            settings: Some(CapacitySettings::default()),
+            sustained_rps: Some(500.0),
+            sustained_completed_per_s: Some(499.0),
+            kept_up_rps: Some(1000.0),
+            kept_up_completed_per_s: Some(998.0),
             saturated_rps: Some(1500.0),
             saturation_reasons: steps[2].reasons.clone(),
             steps,
@@ -561,25 +611,33 @@ mod tests {
             ..CapacitySummary::default()
         };
         summary.fill_ratio();
+        // Throughput against throughput: the highest step kept up, slow or not.
         assert_eq!(summary.ratio_to_baseline, Some(998.0 / 4000.0));
         let check = summary.check();
         assert!(check.passed);
-        assert!(
-            check.detail.contains("highest sustained step 1000 req/s"),
-            "{}",
-            check.detail
-        );
-        assert!(
-            check.detail.contains("saturated at 1500 req/s"),
-            "{}",
-            check.detail
+        assert_eq!(
+            check.detail,
+            "highest step kept up 1000 req/s (998 orders/s completed end to end); within HTTP \
+             p99 ≤ 100 ms up to 500 req/s (499 orders/s completed end to end); saturated at 1500 \
+             req/s: end-to-end backlog grew by 900 orders over 20 s"
         );
         let text = summary.text();
-        assert!(text.contains("SATURATED: HTTP p99 150.0 ms"), "{text}");
+        assert!(text.contains("kept up, slow: HTTP p99 150.0 ms"), "{text}");
+        assert!(text.contains("SATURATED: end-to-end backlog"), "{text}");
         assert!(text.contains("0.25×"), "{text}");
         let html = summary.html();
         assert_eq!(html.matches("<svg").count(), 3);
         assert!(!CapacitySummary::default().check().passed);
+        // Kept up and fast at the same step: one figure.
+        summary.sustained_rps = Some(1000.0);
+        assert!(
+            summary
+                .check()
+                .detail
+                .starts_with("highest step kept up 1000 req/s (998 orders/s completed end to end), within HTTP p99 ≤ 100 ms;"),
+            "{}",
+            summary.check().detail
+        );
     }
 
     #[test]
@@ -590,6 +648,7 @@ mod tests {
             capacity: Some(CapacitySummary {
                 steps: vec![healthy(500.0)],
                 sustained_rps: Some(500.0),
+                kept_up_rps: Some(500.0),
                 ..CapacitySummary::default()
             }),
             ..Report::default()
@@ -599,6 +658,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid");
         assert_eq!(value["scenario"], "capacity");
         assert_eq!(value["capacity"]["sustained_rps"], 500.0);
+        assert_eq!(value["capacity"]["kept_up_rps"], 500.0);
         assert_eq!(value["capacity"]["steps"][0]["verdict"], "sustained");
         let page = std::fs::read_to_string(&html).expect("html");
         let capacity_at = page.find("<h2>Capacity</h2>").expect("section");

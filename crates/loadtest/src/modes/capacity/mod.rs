@@ -9,21 +9,25 @@
 //! While the load runs, a controller samples the end-to-end backlog once a second (orders not yet
 //! final, through the partial index, and messages waiting in the outboxes and JetStream
 //! consumers) and judges each step `evaluation_delay` after it ends, so its last requests have
-//! answered. A step is **saturated** ([`saturation_reasons`]) when
+//! answered ([`rules::judge`]). A step is **saturated** — it did not keep up — when
 //!
 //! - more than `max_dropped` of its scheduled requests were dropped (no free connection),
-//! - its HTTP p99 is over `http_p99_ms` (requests still unanswered at the evaluation count as
-//!   over the limit),
+//! - more than 1 % of its requests were still unanswered at the evaluation,
 //! - its HTTP error rate is over the scenario's `checks.max_error_rate`, or
 //! - the end-to-end backlog grew: the least-squares trend of the non-final orders sampled after
 //!   `settle` rose by more than `max(min_backlog_growth, max_backlog_growth × the requests that
 //!   arrived meanwhile)`. (The message backlog is reported too, not judged: each of its messages
 //!   belongs to an order that is not final yet, so the orders' trend holds it, with less noise.)
 //!
-//! The first saturated step stops the load at once (the next step is cut short). The run then
-//! drains and audits all three databases exactly like `loadtest run`; the HTTP checks of the
-//! audit cover the sustained steps. Completed orders per second come from `orders.finalized_at`.
+//! A step that kept up but whose HTTP p99 was over `http_p99_ms` in more than one latency window
+//! is **slow**; one that kept up and was fast is **sustained**. The first saturated step stops
+//! the load at once (the next step is cut short); a slow one does not. The report names the
+//! highest step kept up (the throughput) and the highest sustained step (the unbroken run of
+//! fast steps from the first). The run then drains and audits all three databases exactly like
+//! `loadtest run`; the HTTP checks of the audit cover the sustained steps. Completed orders per
+//! second come from `orders.finalized_at`.
 
+pub mod figures;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -48,10 +52,11 @@ use crate::plan::schedule::Schedule;
 use crate::plan::{duration, RunPlan};
 use crate::report::{CapacitySummary, Report, StepFigures, Verdict};
 use crate::session::{self, DuringLoad, Finished, Mode, SessionOptions};
-use rules::{
-    completions_in, completions_per_second, highest_sustained, limits, processes_in_window,
-    saturation_reasons, step_cost, step_figures, BacklogSample, Finalized, Limits,
+use figures::{
+    completions_in, completions_per_second, processes_in_window, step_cost, step_figures,
+    BacklogSample, Finalized,
 };
+use rules::{highest_kept_up, highest_sustained, judge, limits, Limits};
 
 fn opt_ms(value: Option<f64>) -> String {
     value.map_or("-".to_string(), |v| format!("{v:.1}"))
@@ -94,7 +99,7 @@ impl Mode for CapacityMode {
     async fn before_load(&self, _plan: &RunPlan) {
         let rates = self.settings.step_rates();
         println!(
-            "▶ capacity: {} steps of {} from {:.0} to {:.0} req/s (+{:.0}); the first step that does not keep up stops the load",
+            "▶ capacity: {} steps of {} from {:.0} to {:.0} req/s (+{:.0}); the first step that does not keep up stops the load (a slow one does not)",
             rates.len(),
             duration::format(self.settings.step_duration),
             rates[0],
@@ -281,6 +286,7 @@ fn summarise(
         }
     }
     let sustained = highest_sustained(&steps).cloned();
+    let kept_up = highest_kept_up(&steps).cloned();
     let saturated = steps
         .iter()
         .find(|s| s.verdict == Verdict::Saturated)
@@ -289,6 +295,8 @@ fn summarise(
         settings: Some(settings.clone()),
         sustained_rps: sustained.as_ref().map(|s| s.target_rps),
         sustained_completed_per_s: sustained.as_ref().map(|s| s.completed_per_s),
+        kept_up_rps: kept_up.as_ref().map(|s| s.target_rps),
+        kept_up_completed_per_s: kept_up.as_ref().map(|s| s.completed_per_s),
         saturated_rps: saturated.as_ref().map(|s| s.target_rps),
         saturation_reasons: saturated.map(|s| s.reasons).unwrap_or_default(),
         stopped_at_s: control.stopped_at.map(|d| d.as_secs_f64()),
@@ -345,10 +353,7 @@ impl Controller<'_> {
                     self.settings,
                 )
             };
-            step.reasons = saturation_reasons(&step, &self.limits);
-            if !step.reasons.is_empty() {
-                step.verdict = Verdict::Saturated;
-            }
+            (step.verdict, step.reasons) = judge(&step, &self.limits);
             println!(
                 "  step {:>2}: {:>6.0} req/s → achieved {:.0}/s, HTTP p99 {} ms, dropped {}, backlog {} → {}{}",
                 step.step,
