@@ -186,6 +186,33 @@ mod tests {
         }
     }
 
+    /// Why the order service keeps no inbox (`events.rs`, `idempotent`): every sequence of
+    /// outcomes of up to five events, copies anywhere in it, ends where the same sequence
+    /// without the copies ends (each outcome kept at its first arrival).
+    #[test]
+    fn an_outcome_applied_again_changes_nothing() {
+        let outcomes = all_outcomes();
+        let fold = |sequence: &[Outcome]| {
+            sequence.iter().fold(Pending, |status, outcome| {
+                outcome.apply(status).unwrap_or(status)
+            })
+        };
+        for length in 1..=5u32 {
+            for code in 0..outcomes.len().pow(length) {
+                let sequence: Vec<Outcome> = (0..length)
+                    .map(|i| outcomes[code / outcomes.len().pow(i) % outcomes.len()])
+                    .collect();
+                let mut first_arrivals: Vec<Outcome> = Vec::new();
+                for outcome in &sequence {
+                    if !first_arrivals.contains(outcome) {
+                        first_arrivals.push(*outcome);
+                    }
+                }
+                assert_eq!(fold(&sequence), fold(&first_arrivals), "{sequence:?}");
+            }
+        }
+    }
+
     #[test]
     fn statuses_round_trip_through_their_names() {
         for status in [Pending, Reserved, Completed, Failed] {

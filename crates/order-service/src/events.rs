@@ -122,4 +122,13 @@ impl EventHandler for OrderOutcomes {
     fn writes_outbox(&self) -> bool {
         false
     }
+
+    /// No inbox row: an outcome applied again changes nothing. It moves an order only from the
+    /// statuses it may leave (`Outcome::allowed_from`, checked in the same `UPDATE`), so a
+    /// second copy finds the order already moved, and a late one finds it further along or
+    /// final (`domain` tests: every outcome applied twice, in every order); a stock release is
+    /// recorded with `COALESCE`, so its first time stays. The handler emits nothing.
+    fn idempotent(&self) -> bool {
+        true
+    }
 }

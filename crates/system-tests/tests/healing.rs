@@ -383,13 +383,22 @@ async fn an_order_asked_about_again_is_answered_from_the_records() {
         TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
         1
     );
-    // The answers travelled again: two StockReserved, two PaymentCompleted events handled.
-    assert_eq!(
-        TestSystem::count(
-            &system.order.pool,
-            "SELECT count(*) FROM inbox WHERE consumer = 'order-service-payment'"
+    // The answers travelled again: inventory answered two OrderCreated, payment two
+    // StockReserved (each recorded in its inbox); the order service applied nothing the second
+    // time and keeps no inbox (its outcomes are idempotent).
+    for (pool, consumer) in [
+        (&system.inventory.pool, "inventory-service-orders"),
+        (&system.payment.pool, "payment-service-reservations"),
+    ] {
+        let handled = TestSystem::count(
+            pool,
+            &format!("SELECT count(*) FROM inbox WHERE consumer = '{consumer}'"),
         )
-        .await,
-        2
+        .await;
+        assert_eq!(handled, 2, "{consumer}");
+    }
+    assert_eq!(
+        TestSystem::count(&system.order.pool, "SELECT count(*) FROM inbox").await,
+        0
     );
 }

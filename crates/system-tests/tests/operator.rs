@@ -117,7 +117,17 @@ async fn dead_letters_are_replayed_once_fixed_discarded_and_audited() {
     )
     .await;
     assert_eq!(status, 409, "a second replay is refused");
-    let inbox = TestSystem::count(&system.order.pool, "SELECT count(*) FROM inbox").await;
+    let updated_at = |system: &TestSystem| {
+        let pool = system.order.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT updated_at::text FROM orders WHERE id = $1")
+                .bind(missing)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let last_change = updated_at(&system).await;
 
     let (status, outcome) = admin(
         &system,
@@ -182,8 +192,8 @@ async fn dead_letters_are_replayed_once_fixed_discarded_and_audited() {
         ]
     );
     assert_eq!(
-        TestSystem::count(&system.order.pool, "SELECT count(*) FROM inbox").await,
-        inbox,
+        updated_at(&system).await,
+        last_change,
         "nothing applied by the refused replay"
     );
     let anonymous = system

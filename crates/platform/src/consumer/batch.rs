@@ -196,16 +196,20 @@ impl<H: EventHandler> EventConsumer<H> {
         batch: &[Decoded],
     ) -> Result<(), HandlerError> {
         let ids: Vec<Uuid> = batch.iter().map(|d| d.envelope.id).collect();
-        let fresh: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
-             ON CONFLICT DO NOTHING RETURNING message_id",
-        )
-        .bind(self.name())
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
+        let fresh: HashSet<Uuid> = if self.handler.idempotent() {
+            ids.iter().copied().collect()
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
+                 ON CONFLICT DO NOTHING RETURNING message_id",
+            )
+            .bind(self.name())
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
         let mut applied = HashSet::with_capacity(fresh.len());
         let mut incoming = Vec::with_capacity(fresh.len());
         for item in batch {

@@ -57,6 +57,15 @@ pub trait EventHandler: Send + Sync + 'static {
     fn writes_outbox(&self) -> bool {
         true
     }
+
+    /// Whether applying an event again — a redelivery, a duplicate publish — changes nothing,
+    /// by the effect's own keys and guards. Such a handler gets every event of a batch (each
+    /// event id once) and the consumer writes no inbox row for it: one statement, one row and
+    /// its pruning less per event. Only a handler that also emits nothing may say so: a handler
+    /// that answers would answer a duplicate again, and the inbox is what stops that.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
