@@ -102,22 +102,13 @@ pub(super) async fn reload(pid: u32, monitor_url: &str, server: &str) -> Result<
         .build()
         .context("building an HTTP client")?;
     let varz = format!("{monitor_url}/varz");
-    let loaded_at = |http: reqwest::Client, url: String| async move {
-        let varz: serde_json::Value = http.get(&url).send().await?.json().await?;
-        anyhow::Ok(
-            varz["config_load_time"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
-    let before = loaded_at(http.clone(), varz.clone())
+    let before = config_load_time(&http, &varz)
         .await
         .with_context(|| format!("{server}: reading {varz} before a reload"))?;
     process::send_signal(pid, libc::SIGHUP)?;
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     loop {
-        match loaded_at(http.clone(), varz.clone()).await {
+        match config_load_time(&http, &varz).await {
             Ok(now) if !now.is_empty() && now != before => return Ok(()),
             Ok(_) if Instant::now() >= deadline => bail!(
                 "{server} (pid {pid}) did not re-read its configuration within {RELOAD_TIMEOUT:?} \
@@ -129,6 +120,15 @@ pub(super) async fn reload(pid: u32, monitor_url: &str, server: &str) -> Result<
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// When the server last (re-)read its configuration, as `/varz` says (RFC 3339, nanoseconds).
+async fn config_load_time(http: &reqwest::Client, varz_url: &str) -> Result<String> {
+    let varz: serde_json::Value = http.get(varz_url).send().await?.json().await?;
+    Ok(varz["config_load_time"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 pub(super) fn save(state: &StateDir, users: &Users) -> Result<()> {
