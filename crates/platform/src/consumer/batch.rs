@@ -196,7 +196,10 @@ impl<H: EventHandler> EventConsumer<H> {
         batch: &[Decoded],
     ) -> Result<(), HandlerError> {
         let ids: Vec<Uuid> = batch.iter().map(|d| d.envelope.id).collect();
-        let fresh: HashSet<Uuid> = if self.handler.idempotent() {
+        // A handler that may answer keeps its inbox whatever it says: a copy would be answered
+        // again.
+        let skip_inbox = self.handler.idempotent() && !self.handler.writes_outbox();
+        let fresh: HashSet<Uuid> = if skip_inbox {
             ids.iter().copied().collect()
         } else {
             sqlx::query_scalar(

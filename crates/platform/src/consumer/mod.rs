@@ -61,8 +61,9 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Whether applying an event again — a redelivery, a duplicate publish — changes nothing,
     /// by the effect's own keys and guards. Such a handler gets every event of a batch (each
     /// event id once) and the consumer writes no inbox row for it: one statement, one row and
-    /// its pruning less per event. Only a handler that also emits nothing may say so: a handler
-    /// that answers would answer a duplicate again, and the inbox is what stops that.
+    /// its pruning less per event. Honoured only for a handler that emits nothing
+    /// ([`EventHandler::writes_outbox`] false): one that answers would answer a copy again, and
+    /// the inbox is what stops that.
     fn idempotent(&self) -> bool {
         false
     }
