@@ -96,7 +96,7 @@ stream_replicas = 1
 batch_size = 1000
 events_per_message = 100
 poll_interval_ms = 250
-linger_ms = 5
+round_interval_ms = 20
 
 [workers]
 enabled = true
@@ -107,7 +107,7 @@ hang_after_secs = 60
 
 [consumer]
 batch_size = 256
-linger_ms = 5
+round_interval_ms = 20
 max_deliveries = 5
 ack_wait_secs = 30
 max_ack_pending = 20000
@@ -355,9 +355,10 @@ pub struct OutboxSettings {
     /// Events packed into one broker message (1 = one message per event).
     pub events_per_message: usize,
     pub poll_interval_ms: u64,
-    /// After a round that did not fill a batch, the relay waits this long once woken, so the
-    /// rows of the commits meanwhile share one claim, one publish and one delete (0 = none).
-    pub linger_ms: u64,
+    /// Rounds that follow a round that did not fill a batch start at least this far apart
+    /// (`crate::pacing`), so the rows of the commits meanwhile share one claim, one publish and
+    /// one delete (0 = a round per wake-up).
+    pub round_interval_ms: u64,
 }
 
 impl OutboxSettings {
@@ -369,10 +370,10 @@ impl OutboxSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsumerSettings {
     pub batch_size: usize,
-    /// A batch that is not full when its first messages arrive waits this long for more, so
-    /// that at moderate rates events share one transaction instead of paying for one each
-    /// (0 = none). Under load batches fill at once and nothing waits.
-    pub linger_ms: u64,
+    /// A batch that is not full starts no sooner than this after the previous batch started
+    /// (`crate::pacing`), so that events of a steady stream share one transaction instead of
+    /// paying for one each (0 = a round per arrival). Full batches go at once.
+    pub round_interval_ms: u64,
     /// Deliveries after which an event whose handling panics is dead-lettered. Transient
     /// failures (database or broker away, deadlocks, lock timeouts) are retried without limit.
     pub max_deliveries: i64,

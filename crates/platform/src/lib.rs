@@ -19,6 +19,7 @@ pub mod fault_hooks;
 pub mod http;
 pub mod openapi;
 pub mod outbox;
+pub mod pacing;
 pub mod retention;
 pub mod server;
 pub mod supervisor;

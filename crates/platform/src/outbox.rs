@@ -8,6 +8,7 @@ use crate::broker::{self, Topology};
 use crate::config::OutboxSettings;
 use crate::envelope::{EnvelopeError, TraceContext};
 use crate::events::Event;
+use crate::pacing::RoundPacer;
 use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::future::{try_join_all, BoxFuture};
@@ -101,7 +102,7 @@ pub struct OutboxRelay {
     batch_size: i64,
     events_per_message: usize,
     poll_interval: Duration,
-    linger: Duration,
+    round_interval: Duration,
     status: WorkerStatus,
 }
 
@@ -121,7 +122,7 @@ impl OutboxRelay {
             batch_size: settings.batch_size,
             events_per_message: settings.events_per_message.max(1),
             poll_interval: settings.poll_interval(),
-            linger: Duration::from_millis(settings.linger_ms),
+            round_interval: Duration::from_millis(settings.round_interval_ms),
             status: WorkerStatus::new("outbox-relay"),
         }
     }
@@ -212,7 +213,9 @@ impl OutboxRelay {
     }
 
     /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
-    /// written by other instances) and lingers briefly once signalled, backs off while failing.
+    /// written by other instances), paces its rounds (`crate::pacing`: once signalled, a round
+    /// starts no sooner than the round interval after the previous one, so the commits meanwhile
+    /// share one claim, one publish and one delete), backs off while failing.
     /// After a publish failure, and every [`STREAM_CHECK_INTERVAL`] even when idle, the streams
     /// are ensured again: a stream deleted or lost with the broker's store is re-created, so its
     /// consumers (which may not create it) attach again although nothing is being published.
@@ -221,6 +224,8 @@ impl OutboxRelay {
         let mut backoff = Duration::from_millis(100);
         let mut last_gauge: Option<tokio::time::Instant> = None;
         let mut streams_checked = tokio::time::Instant::now();
+        let mut pacer = RoundPacer::new(self.round_interval);
+        let mut previous_full = false;
         loop {
             if streams_checked.elapsed() >= STREAM_CHECK_INTERVAL {
                 if let Err(error) = broker::ensure_streams(&self.jetstream, &self.topology).await {
@@ -236,16 +241,20 @@ impl OutboxRelay {
                 }
                 last_gauge = Some(tokio::time::Instant::now());
             }
+            if previous_full {
+                pacer.start_round_now();
+            } else {
+                pacer.start_round().await;
+            }
             match self.publish_batch().await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
                     self.status.progress();
-                    if (n as i64) < self.batch_size {
-                        let woken =
+                    previous_full = n as i64 >= self.batch_size;
+                    if !previous_full {
+                        // Signalled or not (rows of other instances), the next round goes.
+                        let _ =
                             tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
-                        if woken.is_ok() && !self.linger.is_zero() {
-                            tokio::time::sleep(self.linger).await;
-                        }
                     }
                 }
                 Err(error) => {

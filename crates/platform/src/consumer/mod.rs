@@ -18,6 +18,7 @@ use crate::config::ConsumerSettings;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::{Event, Source};
 use crate::outbox::{OutboxError, OutboxSignal};
+use crate::pacing::RoundPacer;
 use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{
     self,
@@ -408,7 +409,7 @@ impl<H: EventHandler> EventConsumer<H> {
             Err(error) => return (format!("cannot open message stream: {error}"), false),
         };
         let mut chunks = stream.ready_chunks(self.settings.batch_size);
-        let linger = Duration::from_millis(self.settings.linger_ms);
+        let mut pacer = RoundPacer::new(Duration::from_millis(self.settings.round_interval_ms));
         let mut lag = tokio::time::interval(Duration::from_secs(1));
         lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut worked = false;
@@ -418,7 +419,7 @@ impl<H: EventHandler> EventConsumer<H> {
                     let Some(mut chunk) = chunk else {
                         return ("message stream ended".into(), worked);
                     };
-                    let ended = self.linger_for_more(&mut chunks, &mut chunk, linger).await;
+                    let ended = self.pace_round(&mut chunks, &mut chunk, &mut pacer).await;
                     let mut messages = Vec::with_capacity(chunk.len());
                     let mut broken = None;
                     for item in chunk {
@@ -459,16 +460,19 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Tops a chunk that is not full up with what arrives within `linger`, so that at moderate
-    /// rates several events share one transaction. Returns whether the stream ended meanwhile.
-    async fn linger_for_more<S>(&self, chunks: &mut S, chunk: &mut Chunk, linger: Duration) -> bool
+    /// Starts a round for this chunk: a full chunk goes at once; one that is not waits for the
+    /// pacer (the round interval since the previous round's start) and is topped up with what
+    /// arrived meanwhile, so that events of a steady stream share one transaction. Returns
+    /// whether the stream ended meanwhile.
+    async fn pace_round<S>(&self, chunks: &mut S, chunk: &mut Chunk, pacer: &mut RoundPacer) -> bool
     where
         S: futures::Stream<Item = Chunk> + Unpin,
     {
-        if chunk.len() >= self.settings.batch_size || linger.is_zero() {
+        if chunk.len() >= self.settings.batch_size {
+            pacer.start_round_now();
             return false;
         }
-        tokio::time::sleep(linger).await;
+        pacer.start_round().await;
         while chunk.len() < self.settings.batch_size {
             match chunks.next().now_or_never() {
                 Some(Some(more)) => chunk.extend(more),
