@@ -6,6 +6,7 @@ const DEFAULTS: &str = r#"
 max_quantity = 100
 writers = 1
 max_batch = 256
+round_interval_ms = 5
 commit_deadline_ms = 2000
 idempotency_key_retention_secs = 86400
 
@@ -57,6 +58,9 @@ pub struct OrderSettings {
     pub writers: usize,
     /// Most orders one group-commit transaction writes.
     pub max_batch: usize,
+    /// A writer's transactions start at least this far apart (`platform::pacing`): the
+    /// requests of a steady stream share one, at the price of up to this much HTTP latency.
+    pub round_interval_ms: u64,
     /// A request whose order is not being written within this time is answered 503 with
     /// `Retry-After`, and its order is never written.
     pub commit_deadline_ms: u64,

@@ -25,6 +25,7 @@ use platform::broker::Topology;
 use platform::envelope::TraceContext;
 use platform::events::{Event, OrderCreated};
 use platform::outbox::{self, OutboxSignal};
+use platform::pacing::RoundPacer;
 use platform::supervisor::{Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -57,6 +58,8 @@ pub struct IntakeSettings {
     pub commit_deadline: Duration,
     /// Orders of one buyer that may be open at once.
     pub max_open_orders: u32,
+    /// A writer's transactions start at least this far apart (`platform::pacing`).
+    pub round_interval: Duration,
 }
 
 struct Writer {
@@ -65,6 +68,7 @@ struct Writer {
     outbox_signal: OutboxSignal,
     max_batch: usize,
     max_open_orders: u32,
+    round_interval: Duration,
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     status: WorkerStatus,
 }
@@ -90,6 +94,7 @@ impl OrderIntake {
                     outbox_signal: outbox_signal.clone(),
                     max_batch,
                     max_open_orders: settings.max_open_orders,
+                    round_interval: settings.round_interval,
                     receiver: receiver.clone(),
                     status: WorkerStatus::new(format!("intake-writer-{n}")),
                 }) as Arc<dyn Worker>
@@ -152,6 +157,7 @@ fn shed() -> OrderError {
 
 impl Writer {
     async fn run(&self) -> Result<(), WorkerError> {
+        let mut pacer = RoundPacer::new(self.round_interval);
         loop {
             let batch = {
                 let mut receiver = self.receiver.lock().await;
@@ -159,6 +165,8 @@ impl Writer {
                     // Every sender is gone: the service is shutting down.
                     return Ok(());
                 };
+                // The requests that arrive until this writer's round is due join the batch.
+                pacer.start_round().await;
                 let mut batch = Vec::with_capacity(self.max_batch);
                 take(&mut batch, first);
                 while batch.len() < self.max_batch {

@@ -30,6 +30,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
             max_batch: settings.orders.max_batch,
             commit_deadline: Duration::from_millis(settings.orders.commit_deadline_ms),
             max_open_orders: settings.fair_use.max_open_orders,
+            round_interval: Duration::from_millis(settings.orders.round_interval_ms),
         },
     );
     let redrive = Arc::new(Redrive::new(
