@@ -225,7 +225,6 @@ impl OutboxRelay {
         let mut last_gauge: Option<tokio::time::Instant> = None;
         let mut streams_checked = tokio::time::Instant::now();
         let mut pacer = RoundPacer::new(self.round_interval);
-        let mut previous_full = false;
         loop {
             if streams_checked.elapsed() >= STREAM_CHECK_INTERVAL {
                 if let Err(error) = broker::ensure_streams(&self.jetstream, &self.topology).await {
@@ -241,20 +240,17 @@ impl OutboxRelay {
                 }
                 last_gauge = Some(tokio::time::Instant::now());
             }
-            if previous_full {
-                pacer.start_round_now();
-            } else {
-                pacer.start_round().await;
-            }
             match self.publish_batch().await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
                     self.status.progress();
-                    previous_full = n as i64 >= self.batch_size;
-                    if !previous_full {
+                    if (n as i64) < self.batch_size {
                         // Signalled or not (rows of other instances), the next round goes.
                         let _ =
                             tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
+                        pacer.start_round().await;
+                    } else {
+                        pacer.start_round_now();
                     }
                 }
                 Err(error) => {
