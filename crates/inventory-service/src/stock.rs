@@ -1,5 +1,19 @@
 //! Products, stock and reservations in the database. Query functions take a connection; callers
 //! own the transaction.
+//!
+//! Inventory's answer for an order is unique by construction: before a batch decides anything
+//! it takes a transaction-scoped advisory lock per order ([`lock_orders`]), so two deliveries of
+//! one order (a re-drive copy, a replica's delivery, a replayed dead letter) decide one after the
+//! other, and the second finds the first one's answer. Product row locks alone do not do this:
+//! an order for a product that does not exist yet has no row to lock, so a delivery that found
+//! no product and one that came after the product was created could both decide — a rejection
+//! and a reservation, the order FAILED while payment charges it. An order-keyed lock was chosen
+//! over one decisions table keyed by order id because it writes nothing (one statement per
+//! batch, no extra row or index per order), and `reservations` and `stock_rejections` keep the
+//! shapes the audit reads. The locks live in PostgreSQL's shared lock table, sized
+//! `max_locks_per_transaction` × (`max_connections` + `max_prepared_transactions`) for the whole
+//! server (12,800 with 64 × 200); a batch holds at most `consumer.batch_size` of them (256 by
+//! default) until it commits, one batch per inventory instance at a time.
 
 use platform::db::QueryError;
 use platform::events::FailureReason;
@@ -168,17 +182,44 @@ async fn earlier_decisions(
     Ok(decisions)
 }
 
+/// The advisory lock key of an order's decision: the two halves of its id folded into 64 bits.
+/// Two orders may share a key (they then decide one after the other; nothing else changes).
+/// No other advisory lock is taken in inventory's database, so the keys cannot meet another's.
+fn decision_lock_key(order_id: Uuid) -> i64 {
+    let (high, low) = order_id.as_u64_pair();
+    i64::from_ne_bytes((high ^ low).to_ne_bytes())
+}
+
+/// Takes the decision lock of every order, held until the transaction ends: a delivery of one
+/// of these orders in another transaction waits here until this one has recorded its answer,
+/// then reads it. The keys are taken in ascending order, in one statement (`unnest` yields the
+/// array in order), so two batches sharing orders cannot deadlock on them.
+async fn lock_orders(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<i64> = order_ids.iter().copied().map(decision_lock_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
+        .bind(&keys)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Answers a batch of orders: an order asked about before gets the answer it got then; the new
 /// ones get stock deducted and a reservation, or a recorded rejection. One statement per step
-/// instead of one per order. The products' rows are locked (`FOR UPDATE`, in id order so
-/// concurrent batches cannot deadlock) before earlier answers are read and the allocation is
-/// decided, so two deliveries of one order in two transactions cannot both decide; the
-/// deduction is conditional and checked, and `CHECK (stock >= 0)` backs it: stock can never go
-/// below zero. Returns one decision per line, in order.
+/// instead of one per order. The orders' decision locks are taken first ([`lock_orders`]), so
+/// two deliveries of one order in two transactions cannot both decide; then the products' rows
+/// (`FOR UPDATE`, in id order so concurrent batches cannot deadlock), before earlier answers
+/// are read and the allocation is decided. Every batch takes its locks in that order (orders,
+/// then products), so neither kind can close a cycle. The deduction is conditional and checked,
+/// and `CHECK (stock >= 0)` backs it: stock can never go below zero. Returns one decision per
+/// line, in order.
 pub async fn reserve_stock(
     conn: &mut PgConnection,
     lines: &[OrderLine],
 ) -> Result<Vec<Decision>, QueryError> {
+    let order_ids: Vec<Uuid> = lines.iter().map(|l| l.order_id).collect();
+    lock_orders(conn, &order_ids).await?;
     let mut product_ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
     product_ids.sort_unstable();
     product_ids.dedup();
@@ -188,7 +229,6 @@ pub async fn reserve_stock(
     .bind(&product_ids)
     .fetch_all(&mut *conn)
     .await?;
-    let order_ids: Vec<Uuid> = lines.iter().map(|l| l.order_id).collect();
     let mut decided = earlier_decisions(conn, &order_ids).await?;
 
     // Each order not answered before is decided once, at its first line in this batch.
@@ -257,12 +297,11 @@ pub async fn reserve_stock(
         .await?;
     }
     if !rejected.is_empty() {
-        // An unknown product has no row to lock: two deliveries may race here, and both give
-        // the same answer.
+        // Under the orders' decision locks nobody else is recording these orders: a conflict
+        // on the primary key would be a defect, and fails the batch rather than being ignored.
         sqlx::query(
             "INSERT INTO stock_rejections (order_id, product_id, reason)
-             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])
-             ON CONFLICT (order_id) DO NOTHING",
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])",
         )
         .bind(rejected.iter().map(|(l, _)| l.order_id).collect::<Vec<_>>())
         .bind(
