@@ -30,6 +30,10 @@ pub enum AuthError {
     Invalid,
     #[error("token expired")]
     Expired,
+    #[error(
+        "token subject is not a buyer id (a positive decimal integer without sign or leading zero)"
+    )]
+    Subject,
 }
 
 fn now_secs() -> u64 {
@@ -88,9 +92,28 @@ impl TokenKeys {
         ttl: Duration,
         offset_secs: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(user_id.to_string(), ttl, offset_secs)
+    }
+
+    /// A token whose `sub` is any text, valid for `ttl`: for tests of identities a service
+    /// must refuse (`+5`, `0`, …); real tokens come from [`TokenKeys::mint`].
+    pub fn mint_subject(
+        &self,
+        subject: &str,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(subject.to_owned(), ttl, 0)
+    }
+
+    fn sign(
+        &self,
+        sub: String,
+        ttl: Duration,
+        offset_secs: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = now_secs().saturating_add_signed(offset_secs);
         let claims = Claims {
-            sub: user_id.to_string(),
+            sub,
             iss: self.issuer.to_string(),
             aud: self.audience.to_string(),
             iat,
@@ -119,8 +142,25 @@ impl TokenKeys {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid,
         })?;
-        data.claims.sub.parse().map_err(|_| AuthError::Invalid)
+        buyer_id(&data.claims.sub).ok_or(AuthError::Subject)
     }
+}
+
+/// The buyer id a token's `sub` names: only a canonical positive decimal integer that fits i64
+/// (`^[1-9][0-9]*$`). Rust's `i64::from_str` alone would also take `+5`, `0`, `-1` and `05`:
+/// ids no buyer has, or other spellings of one, which would pass as distinct identities
+/// wherever the text is compared.
+pub fn buyer_id(sub: &str) -> Option<i64> {
+    let canonical = sub
+        .as_bytes()
+        .first()
+        .is_some_and(|b| (b'1'..=b'9').contains(b))
+        && sub.bytes().all(|b| b.is_ascii_digit());
+    if !canonical {
+        return None;
+    }
+    // All digits, no sign: the only failure left is a number past i64::MAX.
+    sub.parse().ok()
 }
 
 /// Why a secret must not guard a deployment: empty, shorter than [`MIN_SECRET_BYTES`], or one of
@@ -230,6 +270,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ours.verify(&hs512), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn only_a_canonical_positive_id_is_a_buyer() {
+        assert_eq!(buyer_id("5"), Some(5));
+        assert_eq!(buyer_id("10"), Some(10));
+        assert_eq!(buyer_id(&i64::MAX.to_string()), Some(i64::MAX));
+        let past_i64 = (i64::MAX as u64 + 1).to_string();
+        for sub in [
+            "+5", "0", "-1", "05", " 5", "5 ", "1e3", "", "00", "-0", "5.0", "0x5", "٥", &past_i64,
+        ] {
+            assert_eq!(buyer_id(sub), None, "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_for_a_subject_that_is_no_buyer_is_refused() {
+        let keys = keys("s3cret");
+        let ttl = Duration::from_secs(60);
+        for sub in ["+5", "0", "-1", "05", "9223372036854775808"] {
+            let token = keys.mint_subject(sub, ttl).unwrap();
+            assert_eq!(keys.verify(&token), Err(AuthError::Subject), "{sub:?}");
+        }
+        assert_eq!(keys.verify(&keys.mint_subject("5", ttl).unwrap()), Ok(5));
     }
 
     #[test]

@@ -31,7 +31,8 @@ impl Modify for Shared {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "A buyer's token: HS256 JWT whose `sub` is the buyer's user id",
+                        "A buyer's token: HS256 JWT whose `sub` is the buyer's user id, a positive \
+                         decimal integer without sign or leading zero",
                     ))
                     .build(),
             ),
