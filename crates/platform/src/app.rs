@@ -18,6 +18,7 @@ use async_nats::jetstream;
 use axum::Router;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -191,7 +192,7 @@ pub struct Application {
     router: Router,
     /// `/metrics` and `/admin/*`, apart from the public API (see `http.admin_port`).
     admin_listener: TcpListener,
-    admin_port: u16,
+    admin_address: SocketAddr,
     admin_router: Router,
     driver: Driver,
     background: Vec<Arc<dyn Worker>>,
@@ -217,7 +218,7 @@ impl Application {
             StartupError::Config("http.admin_port: http.port + 1000 passes 65535; set it".into())
         })?;
         let admin_listener = TcpListener::bind((settings.http.admin_host(), admin_port)).await?;
-        let admin_port = admin_listener.local_addr()?.port();
+        let admin_address = admin_listener.local_addr()?;
 
         let relay = infra.relay();
         let mut rules = RetentionRule::messaging(&settings.retention);
@@ -269,7 +270,7 @@ impl Application {
             port,
             router,
             admin_listener,
-            admin_port,
+            admin_address,
             admin_router,
             driver: Driver {
                 relay,
@@ -292,7 +293,13 @@ impl Application {
 
     /// The admin listener's port (`/metrics`, `/admin/*`).
     pub fn admin_port(&self) -> u16 {
-        self.admin_port
+        self.admin_address.port()
+    }
+
+    /// The admin listener's bound address: whether operators' routes are reachable beyond
+    /// loopback shows here.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
     }
 
     pub fn driver(&self) -> Driver {

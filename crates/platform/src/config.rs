@@ -266,9 +266,11 @@ pub struct HttpSettings {
     pub header_read_timeout_ms: u64,
     /// ... and each piece of its body within this (else `408` and the connection is closed).
     pub body_read_timeout_ms: u64,
-    /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to `host`,
-    /// `admin_port` to [`HttpSettings::ADMIN_PORT_OFFSET`] above `port` (0 stays 0: any free
-    /// port), so replicas on ports base + 10 × n get admin ports that never collide.
+    /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to loopback
+    /// ([`HttpSettings::DEFAULT_ADMIN_HOST`]), never to `host`: a service opened to buyers
+    /// (`host = "0.0.0.0"`) must not open its operators' routes with it unless told so;
+    /// `admin_port` defaults to [`HttpSettings::ADMIN_PORT_OFFSET`] above `port` (0 stays 0: any
+    /// free port), so replicas on ports base + 10 × n get admin ports that never collide.
     #[serde(default)]
     pub admin_host: Option<String>,
     #[serde(default)]
@@ -277,9 +279,13 @@ pub struct HttpSettings {
 
 impl HttpSettings {
     pub const ADMIN_PORT_OFFSET: u16 = 1000;
+    /// Where the admin listener binds unless `http.admin_host` is set.
+    pub const DEFAULT_ADMIN_HOST: &'static str = "127.0.0.1";
 
     pub fn admin_host(&self) -> &str {
-        self.admin_host.as_deref().unwrap_or(&self.host)
+        self.admin_host
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_ADMIN_HOST)
     }
 
     /// The admin listener's port; `None` when it is derived and would pass 65535.
@@ -503,7 +509,15 @@ mod tests {
     fn the_admin_listener_is_a_thousand_ports_up_unless_set() {
         let mut http = load::<Sample>(18090, "").expect("defaults load").http;
         assert_eq!(http.admin_port(), Some(19090));
-        assert_eq!(http.admin_host(), http.host);
+        assert_eq!(http.admin_host(), "127.0.0.1");
+        http.host = "0.0.0.0".into();
+        assert_eq!(
+            http.admin_host(),
+            "127.0.0.1",
+            "buyers on every address, operators still on loopback"
+        );
+        http.admin_host = Some("10.0.0.5".into());
+        assert_eq!(http.admin_host(), "10.0.0.5", "as set");
         http.port = 0;
         assert_eq!(
             http.admin_port(),

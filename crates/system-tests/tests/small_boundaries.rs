@@ -7,6 +7,50 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use system_tests::{Options, TestSystem, JWT_SECRET};
 
+/// A service told to serve buyers on every address (`http.host = "0.0.0.0"`) and nothing about
+/// its admin listener keeps `/metrics` and the admin desk on loopback: operators' routes reach
+/// beyond the machine only when `http.admin_host` says so.
+#[tokio::test]
+async fn the_admin_listener_stays_on_loopback_unless_its_host_is_set() {
+    let system = TestSystem::start(Options::default()).await;
+    let mut settings = system.inventory_settings.clone();
+    settings.common.http.host = "0.0.0.0".into();
+    settings.common.http.admin_host = None;
+    // Test secrets are short: the development switch lets a public listener start with them.
+    settings.common.development = true;
+    let app = inventory_service::startup::build(&settings)
+        .await
+        .expect("a second inventory instance starts");
+    let admin = app.admin_address();
+    assert!(
+        admin.ip().is_loopback(),
+        "admin listener on {admin}, beyond loopback"
+    );
+    let (port, admin_port) = (app.port(), app.admin_port());
+    tokio::spawn(app.run_until_stopped());
+    let metrics = system
+        .http
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics over loopback");
+    assert_eq!(metrics.status(), 200);
+    let ready = system
+        .http
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .expect("the public listener serves");
+    assert_eq!(ready.status(), 200);
+
+    // Set explicitly, the admin host is used as given.
+    settings.common.http.admin_host = Some("0.0.0.0".into());
+    let app = inventory_service::startup::build(&settings)
+        .await
+        .expect("a third inventory instance starts");
+    assert!(app.admin_address().ip().is_unspecified());
+}
+
 /// A token's `sub` is a buyer id only when it is a canonical positive decimal integer that fits
 /// i64; anything else (a sign, zero, a leading zero, spaces, an exponent, too many digits) is a
 /// `401` problem and nothing is written.

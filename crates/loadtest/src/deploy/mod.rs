@@ -383,6 +383,8 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
             }
             let address = host.map_or_else(|| "127.0.0.1".to_string(), |h| h.addr.to_string());
             if host.is_some() {
+                // The admin listener defaults to loopback, which the CLI cannot reach in a host's
+                // namespace: it is bound to the host's address explicitly.
                 env.push(("APP_HTTP__HOST".to_string(), address.clone()));
                 env.push(("APP_HTTP__ADMIN_HOST".to_string(), address.clone()));
             }
@@ -643,6 +645,47 @@ mod tests {
             env(&specs[1], "APP_NATS__PASSWORD").as_deref(),
             Some(deployment.credentials.nats_password("inventory-service"))
         );
+    }
+
+    /// On a host of its own, an instance's admin listener (which defaults to loopback) is bound
+    /// to the host's address, where the CLI reaches it (`ServiceSpec::admin_url`).
+    #[test]
+    fn on_hosts_of_their_own_both_listeners_are_on_the_hosts_address() {
+        let network = infra::netns::HostNetwork::plan(
+            "t",
+            1,
+            &["order-service", "inventory-service", "payment-service"],
+        )
+        .expect("a network plan");
+        let deployment = Deployment {
+            databases: DatabaseUrls::on("postgres://postgres@10.213.1.20:5432/postgres"),
+            nats_url: "nats://10.213.1.21:4222".into(),
+            nats_users: false,
+            prefix: "run42".into(),
+            credentials: Credentials::random(),
+            decline_rate: 0.0,
+            placement: Some(network.clone()),
+            stream_replicas: 1,
+        };
+        let specs = instance_specs(&deployment, &Replication::default());
+        assert_eq!(specs.len(), 3);
+        for spec in &specs {
+            let env = |key: &str| {
+                spec.env
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            };
+            let address = network.host(&spec.name).expect("its host").addr.to_string();
+            assert_eq!(env("APP_HTTP__HOST").as_deref(), Some(address.as_str()));
+            assert_eq!(
+                env("APP_HTTP__ADMIN_HOST").as_deref(),
+                Some(address.as_str()),
+                "{}",
+                spec.name
+            );
+            assert!(spec.admin_url().starts_with(&format!("http://{address}:")));
+        }
     }
 
     #[test]
