@@ -41,7 +41,9 @@ pub async fn enqueue(
     Ok(ids[0])
 }
 
-/// Writes several events into the outbox with one statement, in order.
+/// Writes several events into the outbox with one statement, in order. Each row carries the
+/// order its event concerns (`aggregate_id`), so the order service can tell which orders still
+/// have an event waiting here (its re-drive skips them).
 pub async fn enqueue_all(
     tx: &mut Transaction<'_, Postgres>,
     topology: &Topology,
@@ -50,10 +52,12 @@ pub async fn enqueue_all(
     let mut ids = Vec::with_capacity(events.len());
     let mut subjects = Vec::with_capacity(events.len());
     let mut envelopes = Vec::with_capacity(events.len());
+    let mut aggregates = Vec::with_capacity(events.len());
     for (event, trace) in events {
         let envelope = event.into_envelope(trace.clone())?;
         ids.push(envelope.id);
         subjects.push(topology.subject_of(event));
+        aggregates.push(envelope.aggregate_id);
         envelopes.push(envelope.encode()?);
     }
     if ids.is_empty() {
@@ -61,14 +65,16 @@ pub async fn enqueue_all(
     }
     // WITH ORDINALITY keeps the events' order in `seq`, so the relay publishes them in order.
     sqlx::query(
-        "INSERT INTO outbox (event_id, subject, envelope)
-         SELECT e.id, e.subject, e.envelope
-         FROM unnest($1::uuid[], $2::text[], $3::bytea[]) WITH ORDINALITY AS e(id, subject, envelope, n)
+        "INSERT INTO outbox (event_id, subject, envelope, aggregate_id)
+         SELECT e.id, e.subject, e.envelope, e.aggregate_id
+         FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[])
+              WITH ORDINALITY AS e(id, subject, envelope, aggregate_id, n)
          ORDER BY e.n",
     )
     .bind(&ids)
     .bind(&subjects)
     .bind(&envelopes)
+    .bind(&aggregates)
     .execute(&mut **tx)
     .await?;
     Ok(ids)

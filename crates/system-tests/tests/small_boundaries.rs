@@ -7,6 +7,74 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use system_tests::{Options, TestSystem, JWT_SECRET};
 
+async fn outbox_rows(system: &TestSystem) -> i64 {
+    TestSystem::count(&system.order.pool, "SELECT count(*) FROM outbox").await
+}
+
+async fn redrive_count(system: &TestSystem, order_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT redrive_count::bigint FROM orders WHERE id = $1::uuid")
+        .bind(order_id)
+        .fetch_one(&system.order.pool)
+        .await
+        .expect("redrive count")
+}
+
+/// The broker is away (here: the order service's relay is simply not driven), so an order's
+/// `OrderCreated` waits in the outbox while the order stalls past `redrive.after_secs`. Asking
+/// again adds nothing the waiting event will not deliver: however many re-drive rounds pass,
+/// the outbox holds one row for the order, not one per round (a long outage would end in a storm
+/// of copies). Once the event is published and the order still waits, a round asks again —
+/// once.
+#[tokio::test]
+async fn an_order_whose_event_waits_in_the_outbox_is_not_redriven() {
+    let system = TestSystem::start(Options {
+        // Due at once, and again at every round: the pause never grows.
+        extra: "[redrive]\nafter_secs = 0\nmax_pause_secs = 0\n",
+        ..Options::default()
+    })
+    .await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let id = system.accepted_order(7, 1, 2).await;
+    let [redrive] = &system.order.driver.steps[..] else {
+        panic!("the order service drives one step of its own: the re-drive");
+    };
+    assert_eq!(outbox_rows(&system).await, 1, "the order's OrderCreated");
+
+    for round in 1..=3 {
+        redrive.step().await.expect("re-drive round");
+        assert_eq!(
+            outbox_rows(&system).await,
+            1,
+            "round {round}: the event still waiting is the only one for the order"
+        );
+    }
+    assert_eq!(redrive_count(&system, &id).await, 0, "never asked again");
+
+    // Published; nobody answered yet (inventory not driven): the next round asks again, once.
+    system
+        .order
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .expect("publish");
+    assert_eq!(outbox_rows(&system).await, 0);
+    for _ in 0..2 {
+        redrive.step().await.expect("re-drive round");
+    }
+    assert_eq!(outbox_rows(&system).await, 1, "one copy asked again");
+    assert_eq!(redrive_count(&system, &id).await, 1);
+
+    system.settle().await;
+    assert_eq!(system.order(7, &id).await["status"], "COMPLETED");
+    assert_eq!(system.stock(1).await, 8, "reserved once");
+    assert_eq!(
+        TestSystem::count(&system.payment.pool, "SELECT count(*) FROM charges").await,
+        1
+    );
+}
+
 /// A service told to serve buyers on every address (`http.host = "0.0.0.0"`) and nothing about
 /// its admin listener keeps `/metrics` and the admin desk on loopback: operators' routes reach
 /// beyond the machine only when `http.admin_host` says so.
