@@ -247,12 +247,14 @@ impl Application {
                 .iter()
                 .map(|w| (w.status().clone(), true)),
         );
-        let readiness = Readiness {
-            pool: infra.pools.http.clone(),
-            nats: infra.nats.clone(),
-            workers: statuses,
-            stall_after: settings.workers.stall_after(),
-        };
+        // `/ready` proves a write through the workers' pool: that is where orders, events and
+        // their answers are written.
+        let readiness = Readiness::new(
+            infra.pools.workers.clone(),
+            infra.nats.clone(),
+            statuses,
+            settings.workers.stall_after(),
+        );
         let desk = DeadLetterDesk::new(
             infra.pools.workers.clone(),
             background.consumers.clone(),
