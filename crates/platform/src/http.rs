@@ -182,11 +182,14 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     .with_detail(detail)
 }
 
-/// Whether reading the body failed because the client stalled (`crate::server`'s body timeout).
+/// Whether reading the body failed because the client stalled (`crate::server`'s body timeout)
+/// or took longer than the whole request may.
 fn is_body_timeout(rejection: &JsonRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(error) = cause {
-        if error.is::<tower_http::timeout::TimeoutError>() {
+        if error.is::<tower_http::timeout::TimeoutError>()
+            || error.is::<crate::server::RequestDeadlineExceeded>()
+        {
             return true;
         }
         cause = error.source();

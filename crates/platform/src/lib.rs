@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod events;
 #[cfg(feature = "fault-injection")]
 pub mod fault_hooks;
+pub mod fd_limit;
 pub mod http;
 pub mod openapi;
 pub mod outbox;
