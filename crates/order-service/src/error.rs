@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use platform::http::{on_constraint, Problem};
+use platform::http::{database_problem, on_constraint, Problem};
 use platform::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,9 @@ impl IntoResponse for OrderError {
             }
             OrderError::Internal => Problem::internal(),
             OrderError::Database(error) => on_constraint(error, constraint_problem),
+            // The outbox row is written in the order's transaction: its database failing is
+            // the database failing (503 while unavailable), not the outbox.
+            OrderError::Outbox(OutboxError::Database(error)) => database_problem(error),
             OrderError::Outbox(error) => {
                 tracing::error!(%error, "outbox error");
                 Problem::internal()

@@ -155,13 +155,30 @@ fn shed() -> OrderError {
     OrderError::Overloaded
 }
 
+/// How long a writer whose last batch failed waits for a request before it checks the database
+/// by itself: without orders arriving it would otherwise never learn that the database is back,
+/// and `/ready` (which sends load balancers' traffic) would wait for traffic.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 impl Writer {
     async fn run(&self) -> Result<(), WorkerError> {
         let mut pacer = RoundPacer::new(self.round_interval);
         loop {
             let batch = {
                 let mut receiver = self.receiver.lock().await;
-                let Some(first) = receiver.recv().await else {
+                let first = if self.status.is_failing() {
+                    match tokio::time::timeout(IDLE_CHECK_AFTER, receiver.recv()).await {
+                        Ok(first) => first,
+                        Err(_) => {
+                            drop(receiver);
+                            self.check_database().await;
+                            continue;
+                        }
+                    }
+                } else {
+                    receiver.recv().await
+                };
+                let Some(first) = first else {
                     // Every sender is gone: the service is shutting down.
                     return Ok(());
                 };
@@ -177,14 +194,34 @@ impl Writer {
                 }
                 batch
             };
+            // A batch whose requests were all given up on is neither progress nor failure.
             if !batch.is_empty() {
-                self.write(batch).await;
+                match self.write(batch).await {
+                    Ok(()) => self.status.progress(),
+                    Err(error) => self.status.report_error(error),
+                }
             }
-            self.status.progress();
         }
     }
 
-    async fn write(&self, batch: Vec<Request>) {
+    /// While idle after a failed batch: whether the database takes a write again.
+    async fn check_database(&self) {
+        let _busy = self.status.busy();
+        let checked = match self.pool.acquire().await {
+            Ok(mut conn) => platform::db::prove_writable(&mut conn).await,
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok(()) => self.status.progress(),
+            Err(error) => self
+                .status
+                .report_error(format!("the database takes no write: {error}")),
+        }
+    }
+
+    /// Writes the batch and answers its requests. A batch that failed is a failed round (its
+    /// error returned); one whose orders were refused for fair use was written as it should be.
+    async fn write(&self, batch: Vec<Request>) -> Result<(), String> {
         let _busy = self.status.busy();
         metrics::histogram!("order_intake_batch_size").record(batch.len() as f64);
         match self.commit(&batch).await {
@@ -197,6 +234,7 @@ impl Writer {
                     }
                     let _ = request.reply.send(answer);
                 }
+                Ok(())
             }
             Err(error) => {
                 tracing::warn!(%error, orders = batch.len(), "order batch not written");
@@ -212,6 +250,7 @@ impl Writer {
                 if unavailable {
                     self.refuse_queued().await;
                 }
+                Err(format!("order batch not written: {error}"))
             }
         }
     }

@@ -200,7 +200,8 @@ pub struct Application {
     workers_enabled: bool,
     policy: RestartPolicy,
     pools: Pools,
-    read_timeouts: crate::server::ReadTimeouts,
+    limits: crate::server::ListenerLimits,
+    admin_limits: crate::server::ListenerLimits,
 }
 
 impl Application {
@@ -212,6 +213,7 @@ impl Application {
         let settings = &infra.settings;
         // Install the recorder before any request or message is counted.
         let _ = http::metrics_handle();
+        let (public_cap, admin_cap) = connection_caps(settings);
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port)).await?;
         let port = listener.local_addr()?.port();
         let admin_port = settings.http.admin_port().ok_or_else(|| {
@@ -248,12 +250,14 @@ impl Application {
                 .iter()
                 .map(|w| (w.status().clone(), true)),
         );
-        let readiness = Readiness {
-            pool: infra.pools.http.clone(),
-            nats: infra.nats.clone(),
-            workers: statuses,
-            stall_after: settings.workers.stall_after(),
-        };
+        // `/ready` proves a write through the workers' pool: that is where orders, events and
+        // their answers are written.
+        let readiness = Readiness::new(
+            infra.pools.workers.clone(),
+            infra.nats.clone(),
+            statuses,
+            settings.workers.stall_after(),
+        );
         let desk = DeadLetterDesk::new(
             infra.pools.workers.clone(),
             background.consumers.clone(),
@@ -283,7 +287,8 @@ impl Application {
             workers_enabled: enabled,
             policy: RestartPolicy::from_settings(&settings.workers),
             pools: infra.pools.clone(),
-            read_timeouts: settings.http.read_timeouts(),
+            limits: settings.http.listener_limits(public_cap),
+            admin_limits: settings.http.listener_limits(admin_cap),
         })
     }
 
@@ -323,8 +328,8 @@ impl Application {
             }
         }
         let (served, admin_served) = tokio::join!(
-            serve(self.listener, self.router, self.read_timeouts),
-            serve(self.admin_listener, self.admin_router, self.read_timeouts),
+            serve(self.listener, "public", self.router, self.limits),
+            serve(self.admin_listener, "admin", self.admin_router, self.admin_limits),
         );
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
@@ -337,8 +342,35 @@ impl Application {
 /// One listener until SIGTERM/Ctrl-C: the public and the admin listener are served alike.
 async fn serve(
     listener: TcpListener,
+    name: &'static str,
     router: Router,
-    timeouts: crate::server::ReadTimeouts,
+    limits: crate::server::ListenerLimits,
 ) -> Result<(), std::io::Error> {
-    crate::server::serve(listener, router, timeouts, http::shutdown_signal()).await
+    crate::server::serve(listener, name, router, limits, http::shutdown_signal()).await
+}
+
+/// The listeners' connection caps: the configured ones, lowered if the file descriptor limit
+/// (raised to the hard limit first) cannot hold them beside the database pools.
+fn connection_caps(settings: &CommonSettings) -> (usize, usize) {
+    let configured = (
+        settings.http.max_connections,
+        settings.http.admin_max_connections,
+    );
+    let Some(limit) = crate::fd_limit::raise_to_hard_limit() else {
+        return configured;
+    };
+    let pools =
+        u64::from(settings.database.http_connections) + u64::from(settings.database.worker_connections);
+    let fitted = crate::fd_limit::fit_connection_caps(limit, pools, configured.0, configured.1);
+    if fitted != configured {
+        tracing::warn!(
+            file_limit = limit,
+            configured_public = configured.0,
+            configured_admin = configured.1,
+            public = fitted.0,
+            admin = fitted.1,
+            "connection caps lowered to fit the file descriptor limit"
+        );
+    }
+    fitted
 }

@@ -74,6 +74,9 @@ host = "127.0.0.1"
 max_body_bytes = 16384
 header_read_timeout_ms = 10000
 body_read_timeout_ms = 10000
+request_read_timeout_ms = 30000
+max_connections = 8192
+admin_max_connections = 256
 
 [database]
 http_connections = 8
@@ -161,6 +164,13 @@ impl CommonSettings {
         }
         if self.consumer.max_deliveries < 1 {
             return Err("consumer.max_deliveries must be at least 1".into());
+        }
+        let http = &self.http;
+        if http.max_connections < 1
+            || http.admin_max_connections < 1
+            || http.request_read_timeout_ms < 1
+        {
+            return Err("http: max_connections, admin_max_connections and request_read_timeout_ms must be at least 1".into());
         }
         let workers = &self.workers;
         if workers.restart_backoff_ms < 1
@@ -264,8 +274,18 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// A client must send a request's head within this (else the connection is closed) ...
     pub header_read_timeout_ms: u64,
-    /// ... and each piece of its body within this (else `408` and the connection is closed).
+    /// ... and each piece of its body within this (else `408` and the connection is closed) ...
     pub body_read_timeout_ms: u64,
+    /// ... and the whole request, head and body, within this from its first byte, however
+    /// steadily it trickles (else `408` and the connection is closed).
+    pub request_read_timeout_ms: u64,
+    /// Connections the public listener holds at once; one more is answered `503` and closed at
+    /// once. Lowered at start if the file descriptor limit cannot fit it beside the pools
+    /// (`crate::fd_limit`).
+    pub max_connections: usize,
+    /// The same for the admin listener (`/metrics`, `/admin/*`), apart so that a flood of the
+    /// public API leaves operators a way in.
+    pub admin_max_connections: usize,
     /// The admin listener (`/metrics`, `/admin/*`): `admin_host` defaults to loopback
     /// ([`HttpSettings::DEFAULT_ADMIN_HOST`]), never to `host`: a service opened to buyers
     /// (`host = "0.0.0.0"`) must not open its operators' routes with it unless told so;
@@ -297,10 +317,14 @@ impl HttpSettings {
         }
     }
 
-    pub fn read_timeouts(&self) -> crate::server::ReadTimeouts {
-        crate::server::ReadTimeouts {
+    /// What the server enforces on each connection of a listener holding at most
+    /// `max_connections`.
+    pub fn listener_limits(&self, max_connections: usize) -> crate::server::ListenerLimits {
+        crate::server::ListenerLimits {
             header: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             body: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+            request: Duration::from_millis(self.request_read_timeout_ms.max(1)),
+            max_connections: max_connections.max(1),
         }
     }
 }
@@ -427,6 +451,25 @@ mod tests {
         settings.retention.inbox_secs = settings.nats.stream_max_age_secs;
         settings.workers.hang_after_secs = 0;
         assert!(settings.validate().unwrap_err().contains("hang_after_secs"));
+    }
+
+    #[test]
+    fn connection_caps_and_the_request_deadline_have_defaults_and_must_be_positive() {
+        let mut settings = load::<Common>(1, "").unwrap().common;
+        assert!(settings.http.max_connections >= 1000);
+        assert!(settings.http.admin_max_connections >= 1);
+        assert!(
+            settings.http.request_read_timeout_ms >= settings.http.header_read_timeout_ms,
+            "a whole request may take at least as long as its head"
+        );
+        settings.http.max_connections = 0;
+        assert!(settings.validate().unwrap_err().contains("max_connections"));
+        settings.http.max_connections = 1;
+        settings.http.request_read_timeout_ms = 0;
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .contains("request_read_timeout_ms"));
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Connection pools and migrations.
+//! Connection pools and migrations, and the proof that a connection can write.
 
 use crate::config::DatabaseSettings;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -59,6 +59,18 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Pools, sqlx::Error> 
     // Fail at start, not at the first request, when the database is unreachable.
     sqlx::query("SELECT 1").execute(&pools.workers).await?;
     Ok(pools)
+}
+
+/// Writes a row and rolls it back: proof that this connection's database takes writes now, not
+/// only reads (a read-only database — `default_transaction_read_only`, a standby — fails with
+/// 25006; a role without the right to write, or a database out of resources, fails too). Costs a
+/// transaction id and a dead tuple that vacuum removes; nothing stays.
+pub async fn prove_writable(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("INSERT INTO readiness_probe (checked_at) VALUES (now())")
+        .execute(&mut *tx)
+        .await?;
+    tx.rollback().await
 }
 
 /// Applies the shared messaging migrations, then the service's own (`sqlx::migrate!()` in the

@@ -3,9 +3,8 @@
 //! listener (with health/ready) and the admin listener (metrics, `/admin/*`).
 
 use crate::envelope::TraceContext;
-use crate::supervisor::{Unhealthy, WorkerStatus};
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::Instrument;
 
 /// An RFC 9457 problem detail, sent as `application/problem+json`.
@@ -183,11 +182,14 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     .with_detail(detail)
 }
 
-/// Whether reading the body failed because the client stalled (`crate::server`'s body timeout).
+/// Whether reading the body failed because the client stalled (`crate::server`'s body timeout)
+/// or took longer than the whole request may.
 fn is_body_timeout(rejection: &JsonRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(error) = cause {
-        if error.is::<tower_http::timeout::TimeoutError>() {
+        if error.is::<tower_http::timeout::TimeoutError>()
+            || error.is::<crate::server::RequestDeadlineExceeded>()
+        {
             return true;
         }
         cause = error.source();
@@ -431,73 +433,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// What `/ready` checks: the database answers, the broker connection is up, and every
-/// background worker is running and keeping up (see [`WorkerStatus::unhealthy`]).
-#[derive(Clone)]
-pub struct Readiness {
-    pub pool: PgPool,
-    pub nats: async_nats::Client,
-    /// Each worker, and whether the supervisor runs it (false when tests drive it by hand: then
-    /// only what it reports itself counts, not "not running").
-    pub workers: Vec<(WorkerStatus, bool)>,
-    pub stall_after: Duration,
-}
-
-/// The `503` of `/ready`: RFC 9457 with the workers that are not healthy and why.
-#[derive(Debug, Serialize)]
-struct NotReady {
-    #[serde(flatten)]
-    problem: Problem,
-    workers: Vec<Unhealthy>,
-}
-
-impl IntoResponse for NotReady {
-    fn into_response(self) -> Response {
-        let mut response = (self.problem.status(), Json(self)).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(5u32));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
-    }
-}
-
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn ready(State(readiness): State<Readiness>) -> Response {
-    let unhealthy: Vec<Unhealthy> = readiness
-        .workers
-        .iter()
-        .filter_map(|(w, supervised)| w.unhealthy(readiness.stall_after, *supervised))
-        .collect();
-    if !unhealthy.is_empty() {
-        let names: Vec<String> = unhealthy
-            .iter()
-            .map(|u| format!("{}: {}", u.worker, u.reason))
-            .collect();
-        return NotReady {
-            problem: Problem::unavailable(&names.join("; ")),
-            workers: unhealthy,
-        }
-        .into_response();
-    }
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&readiness.pool),
-    )
-    .await;
-    if !matches!(db, Ok(Ok(_))) {
-        return Problem::unavailable("database unreachable").into_response();
-    }
-    if readiness.nats.connection_state() != async_nats::connection::State::Connected {
-        return Problem::unavailable("broker unreachable").into_response();
-    }
-    Json(serde_json::json!({ "status": "ready" })).into_response()
 }
 
 async fn render_metrics() -> impl IntoResponse {
@@ -535,7 +472,7 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
 pub fn service_router(routes: Router, readiness: Readiness, max_body_bytes: usize) -> Router {
     let ops = Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready))
+        .route("/ready", get(crate::readiness::ready))
         .with_state(readiness);
     with_plumbing(routes.merge(ops), max_body_bytes)
 }
@@ -649,26 +586,10 @@ impl FromRef<AdminState> for AdminToken {
     }
 }
 
-/// Whether a database error means the database cannot be reached right now (a retry may pass).
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
-        _ => false,
-    }
-}
-
-/// Whether the same statement may pass if tried again: the database is unreachable, or the
-/// transaction lost a deadlock or serialization conflict, or hit a lock or statement timeout.
-pub fn is_retryable(error: &sqlx::Error) -> bool {
-    is_unavailable(error)
-        || error
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|c| matches!(&*c, "40001" | "40P01" | "55P03" | "57014"))
-}
+// One classification of database errors for every path (`crate::db_errors`); kept here too
+// because handlers have always found them next to `database_problem`.
+pub use crate::db_errors::{is_retryable, is_unavailable};
+pub use crate::readiness::Readiness;
 
 /// The answer for a database error: the client's problem when it violated a constraint that
 /// `by_name` knows (constraint violations are the client's doing: named, not a 500), else

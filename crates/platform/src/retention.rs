@@ -8,6 +8,9 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::time::Duration;
 
+/// The first pause before a failed round is tried again.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// Rows of `table` whose `column` is older than `max_age` (and that match `condition`, an SQL
 /// predicate over the table's own columns) are deleted.
 #[derive(Debug, Clone)]
@@ -106,18 +109,27 @@ impl Retention {
         Ok(pruned)
     }
 
+    /// Prunes at once, then every interval. A failed round is tried again sooner (1 s, doubling
+    /// up to the interval): its failure counts against `/ready` only while it lasts, so a blip
+    /// must be seen to have passed before the next full interval.
     async fn run(&self) -> Result<(), WorkerError> {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = FIRST_RETRY;
         loop {
-            tick.tick().await;
-            match self.prune().await {
-                Ok(_) => self.status.progress(),
+            let pause = match self.prune().await {
+                Ok(_) => {
+                    self.status.progress();
+                    retry = FIRST_RETRY;
+                    self.interval
+                }
                 Err(error) => {
                     tracing::warn!(%error, "retention pruning failed; will retry");
                     self.status.report_error(error.to_string());
+                    let pause = retry.min(self.interval);
+                    retry = (retry * 2).min(self.interval);
+                    pause
                 }
-            }
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 }

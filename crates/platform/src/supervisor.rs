@@ -4,8 +4,9 @@
 //! catches its errors and panics, restarts it with a growing backoff, and aborts and restarts a
 //! worker that has been busy with one unit of work for longer than the hang limit (a query or a
 //! broker request that never returns). Every worker reports its health through a
-//! [`WorkerStatus`], which `/ready` and the metrics read: a worker that is not running, or that has
-//! work waiting and has made no progress for a while, makes the service not ready.
+//! [`WorkerStatus`], which `/ready` and the metrics read: a worker that is not running, whose
+//! rounds have all failed for a while, or that has work waiting and has made no progress for a
+//! while, makes the service not ready.
 
 use crate::config::WorkerSettings;
 use futures::future::BoxFuture;
@@ -47,6 +48,10 @@ struct State {
     down: Option<String>,
     last_error: Option<String>,
     last_progress: Instant,
+    /// Since when every round has failed (set by the first failure after progress, cleared by
+    /// progress): a worker with nothing waiting that cannot do its rounds — the re-drive or
+    /// retention against a read-only database — is as broken as one with a backlog.
+    failing_since: Option<Instant>,
     busy_since: Option<Instant>,
     backlog: u64,
     restarts: u64,
@@ -73,6 +78,7 @@ impl WorkerStatus {
                 down: None,
                 last_error: None,
                 last_progress: Instant::now(),
+                failing_since: None,
                 busy_since: None,
                 backlog: 0,
                 restarts: 0,
@@ -90,11 +96,13 @@ impl WorkerStatus {
     }
 
     /// The worker did useful work (processed a batch, published rows, found nothing to do while
-    /// nothing was waiting).
+    /// nothing was waiting). A round that failed is not progress: report it with
+    /// [`WorkerStatus::report_error`].
     pub fn progress(&self) {
         let mut state = self.state();
         state.last_progress = Instant::now();
         state.last_error = None;
+        state.failing_since = None;
         drop(state);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -133,9 +141,17 @@ impl WorkerStatus {
         self.state().down = None;
     }
 
-    /// A failure the worker retries by itself; shown with a stall if it persists.
+    /// A round failed; the worker retries by itself. Rounds failing, with no progress between
+    /// them, for longer than the stall limit make the worker unhealthy.
     pub fn report_error(&self, error: impl Into<String>) {
-        self.state().last_error = Some(error.into());
+        let mut state = self.state();
+        state.last_error = Some(error.into());
+        state.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the last round failed (no progress since).
+    pub fn is_failing(&self) -> bool {
+        self.state().failing_since.is_some()
     }
 
     pub fn backlog(&self) -> u64 {
@@ -161,6 +177,9 @@ impl WorkerStatus {
         state.running = false;
         state.busy_since = None;
         state.last_error = Some(reason);
+        // A life that ended in an error is a failed round: a worker that keeps failing at start
+        // is failing, not healthy between its restarts.
+        state.failing_since.get_or_insert_with(Instant::now);
         state.restarts += 1;
         drop(state);
         self.0.up_gauge.set(0.0);
@@ -182,6 +201,18 @@ impl WorkerStatus {
             )
         } else if let Some(down) = &state.down {
             down.clone()
+        } else if let Some(failing) = state
+            .failing_since
+            .map(|since| since.elapsed())
+            .filter(|failing| *failing > stall_after)
+        {
+            // Before the busy check: a failing worker is busy during each retry, and must not
+            // look healthy then.
+            format!(
+                "failing for {:.0} s: {}",
+                failing.as_secs_f64(),
+                state.last_error.as_deref().unwrap_or("no error recorded")
+            )
         } else if let Some(busy) = state.busy_since.map(|s| s.elapsed()) {
             if busy <= stall_after {
                 return None;
@@ -432,6 +463,53 @@ mod tests {
         drop(busy);
         status.set_backlog(0);
         assert_eq!(status.unhealthy(Duration::from_secs(10), true), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_that_keep_failing_are_unhealthy_even_with_nothing_waiting() {
+        let status = WorkerStatus::new("redrive");
+        let stall = Duration::from_secs(10);
+        status.started();
+        status.report_error("cannot execute UPDATE in a read-only transaction");
+        assert!(status.is_failing());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        status.report_error("still read-only");
+        assert_eq!(status.unhealthy(stall, true), None, "not for long yet");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let why = status.unhealthy(stall, true).expect("failing for 11 s");
+        assert_eq!(why.worker, "redrive");
+        assert!(why.reason.starts_with("failing for 11 s"), "{}", why.reason);
+        assert!(why.reason.contains("still read-only"), "{}", why.reason);
+        // Busy with the next try changes nothing.
+        let busy = status.busy();
+        assert!(status.unhealthy(stall, true).is_some());
+        drop(busy);
+        // Driven by hand (not supervised), failing rounds count the same.
+        assert!(status.unhealthy(stall, false).is_some());
+        status.progress();
+        assert!(!status.is_failing());
+        assert_eq!(status.unhealthy(stall, true), None);
+        // A failure after progress starts the clock again.
+        status.report_error("once");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(status.unhealthy(stall, true), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_keeps_dying_at_start_is_failing_while_it_runs() {
+        let status = WorkerStatus::new("w");
+        let stall = Duration::from_secs(10);
+        // Lives of 3 s each, dying at 3, 6, 9, 12 and 15 s: failing since the first death.
+        for _ in 0..5 {
+            status.started();
+            tokio::time::advance(Duration::from_secs(3)).await;
+            status.stopped("cannot reach the broker".into());
+        }
+        status.started();
+        let why = status.unhealthy(stall, true).expect("failing for 12 s");
+        assert!(why.reason.starts_with("failing for 12 s"), "{}", why.reason);
+        status.progress();
+        assert_eq!(status.unhealthy(stall, true), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - a handler panics: the panic is caught per batch, the batch is retried in halves until the
 //!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
 //!   panic message;
-//! - the database is away, a deadlock, a lock or statement timeout: the events are redelivered
+//! - the database is away or unavailable (read-only, out of disk, memory or connections: see
+//!   `crate::db_errors`), a deadlock, a lock or statement timeout: the events are redelivered
 //!   later, without limit and never dead-lettered;
 //! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
 
@@ -131,7 +132,7 @@ impl HandlerError {
 /// connection that cannot be had will do better later; everything else is retried, so that only
 /// a failure known to be permanent ever becomes a dead letter.
 fn database_failure(error: &sqlx::Error) -> Failure {
-    if crate::http::is_unavailable(error) {
+    if crate::db_errors::is_unavailable(error) {
         return Failure::Unavailable;
     }
     match error.as_database_error().and_then(|d| d.code()) {
