@@ -251,6 +251,16 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         0,
         "nothing reached the stream"
     );
+    // …nor invent a subject under its own token: it may publish only the subjects the event
+    // contract gives its types…
+    let invented = topology.subject("inventory.stock_forged");
+    client
+        .publish(invented.clone(), "{}".into())
+        .await
+        .expect("sent");
+    client.flush().await.expect("flushed");
+    let violation = next_violation(&mut errors).await;
+    assert!(violation.contains(&invented), "{violation}");
     // …nor delete or purge the payment stream, nor read other users' replies.
     for api in [
         format!("$JS.API.STREAM.DELETE.{payment_stream}"),
@@ -311,23 +321,20 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     let inventory_js = platform::broker::jetstream(inventory_client);
     let subscription = inventory_service::events::subscriptions()
         .into_iter()
-        .find(|s| s.stream == Source::Payment)
+        .find(|s| s.stream() == Source::Payment)
         .expect("inventory consumes payments");
     let stream = inventory_js
         .get_stream_no_info(&payment_stream)
         .await
         .expect("stream handle");
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(subscription.durable_name().to_owned()),
+        filter_subjects: topology.filter_subjects(&subscription),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
     let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some(subscription.durable_name.clone()),
-            filter_subjects: subscription
-                .subject_suffixes
-                .iter()
-                .map(|s| topology.subject(s))
-                .collect(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
+        .create_consumer(config)
         .await
         .expect("its own durable consumer");
     use futures::StreamExt as _;

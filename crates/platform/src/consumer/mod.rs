@@ -16,7 +16,7 @@
 use crate::broker::Topology;
 use crate::config::ConsumerSettings;
 use crate::envelope::{Envelope, EnvelopeError};
-use crate::events::{Event, Source};
+use crate::events::Event;
 use crate::outbox::{OutboxError, OutboxSignal};
 use crate::pacing::RoundPacer;
 use crate::supervisor::{Worker, WorkerError, WorkerStatus};
@@ -33,6 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+
+pub use crate::contract::Subscription;
 
 /// An event this consumer has not processed before, with the envelope it came in.
 #[derive(Debug, Clone)]
@@ -152,14 +154,6 @@ fn jetstream_error(error: impl std::fmt::Display) -> ConsumerError {
     ConsumerError::JetStream(error.to_string())
 }
 
-/// Which events a consumer receives: a durable name and the subjects it filters on one stream.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    pub durable_name: String,
-    pub stream: Source,
-    pub subject_suffixes: Vec<&'static str>,
-}
-
 pub struct EventConsumer<H> {
     subscription: Subscription,
     jetstream: jetstream::Context,
@@ -190,8 +184,8 @@ impl<H: EventHandler> EventConsumer<H> {
         parts: ConsumerParts<H>,
     ) -> Result<Self, ConsumerError> {
         let consumer = EventConsumer {
-            status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name)),
-            subscription: subscription.clone(),
+            status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name())),
+            subscription: *subscription,
             jetstream: parts.jetstream,
             topology: parts.topology,
             pool: parts.pool,
@@ -209,18 +203,13 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     pub fn name(&self) -> &str {
-        &self.subscription.durable_name
+        self.subscription.durable_name()
     }
 
     fn config(&self) -> pull::Config {
         pull::Config {
-            durable_name: Some(self.subscription.durable_name.clone()),
-            filter_subjects: self
-                .subscription
-                .subject_suffixes
-                .iter()
-                .map(|s| self.topology.subject(s))
-                .collect(),
+            durable_name: Some(self.subscription.durable_name().to_owned()),
+            filter_subjects: self.topology.filter_subjects(&self.subscription),
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
             max_ack_pending: self.settings.max_ack_pending,
@@ -236,7 +225,7 @@ impl<H: EventHandler> EventConsumer<H> {
     async fn attach(&self) -> Result<PullConsumer, ConsumerError> {
         let stream = self
             .jetstream
-            .get_stream_no_info(self.topology.stream_name(self.subscription.stream))
+            .get_stream_no_info(self.topology.stream_name(self.subscription.stream()))
             .await
             .map_err(jetstream_error)?;
         let mut desired = self.config();
