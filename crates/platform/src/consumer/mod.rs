@@ -6,6 +6,9 @@
 //! - its durable consumer or stream is deleted (or lost with the broker's store): the message
 //!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
 //!   down and creates both again with their configured settings;
+//! - an event that did not come the way the contract says it travels (a forged type on a
+//!   subject its publisher may use, another stream, another order): parked as misrouted,
+//!   never applied (`receipt.rs`);
 //! - a handler panics: the panic is caught per batch, the batch is retried in halves until the
 //!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
 //!   panic message;
@@ -33,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod receipt;
 
 pub use crate::contract::Subscription;
 
@@ -97,6 +101,16 @@ impl From<crate::db::QueryError> for HandlerError {
             crate::db::QueryError::Invariant(what) => HandlerError::Invariant(what),
         }
     }
+}
+
+/// Why an operator's replay of a dead letter applied nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The event did not come the way the contract says its type travels: never applied.
+    #[error("{0}")]
+    Misrouted(String),
+    #[error(transparent)]
+    Failed(#[from] HandlerError),
 }
 
 /// What a failed event gets.
@@ -165,6 +179,7 @@ pub struct EventConsumer<H> {
     status: WorkerStatus,
     /// The durable consumer as last found or created; `None` after it was found missing.
     attached: tokio::sync::Mutex<Option<PullConsumer>>,
+    receipt: receipt::ReceiptCheck,
 }
 
 /// Everything a consumer is built from.
@@ -185,6 +200,7 @@ impl<H: EventHandler> EventConsumer<H> {
     ) -> Result<Self, ConsumerError> {
         let consumer = EventConsumer {
             status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name())),
+            receipt: receipt::ReceiptCheck::new(subscription, &parts.topology),
             subscription: *subscription,
             jetstream: parts.jetstream,
             topology: parts.topology,
@@ -511,11 +527,13 @@ pub fn retry_delay(deliveries: i64) -> Duration {
 pub trait BackgroundConsumer: Worker {
     fn name(&self) -> &str;
     fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>>;
+    /// Applies a dead letter recorded on `subject` again, in the caller's transaction.
     fn replay<'a>(
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
+        subject: &'a str,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    ) -> BoxFuture<'a, Result<(), ReplayError>>;
 }
 
 impl<H: EventHandler> Worker for EventConsumer<H> {
@@ -540,9 +558,10 @@ impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
     fn replay<'a>(
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
+        subject: &'a str,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.replay_in(tx, payload))
+    ) -> BoxFuture<'a, Result<(), ReplayError>> {
+        Box::pin(self.replay_in(tx, subject, payload))
     }
 }
 
