@@ -261,6 +261,19 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     client.flush().await.expect("flushed");
     let violation = next_violation(&mut errors).await;
     assert!(violation.contains(&invented), "{violation}");
+    // …nor delete another service's durable consumer…
+    let foreign_consumer = format!(
+        "$JS.API.CONSUMER.DELETE.{}.{}",
+        topology.stream_name(Source::Inventory),
+        payment_service::events::SUBSCRIPTIONS[0].durable_name()
+    );
+    client
+        .publish(foreign_consumer.clone(), "".into())
+        .await
+        .expect("sent");
+    client.flush().await.expect("flushed");
+    let violation = next_violation(&mut errors).await;
+    assert!(violation.contains(&foreign_consumer), "{violation}");
     // …nor delete or purge the payment stream, nor read other users' replies.
     for api in [
         format!("$JS.API.STREAM.DELETE.{payment_stream}"),
@@ -333,10 +346,20 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ..Default::default()
     };
+    stream
+        .create_consumer(config.clone())
+        .await
+        .expect("its own durable consumer");
+    // It may delete its own durable consumer (to create it again at a safe position after its
+    // filter was changed), and create it again.
+    stream
+        .delete_consumer(subscription.durable_name())
+        .await
+        .expect("its own durable consumer deleted");
     let consumer = stream
         .create_consumer(config)
         .await
-        .expect("its own durable consumer");
+        .expect("and created again");
     use futures::StreamExt as _;
     let mut batch = consumer
         .fetch()

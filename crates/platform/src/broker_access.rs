@@ -43,6 +43,10 @@ impl BrokerPermissions {
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"),
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+                // Its own durable only: one whose filter was changed is created again from a
+                // position known to be safe (`consumer/durable.rs`). Deleting it gives the
+                // service no power over its deliveries that its CREATE right does not.
+                format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}"),
                 format!("$JS.ACK.{stream}.{durable}.>"),
             ]);
         }

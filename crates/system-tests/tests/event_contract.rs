@@ -1,7 +1,8 @@
-//! The event contract enforced on receipt (issue 21, item 1 and the third point of 7): an
+//! The event contract enforced on receipt (issue 21, items 1, 6 and the third point of 7): an
 //! event is applied only if it came on the subject its type is published on, in its publisher's
 //! stream, about the order its envelope names; anything else is parked as `misrouted` and never
-//! applied (nor replayed). A redelivered message does not park the same event twice.
+//! applied (nor replayed). A durable consumer altered under a service is put back and misses
+//! nothing; a redelivered message does not park the same event twice.
 
 use async_nats::jetstream::message::PublishMessage;
 use platform::app::Infrastructure;
@@ -332,6 +333,171 @@ async fn a_replay_checks_the_event_against_the_subject_it_came_on() {
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["type"], "/problems/misrouted", "{problem}");
     assert_eq!(system.order(7, &order).await["status"], "PENDING");
+}
+
+/// `consumer_drift_total{consumer}` on the inventory service.
+async fn drift_total(system: &TestSystem, durable: &str) -> u64 {
+    counter(system, &system.inventory, "consumer_drift_total", durable).await
+}
+
+/// What an operator (or anyone holding the service's CREATE right) can change in a durable
+/// consumer through the JetStream API.
+enum Alteration {
+    /// A filter that matches nothing, and another ack wait.
+    Filter,
+    /// A delivery limit (a nak'ed event would never come back), payloads left out, another ack
+    /// wait: the filter stays.
+    Limits,
+}
+
+async fn alter_consumer(system: &TestSystem, source: Source, durable: &str, how: Alteration) {
+    let js = system.jetstream().await;
+    let stream = js.get_stream(system.stream_name(source)).await.unwrap();
+    let info = stream.consumer_info(durable).await.unwrap();
+    let mut altered = info.config.clone();
+    match how {
+        Alteration::Filter => {
+            altered.filter_subject = String::new();
+            altered.filter_subjects = vec![system.subject("order.nothing")];
+            altered.ack_wait = Duration::from_secs(7);
+        }
+        Alteration::Limits => {
+            altered.max_deliver = 2;
+            altered.headers_only = true;
+            altered.ack_wait = Duration::from_secs(9);
+        }
+    }
+    stream
+        .update_consumer(altered)
+        .await
+        .expect("consumer altered");
+}
+
+/// Filter subjects, ack wait, delivery limit, headers only.
+type Settings = (Vec<String>, Duration, i64, bool);
+
+async fn consumer_settings(system: &TestSystem, source: Source, durable: &str) -> Settings {
+    let js = system.jetstream().await;
+    let stream = js.get_stream(system.stream_name(source)).await.unwrap();
+    let info = stream.consumer_info(durable).await.unwrap();
+    let mut filters = info.config.filter_subjects.clone();
+    if !info.config.filter_subject.is_empty() {
+        filters.push(info.config.filter_subject.clone());
+    }
+    (
+        filters,
+        info.config.ack_wait,
+        info.config.max_deliver,
+        info.config.headers_only,
+    )
+}
+
+fn configured(system: &TestSystem) -> Settings {
+    (
+        vec![system.subject("order.created")],
+        Duration::from_secs(30),
+        -1,
+        false,
+    )
+}
+
+/// While the filter is wrong, a pull (the running consumer always has one waiting) moves the
+/// consumer past the order placed meanwhile; putting the filter back would not bring it back.
+/// The consumer's next round finds the change, creates the consumer again from where it was
+/// last seen right, and the order completes (without the re-drive, which this test never runs).
+#[tokio::test]
+async fn a_durable_consumer_whose_filter_was_changed_is_restored_and_misses_nothing() {
+    let system = TestSystem::start(Options::default()).await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let earlier = system.accepted_order(7, 1, 1).await;
+    system.settle().await;
+    let durable = "inventory-service-orders";
+    let before = drift_total(&system, durable).await;
+
+    alter_consumer(&system, Source::Order, durable, Alteration::Filter).await;
+    let order = system.accepted_order(7, 1, 1).await;
+    system
+        .order
+        .driver
+        .relay
+        .publish_all_pending()
+        .await
+        .unwrap();
+    let js = system.jetstream().await;
+    let stream = js
+        .get_stream(system.stream_name(Source::Order))
+        .await
+        .unwrap();
+    let altered: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(durable).await.unwrap();
+    let mut pulled = altered
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    use futures::StreamExt as _;
+    assert!(
+        pulled.next().await.is_none(),
+        "the wrong filter matches nothing"
+    );
+    system.settle_after_fault().await;
+
+    assert_eq!(system.order(7, &order).await["status"], "COMPLETED");
+    assert_eq!(system.order(7, &earlier).await["status"], "COMPLETED");
+    assert_eq!(system.stock(1).await, 8, "each order sold once");
+    assert_eq!(
+        consumer_settings(&system, Source::Order, durable).await,
+        configured(&system)
+    );
+    assert!(drift_total(&system, durable).await > before, "counted");
+}
+
+/// With the real workers: the once-a-second check finds both kinds of change and restores the
+/// consumer; an order placed while the filter was wrong completes without the re-drive (set far
+/// off here).
+#[tokio::test]
+async fn the_running_consumer_restores_its_durable_consumer_within_seconds() {
+    let system = TestSystem::start(Options {
+        workers: true,
+        extra: "[redrive]\nafter_secs = 3600\n",
+        ..Options::default()
+    })
+    .await;
+    system.create_product(1, 1_000, 10).await;
+    system.open_account(7, 100_000).await;
+    let first = system.accepted_order(7, 1, 1).await;
+    system
+        .wait_for_status(7, &first, "COMPLETED", Duration::from_secs(30))
+        .await;
+    let durable = "inventory-service-orders";
+    let restored = || async {
+        eventually(Duration::from_secs(10), || async {
+            (consumer_settings(&system, Source::Order, durable).await == configured(&system))
+                .then_some(())
+        })
+        .await
+        .is_some()
+    };
+
+    for how in [Alteration::Filter, Alteration::Limits] {
+        let before = drift_total(&system, durable).await;
+        alter_consumer(&system, Source::Order, durable, how).await;
+        let order = system.accepted_order(7, 1, 1).await;
+        system
+            .wait_for_status(7, &order, "COMPLETED", Duration::from_secs(30))
+            .await;
+        assert!(restored().await, "the consumer's settings are restored");
+        assert!(drift_total(&system, durable).await > before, "counted");
+    }
+    assert_eq!(system.stock(1).await, 7);
+    let parked = letters(&system.inventory.pool).await;
+    assert!(
+        parked.is_empty(),
+        "a delivery without its payload is not an undecodable event: {parked:?}"
+    );
 }
 
 /// Fails `bad` for good; fails `slow` transiently while `stuck`; records what it applied.

@@ -27,6 +27,15 @@ pub(super) struct Decoded {
     pub(super) event: Event,
 }
 
+/// A delivery without its payload: the durable consumer was switched to headers only (a change
+/// `durable.rs` undoes). The server marks such a delivery with the size of what it left out.
+fn payload_withheld(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get("Nats-Msg-Size").is_some())
+}
+
 impl<H: EventHandler> EventConsumer<H> {
     /// Handles the messages taken together: their events are applied in one transaction, or in
     /// halves if that fails, so one bad event cannot hold back the others. A message is acked
@@ -38,6 +47,12 @@ impl<H: EventHandler> EventConsumer<H> {
         let mut items = Vec::with_capacity(messages.len());
         let mut retry: HashSet<usize> = HashSet::new();
         for (index, message) in messages.iter().enumerate() {
+            if payload_withheld(message) {
+                // Not the event: it comes back with its payload once the settings are restored.
+                tracing::warn!(consumer = self.name(), subject = %message.subject, "message delivered without its payload (headers only); it will be redelivered");
+                retry.insert(index);
+                continue;
+            }
             let stream = message.info().ok().map(|info| info.stream);
             for decoded in decode_message(&message.payload) {
                 match decoded {

@@ -6,6 +6,8 @@
 //! - its durable consumer or stream is deleted (or lost with the broker's store): the message
 //!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
 //!   down and creates both again with their configured settings;
+//! - its durable consumer's settings are changed (a filter that matches nothing reads nothing
+//!   and reports no lag): the once-a-second sample finds it and restores them (`durable.rs`);
 //! - an event that did not come the way the contract says it travels (a forged type on a
 //!   subject its publisher may use, another stream, another order): parked as misrouted,
 //!   never applied (`receipt.rs`);
@@ -25,17 +27,19 @@ use crate::pacing::RoundPacer;
 use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{
     self,
-    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    consumer::{pull, PullConsumer},
     context::ConsumerInfoErrorKind,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod durable;
 mod receipt;
 
 pub use crate::contract::Subscription;
@@ -180,6 +184,9 @@ pub struct EventConsumer<H> {
     /// The durable consumer as last found or created; `None` after it was found missing.
     attached: tokio::sync::Mutex<Option<PullConsumer>>,
     receipt: receipt::ReceiptCheck,
+    /// The stream sequence up to which the durable consumer had acknowledged everything when it
+    /// was last seen with the right settings (`durable::NO_FLOOR`: not seen since attaching).
+    verified_floor: AtomicU64,
 }
 
 /// Everything a consumer is built from.
@@ -209,6 +216,7 @@ impl<H: EventHandler> EventConsumer<H> {
             signal: parts.signal,
             settings: parts.settings,
             attached: tokio::sync::Mutex::new(None),
+            verified_floor: AtomicU64::new(durable::NO_FLOOR),
         };
         // Not attached yet (the stream's publisher has not created it, or the broker is away):
         // the consumer reports down, `/ready` says so, and its worker keeps attaching.
@@ -220,95 +228,6 @@ impl<H: EventHandler> EventConsumer<H> {
 
     pub fn name(&self) -> &str {
         self.subscription.durable_name()
-    }
-
-    fn config(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(self.subscription.durable_name().to_owned()),
-            filter_subjects: self.topology.filter_subjects(&self.subscription),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
-            max_ack_pending: self.settings.max_ack_pending,
-            ..Default::default()
-        }
-    }
-
-    /// Finds the durable consumer, bringing its settings to the configured ones, or creates it
-    /// when the broker has none. A consumer created here starts `replay_window` back in the
-    /// stream; the inbox absorbs what it already processed. The stream is its publisher's to
-    /// create (a missing one is re-created by the publisher's relay at its next publish): a
-    /// service's NATS user may manage only its own stream.
-    async fn attach(&self) -> Result<PullConsumer, ConsumerError> {
-        let stream = self
-            .jetstream
-            .get_stream_no_info(self.topology.stream_name(self.subscription.stream()))
-            .await
-            .map_err(jetstream_error)?;
-        let mut desired = self.config();
-        let info = match stream.consumer_info(self.name()).await {
-            Ok(info) => info,
-            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
-                match self.create_durable(&stream, &desired).await {
-                    Ok(created) => return Ok(created),
-                    // Another instance created it between our lookup and our create, with its
-                    // own start time, which the broker will not change (two replicas starting
-                    // together after it was lost): attach to theirs.
-                    Err(error) => {
-                        tracing::info!(
-                            consumer = self.name(),
-                            %error,
-                            "creating the durable consumer failed; looking it up again"
-                        );
-                        stream
-                            .consumer_info(self.name())
-                            .await
-                            .map_err(|_| jetstream_error(error))?
-                    }
-                }
-            }
-            Err(error) => return Err(jetstream_error(error)),
-        };
-        let mut subjects = info.config.filter_subjects.clone();
-        subjects.sort();
-        let mut wanted = desired.filter_subjects.clone();
-        wanted.sort();
-        if subjects != wanted
-            || info.config.ack_wait != desired.ack_wait
-            || info.config.max_ack_pending != desired.max_ack_pending
-        {
-            desired.deliver_policy = info.config.deliver_policy;
-            tracing::info!(
-                consumer = self.name(),
-                "durable consumer settings differ from the configured ones; updating"
-            );
-            return stream
-                .update_consumer(desired)
-                .await
-                .map_err(jetstream_error);
-        }
-        Ok(PullConsumer::new(desired, info, self.jetstream.clone()))
-    }
-
-    /// Creates the missing durable consumer `replay_window` back in the stream.
-    async fn create_durable(
-        &self,
-        stream: &jetstream::stream::Stream<()>,
-        desired: &pull::Config,
-    ) -> Result<PullConsumer, jetstream::stream::ConsumerError> {
-        let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
-        let mut config = desired.clone();
-        config.deliver_policy = DeliverPolicy::ByStartTime {
-            start_time: chrono::Utc::now() - replay,
-        };
-        let created = stream.create_consumer(config).await?;
-        metrics::counter!("consumer_created_total", "consumer" => self.name().to_owned())
-            .increment(1);
-        tracing::warn!(
-            consumer = self.name(),
-            replay_window_s = self.settings.replay_window_secs,
-            "durable consumer was missing; created it"
-        );
-        Ok(created)
     }
 
     async fn attached_consumer(&self) -> Result<PullConsumer, ConsumerError> {
@@ -333,14 +252,32 @@ impl<H: EventHandler> EventConsumer<H> {
     /// Forgets the durable consumer handle: the next use finds or creates it again.
     async fn detach(&self, reason: String) {
         self.attached.lock().await.take();
+        self.forget_position();
         tracing::warn!(consumer = self.name(), %reason, "consumer detached; attaching again");
         self.status.report_down(reason);
     }
 
     /// Processes whatever is waiting now and returns how many messages it took (tests drive
-    /// consumers with this instead of sleeping).
+    /// consumers with this instead of sleeping). Checks the durable consumer's settings first,
+    /// as the running consumer does once a second.
     pub async fn process_available(&self) -> Result<usize, ConsumerError> {
-        let consumer = self.attached_consumer().await?;
+        let mut consumer = self.attached_consumer().await?;
+        let checked = match consumer.get_info().await {
+            Ok(info) => self.restore_if_drifted(&info).await,
+            Err(error) => Err(jetstream_error(error)),
+        };
+        match checked {
+            Ok(None) => {}
+            Ok(Some(restored)) => {
+                *self.attached.lock().await = Some(restored.consumer.clone());
+                consumer = restored.consumer;
+            }
+            Err(error) => {
+                self.detach(format!("cannot check its durable consumer: {error}"))
+                    .await;
+                return Err(error);
+            }
+        }
         let mut total = 0;
         loop {
             let fetched = consumer
@@ -396,9 +333,9 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Takes messages until the stream breaks; samples the consumer's lag once a second (which
-    /// also notices a deleted durable consumer). Returns why it stopped, and whether it
-    /// processed anything.
+    /// Takes messages until the stream breaks; samples the consumer's lag and settings once a
+    /// second (which also notices a deleted durable consumer, and restores changed settings).
+    /// Returns why it stopped, and whether it processed anything.
     async fn consume(&self, consumer: &PullConsumer) -> (String, bool) {
         let stream = consumer
             .stream()
@@ -447,6 +384,16 @@ impl<H: EventHandler> EventConsumer<H> {
                 _ = lag.tick() => {
                     match tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await {
                         Ok(Ok(info)) => {
+                            match self.restore_if_drifted(&info).await {
+                                // Restored in place: the pull in progress goes on.
+                                Ok(None | Some(durable::Restored { recreated: false, .. })) => {}
+                                Ok(Some(durable::Restored { recreated: true, .. })) => {
+                                    return ("durable consumer created again after a change that may have lost events".into(), worked);
+                                }
+                                Err(error) => {
+                                    return (format!("cannot restore its durable consumer: {error}"), worked);
+                                }
+                            }
                             let backlog = info.num_pending + info.num_ack_pending as u64;
                             self.status.set_backlog(backlog);
                             metrics::gauge!("consumer_lag", "consumer" => self.name().to_owned()).set(backlog as f64);
