@@ -251,6 +251,29 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         0,
         "nothing reached the stream"
     );
+    // …nor invent a subject under its own token: it may publish only the subjects the event
+    // contract gives its types…
+    let invented = topology.subject("inventory.stock_forged");
+    client
+        .publish(invented.clone(), "{}".into())
+        .await
+        .expect("sent");
+    client.flush().await.expect("flushed");
+    let violation = next_violation(&mut errors).await;
+    assert!(violation.contains(&invented), "{violation}");
+    // …nor delete another service's durable consumer…
+    let foreign_consumer = format!(
+        "$JS.API.CONSUMER.DELETE.{}.{}",
+        topology.stream_name(Source::Inventory),
+        payment_service::events::SUBSCRIPTIONS[0].durable_name()
+    );
+    client
+        .publish(foreign_consumer.clone(), "".into())
+        .await
+        .expect("sent");
+    client.flush().await.expect("flushed");
+    let violation = next_violation(&mut errors).await;
+    assert!(violation.contains(&foreign_consumer), "{violation}");
     // …nor delete or purge the payment stream, nor read other users' replies.
     for api in [
         format!("$JS.API.STREAM.DELETE.{payment_stream}"),
@@ -311,25 +334,32 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     let inventory_js = platform::broker::jetstream(inventory_client);
     let subscription = inventory_service::events::subscriptions()
         .into_iter()
-        .find(|s| s.stream == Source::Payment)
+        .find(|s| s.stream() == Source::Payment)
         .expect("inventory consumes payments");
     let stream = inventory_js
         .get_stream_no_info(&payment_stream)
         .await
         .expect("stream handle");
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some(subscription.durable_name.clone()),
-            filter_subjects: subscription
-                .subject_suffixes
-                .iter()
-                .map(|s| topology.subject(s))
-                .collect(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(subscription.durable_name().to_owned()),
+        filter_subjects: topology.filter_subjects(&subscription),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config.clone())
         .await
         .expect("its own durable consumer");
+    // It may delete its own durable consumer (to create it again at a safe position after its
+    // filter was changed), and create it again.
+    stream
+        .delete_consumer(subscription.durable_name())
+        .await
+        .expect("its own durable consumer deleted");
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .expect("and created again");
     use futures::StreamExt as _;
     let mut batch = consumer
         .fetch()

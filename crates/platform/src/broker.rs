@@ -1,6 +1,7 @@
 //! NATS JetStream: connection, stream topology (one stream per publishing service).
 
 use crate::config::NatsSettings;
+use crate::contract::{EventType, Subscription};
 use crate::events::{Event, Source};
 use async_nats::jetstream::{self, context::CreateStreamErrorKind, stream};
 use std::time::Duration;
@@ -56,7 +57,25 @@ impl Topology {
     }
 
     pub fn subject_of(&self, event: &Event) -> String {
-        format!("{}.{}", self.prefix, event.subject_suffix())
+        self.subject_of_type(event.event_type())
+    }
+
+    /// The subject the contract publishes `event_type` on.
+    pub fn subject_of_type(&self, event_type: EventType) -> String {
+        self.subject(event_type.subject_suffix())
+    }
+
+    /// The stream `event_type` is published in: its publisher's.
+    pub fn stream_of_type(&self, event_type: EventType) -> String {
+        self.stream_name(event_type.publisher())
+    }
+
+    /// A durable consumer's filter subjects: the subjects of the event types it takes.
+    pub fn filter_subjects(&self, subscription: &Subscription) -> Vec<String> {
+        subscription
+            .subject_suffixes()
+            .map(|suffix| self.subject(suffix))
+            .collect()
     }
 
     /// A subject below the prefix, e.g. `payment.failed`.
@@ -338,6 +357,15 @@ mod tests {
             quantity: 1,
         });
         assert_eq!(t.subject_of(&e), "t_ab.order.created");
+        assert_eq!(t.stream_of_type(EventType::StockReleased), "T_AB_INVENTORY");
+        const OUTCOMES: Subscription = Subscription::new(
+            "o",
+            &[EventType::PaymentCompleted, EventType::PaymentFailed],
+        );
+        assert_eq!(
+            t.filter_subjects(&OUTCOMES),
+            vec!["t_ab.payment.completed", "t_ab.payment.failed"]
+        );
         assert_eq!(
             t.stream_config(Source::Order).subjects,
             vec!["t_ab.order.>".to_string()]

@@ -1,10 +1,11 @@
-//! What a service may do on NATS: publish its own events, manage its own stream, and read and
-//! acknowledge through its own durable consumers — nothing else. Derived from the same topology
-//! and subscriptions the service runs with, so the permissions cannot drift from the code.
+//! What a service may do on NATS: publish its own events — exactly the subjects the event
+//! contract gives the types it publishes — manage its own stream, and read and acknowledge
+//! through its own durable consumers; nothing else. Derived from the contract and the
+//! subscriptions the service runs with, so the permissions cannot drift from the code.
 //! Deployment tools render it into the server's configuration (one user per service).
 
 use crate::broker::{inbox_prefix, Topology};
-use crate::consumer::Subscription;
+use crate::contract::{self, Subscription};
 use crate::events::Source;
 
 /// Subjects a NATS user may publish to and subscribe to (everything else is denied).
@@ -26,20 +27,26 @@ impl BrokerPermissions {
         let mut publish = Vec::new();
         for &source in publishes {
             let stream = topology.stream_name(source);
-            publish.push(topology.subject(&format!("{}.>", source.token())));
+            publish.extend(
+                contract::published_by(source).map(|spec| topology.subject(spec.subject_suffix)),
+            );
             for action in ["INFO", "CREATE", "UPDATE"] {
                 publish.push(format!("$JS.API.STREAM.{action}.{stream}"));
             }
         }
         for subscription in subscriptions {
-            let stream = topology.stream_name(subscription.stream);
-            let durable = &subscription.durable_name;
+            let stream = topology.stream_name(subscription.stream());
+            let durable = subscription.durable_name();
             publish.extend([
                 format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
                 // Created (or updated) with several filter subjects: no filter token follows.
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"),
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+                // Its own durable only: one whose filter was changed is created again from a
+                // position known to be safe (`consumer/durable.rs`). Deleting it gives the
+                // service no power over its deliveries that its CREATE right does not.
+                format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}"),
                 format!("$JS.ACK.{stream}.{durable}.>"),
             ]);
         }
@@ -54,22 +61,23 @@ impl BrokerPermissions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::EventType;
+
+    const RESERVATIONS: Subscription =
+        Subscription::new("payment-service-reservations", &[EventType::StockReserved]);
+
+    fn payment() -> BrokerPermissions {
+        BrokerPermissions::for_service(
+            &Topology::new("shop"),
+            &[Source::Payment],
+            &[RESERVATIONS],
+            "shop-payment",
+        )
+    }
 
     #[test]
     fn a_service_may_publish_only_its_own_events_and_use_only_its_own_consumers() {
-        let topology = Topology::new("shop");
-        let subscriptions = [Subscription {
-            durable_name: "payment-service-reservations".into(),
-            stream: Source::Inventory,
-            subject_suffixes: vec!["inventory.stock_reserved"],
-        }];
-        let p = BrokerPermissions::for_service(
-            &topology,
-            &[Source::Payment],
-            &subscriptions,
-            "shop-payment",
-        );
-        assert!(p.publish.contains(&"shop.payment.>".to_string()));
+        let p = payment();
         assert!(p
             .publish
             .contains(&"$JS.API.STREAM.CREATE.SHOP_PAYMENT".to_string()));
@@ -82,5 +90,31 @@ mod tests {
             || s.contains("SHOP_ORDER")
             || s.ends_with("STREAM.CREATE.SHOP_INVENTORY")));
         assert_eq!(p.subscribe, vec!["_INBOX_shop-payment.>".to_string()]);
+    }
+
+    /// The event subjects a service may publish on are exactly those of its types in the
+    /// contract: no wildcard under its token that would let it invent a subject.
+    #[test]
+    fn the_event_subjects_granted_are_the_contracts() {
+        let topology = Topology::new("shop");
+        for source in Source::ALL {
+            let p = BrokerPermissions::for_service(&topology, &[source], &[], "u");
+            let mut granted: Vec<&str> = p
+                .publish
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !s.starts_with('$'))
+                .collect();
+            granted.sort();
+            let mut declared: Vec<String> = crate::contract::published_by(source)
+                .map(|spec| topology.subject(spec.subject_suffix))
+                .collect();
+            declared.sort();
+            assert_eq!(granted, declared, "{source:?}");
+        }
+        assert!(payment()
+            .publish
+            .iter()
+            .all(|s| !s.contains('>') || s.starts_with("$JS.")));
     }
 }

@@ -1,5 +1,7 @@
-//! The event contract between the services: every event type, its payload, and where it is published.
+//! The events the services exchange: every event's payload, and its envelope. Who publishes each
+//! type and on which subject is declared once, in `crate::contract`.
 
+pub use crate::contract::EventType;
 use crate::envelope::{Envelope, EnvelopeError, TraceContext};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -112,7 +114,7 @@ pub enum Source {
 impl Source {
     pub const ALL: [Source; 3] = [Source::Order, Source::Inventory, Source::Payment];
 
-    pub fn token(self) -> &'static str {
+    pub const fn token(self) -> &'static str {
         match self {
             Source::Order => "order",
             Source::Inventory => "inventory",
@@ -132,15 +134,20 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn type_name(&self) -> &'static str {
+    /// Its type in the contract, which says who publishes it and where.
+    pub fn event_type(&self) -> EventType {
         match self {
-            Event::OrderCreated(_) => "OrderCreated",
-            Event::StockReserved(_) => "StockReserved",
-            Event::StockRejected(_) => "StockRejected",
-            Event::StockReleased(_) => "StockReleased",
-            Event::PaymentCompleted(_) => "PaymentCompleted",
-            Event::PaymentFailed(_) => "PaymentFailed",
+            Event::OrderCreated(_) => EventType::OrderCreated,
+            Event::StockReserved(_) => EventType::StockReserved,
+            Event::StockRejected(_) => EventType::StockRejected,
+            Event::StockReleased(_) => EventType::StockReleased,
+            Event::PaymentCompleted(_) => EventType::PaymentCompleted,
+            Event::PaymentFailed(_) => EventType::PaymentFailed,
         }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.event_type().name()
     }
 
     pub fn order_id(&self) -> Uuid {
@@ -154,26 +161,14 @@ impl Event {
         }
     }
 
+    /// The service that publishes it (the contract's declaration).
     pub fn source(&self) -> Source {
-        match self {
-            Event::OrderCreated(_) => Source::Order,
-            Event::StockReserved(_) | Event::StockRejected(_) | Event::StockReleased(_) => {
-                Source::Inventory
-            }
-            Event::PaymentCompleted(_) | Event::PaymentFailed(_) => Source::Payment,
-        }
+        self.event_type().publisher()
     }
 
     /// The subject below the deployment prefix, e.g. `inventory.stock_reserved`.
     pub fn subject_suffix(&self) -> &'static str {
-        match self {
-            Event::OrderCreated(_) => "order.created",
-            Event::StockReserved(_) => "inventory.stock_reserved",
-            Event::StockRejected(_) => "inventory.stock_rejected",
-            Event::StockReleased(_) => "inventory.stock_released",
-            Event::PaymentCompleted(_) => "payment.completed",
-            Event::PaymentFailed(_) => "payment.failed",
-        }
+        self.event_type().subject_suffix()
     }
 
     fn payload_json(&self) -> Result<Box<RawValue>, serde_json::Error> {
@@ -207,14 +202,16 @@ impl Event {
                 source,
             })
         }
-        Ok(match envelope.event_type.as_str() {
-            "OrderCreated" => Event::OrderCreated(parse(envelope)?),
-            "StockReserved" => Event::StockReserved(parse(envelope)?),
-            "StockRejected" => Event::StockRejected(parse(envelope)?),
-            "StockReleased" => Event::StockReleased(parse(envelope)?),
-            "PaymentCompleted" => Event::PaymentCompleted(parse(envelope)?),
-            "PaymentFailed" => Event::PaymentFailed(parse(envelope)?),
-            other => return Err(EnvelopeError::UnknownType(other.to_owned())),
+        let Some(event_type) = EventType::named(&envelope.event_type) else {
+            return Err(EnvelopeError::UnknownType(envelope.event_type.clone()));
+        };
+        Ok(match event_type {
+            EventType::OrderCreated => Event::OrderCreated(parse(envelope)?),
+            EventType::StockReserved => Event::StockReserved(parse(envelope)?),
+            EventType::StockRejected => Event::StockRejected(parse(envelope)?),
+            EventType::StockReleased => Event::StockReleased(parse(envelope)?),
+            EventType::PaymentCompleted => Event::PaymentCompleted(parse(envelope)?),
+            EventType::PaymentFailed => Event::PaymentFailed(parse(envelope)?),
         })
     }
 }
@@ -279,8 +276,12 @@ mod tests {
             assert_eq!(envelope.trace, trace);
             assert_eq!(envelope.aggregate_id, event.order_id());
             assert_eq!(Event::from_envelope(&envelope).unwrap(), event);
+            assert_eq!(envelope.event_type, event.event_type().name());
             assert!(event.subject_suffix().starts_with(event.source().token()));
         }
+        let mut types: Vec<EventType> = samples().iter().map(Event::event_type).collect();
+        types.dedup();
+        assert_eq!(types, EventType::ALL, "one sample of every type");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod broker_access;
 pub mod config;
 pub mod consumer;
+pub mod contract;
 pub mod db;
 pub mod db_errors;
 pub mod dead_letters;

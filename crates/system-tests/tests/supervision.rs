@@ -8,7 +8,7 @@ use platform::app::Infrastructure;
 use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
 use platform::dead_letters::{DeadLetterDesk, DeskError, ListFilter};
 use platform::envelope::TraceContext;
-use platform::events::{Event, OrderCreated, Source};
+use platform::events::{Event, EventType, OrderCreated};
 use platform::testing::{eventually, fresh_database, nats_url, unique_token};
 use sqlx::{Postgres, Transaction};
 use std::collections::HashSet;
@@ -82,11 +82,7 @@ async fn a_panic_is_contained_to_its_event_dead_lettered_and_replayed_once_fixed
     });
     let consumer = infra
         .consumer(
-            &Subscription {
-                durable_name: "supervision-test".into(),
-                stream: Source::Order,
-                subject_suffixes: vec!["order.created"],
-            },
+            &Subscription::new("supervision-test", &[EventType::OrderCreated]),
             handler.clone(),
         )
         .await

@@ -691,7 +691,14 @@ mod tests {
     #[test]
     fn each_service_user_may_publish_only_its_own_events() {
         let order = broker_permissions("shop", "order-service");
-        assert!(order.publish.contains(&"shop.order.>".to_string()));
+        assert!(order.publish.contains(&"shop.order.created".to_string()));
+        assert!(
+            !order
+                .publish
+                .iter()
+                .any(|s| s.starts_with("shop.") && s.ends_with('>')),
+            "no wildcard: only the contract's subjects"
+        );
         assert!(!order.publish.iter().any(|s| s.starts_with("shop.payment")));
         let inventory = broker_permissions("shop", "inventory-service");
         assert!(!inventory

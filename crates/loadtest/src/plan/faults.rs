@@ -205,12 +205,12 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
             let chosen: Vec<(Source, String)> = all
                 .iter()
                 .filter(|(service, s)| {
-                    s.durable_name == target || service_named(target) == Some(service)
+                    s.durable_name() == target || service_named(target) == Some(service)
                 })
-                .map(|(_, s)| (s.stream, s.durable_name.clone()))
+                .map(|(_, s)| (s.stream(), s.durable_name().to_owned()))
                 .collect();
             if chosen.is_empty() {
-                let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name.as_str()).collect();
+                let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name()).collect();
                 return Err(format!(
                     "unknown durable consumer {target:?}: one of {} or a service",
                     names.join(", ")
@@ -227,7 +227,11 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
                 .iter()
                 .map(|(service, _)| *service)
                 .filter(|service| *service != "order-service")
-                .filter(|service| subscriptions_of(service).iter().any(|s| s.stream == source))
+                .filter(|service| {
+                    subscriptions_of(service)
+                        .iter()
+                        .any(|s| s.stream() == source)
+                })
                 .flat_map(|service| {
                     (1..=replicas).map(move |r| deploy::instance_name(service, r, replicas))
                 })

@@ -1,9 +1,11 @@
-//! One batch of messages: decoded, applied in one transaction through the inbox and the
-//! service's handler (a panic caught), retried in halves when that fails, and each message acked
-//! or nak'ed; what can never succeed is dead-lettered.
+//! One batch of messages: decoded, checked against the event contract (`receipt.rs`), applied
+//! in one transaction through the inbox and the service's handler (a panic caught), retried in
+//! halves when that fails, and each message acked or nak'ed; what can never succeed is
+//! dead-lettered.
 
 use super::{
     decode_message, retry_delay, EventConsumer, EventHandler, Failure, HandlerError, Incoming,
+    ReplayError,
 };
 use crate::dead_letters::{self, DeadLetterKind};
 use crate::envelope::Envelope;
@@ -25,6 +27,15 @@ pub(super) struct Decoded {
     pub(super) event: Event,
 }
 
+/// A delivery without its payload: the durable consumer was switched to headers only (a change
+/// `durable.rs` undoes). The server marks such a delivery with the size of what it left out.
+fn payload_withheld(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get("Nats-Msg-Size").is_some())
+}
+
 impl<H: EventHandler> EventConsumer<H> {
     /// Handles the messages taken together: their events are applied in one transaction, or in
     /// halves if that fails, so one bad event cannot hold back the others. A message is acked
@@ -36,13 +47,27 @@ impl<H: EventHandler> EventConsumer<H> {
         let mut items = Vec::with_capacity(messages.len());
         let mut retry: HashSet<usize> = HashSet::new();
         for (index, message) in messages.iter().enumerate() {
+            if payload_withheld(message) {
+                // Not the event: it comes back with its payload once the settings are restored.
+                tracing::warn!(consumer = self.name(), subject = %message.subject, "message delivered without its payload (headers only); it will be redelivered");
+                retry.insert(index);
+                continue;
+            }
+            let stream = message.info().ok().map(|info| info.stream);
             for decoded in decode_message(&message.payload) {
                 match decoded {
-                    Ok((envelope, event)) => items.push(Decoded {
-                        message: index,
-                        envelope,
-                        event,
-                    }),
+                    Ok((envelope, event)) => match self.admit(message, stream, &envelope, &event) {
+                        Ok(()) => items.push(Decoded {
+                            message: index,
+                            envelope,
+                            event,
+                        }),
+                        Err(reason) => {
+                            if !self.misrouted(message, &envelope, reason).await {
+                                retry.insert(index);
+                            }
+                        }
+                    },
                     Err((bytes, error)) => {
                         let letter = dead_letters::NewDeadLetter {
                             kind: DeadLetterKind::Undecodable,
@@ -137,6 +162,44 @@ impl<H: EventHandler> EventConsumer<H> {
             pending.push(mid..range.end);
             pending.push(range.start..mid);
         }
+    }
+
+    /// The check on receipt (`receipt.rs`) of one event of `message`, which came in `stream`.
+    fn admit(
+        &self,
+        message: &jetstream::Message,
+        stream: Option<&str>,
+        envelope: &Envelope,
+        event: &Event,
+    ) -> Result<(), String> {
+        let subject = message.subject.as_str();
+        let Some(stream) = stream else {
+            return Err(format!(
+                "{} on {subject}: not delivered by a JetStream consumer (no stream)",
+                envelope.event_type
+            ));
+        };
+        self.receipt.check(subject, Some(stream), envelope, event)
+    }
+
+    /// Parks an event that did not come the way the contract says its type travels; it is never
+    /// applied. Returns false if the record could not be written (the message comes back).
+    async fn misrouted(
+        &self,
+        message: &jetstream::Message,
+        envelope: &Envelope,
+        reason: String,
+    ) -> bool {
+        metrics::counter!("consumer_misrouted_total", "consumer" => self.name().to_owned())
+            .increment(1);
+        let bytes = envelope.encode().unwrap_or_default();
+        let letter = dead_letters::NewDeadLetter {
+            kind: DeadLetterKind::Misrouted,
+            event_id: Some(envelope.id),
+            reason,
+            payload: &bytes,
+        };
+        self.dead_letter(message, letter).await
     }
 
     /// One event that failed on its own: dead-lettered or redelivered later.
@@ -276,10 +339,15 @@ impl<H: EventHandler> EventConsumer<H> {
         )
         .await;
         match recorded {
-            Ok(()) => {
+            Ok(true) => {
                 metrics::counter!("consumer_dead_lettered_total", "consumer" => self.name().to_owned(), "kind" => letter.kind.as_str())
                     .increment(1);
                 tracing::error!(consumer = self.name(), subject = %message.subject, reason = letter.reason, kind = letter.kind.as_str(), "event dead-lettered");
+                true
+            }
+            // A redelivery (its message came back for another event's sake): parked before.
+            Ok(false) => {
+                tracing::debug!(consumer = self.name(), subject = %message.subject, kind = letter.kind.as_str(), "already dead-lettered");
                 true
             }
             Err(error) => {
@@ -290,23 +358,28 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     /// Applies a dead letter's payload again, in the caller's transaction (which also marks the
-    /// dead letter resolved). The inbox makes a second replay, or a replay of an event that was
-    /// applied meanwhile, a no-op.
+    /// dead letter resolved), if the contract lets it travel on `subject`, the subject it was
+    /// recorded with (a letter parked before receipts were checked is checked now). The inbox
+    /// makes a second replay, or a replay of an event that was applied meanwhile, a no-op.
     pub(super) async fn replay_in(
         &self,
         tx: &mut Transaction<'static, Postgres>,
+        subject: &str,
         payload: &[u8],
-    ) -> Result<(), HandlerError> {
+    ) -> Result<(), ReplayError> {
         let mut items = Vec::new();
         for decoded in decode_message(payload) {
             let (envelope, event) =
                 decoded.map_err(|(_, error)| HandlerError::Permanent(error.to_string()))?;
+            self.receipt
+                .check(subject, None, &envelope, &event)
+                .map_err(ReplayError::Misrouted)?;
             items.push(Decoded {
                 message: 0,
                 envelope,
                 event,
             });
         }
-        self.apply_in(tx, &items).await
+        Ok(self.apply_in(tx, &items).await?)
     }
 }

@@ -6,6 +6,11 @@
 //! - its durable consumer or stream is deleted (or lost with the broker's store): the message
 //!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
 //!   down and creates both again with their configured settings;
+//! - its durable consumer's settings are changed (a filter that matches nothing reads nothing
+//!   and reports no lag): the once-a-second sample finds it and restores them (`durable.rs`);
+//! - an event that did not come the way the contract says it travels (a forged type on a
+//!   subject its publisher may use, another stream, another order): parked as misrouted,
+//!   never applied (`receipt.rs`);
 //! - a handler panics: the panic is caught per batch, the batch is retried in halves until the
 //!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
 //!   panic message;
@@ -17,23 +22,28 @@
 use crate::broker::Topology;
 use crate::config::ConsumerSettings;
 use crate::envelope::{Envelope, EnvelopeError};
-use crate::events::{Event, Source};
+use crate::events::Event;
 use crate::outbox::{OutboxError, OutboxSignal};
 use crate::pacing::RoundPacer;
 use crate::supervisor::{Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{
     self,
-    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    consumer::{pull, PullConsumer},
     context::ConsumerInfoErrorKind,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod durable;
+mod receipt;
+
+pub use crate::contract::Subscription;
 
 /// An event this consumer has not processed before, with the envelope it came in.
 #[derive(Debug, Clone)]
@@ -98,6 +108,16 @@ impl From<crate::db::QueryError> for HandlerError {
     }
 }
 
+/// Why an operator's replay of a dead letter applied nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The event did not come the way the contract says its type travels: never applied.
+    #[error("{0}")]
+    Misrouted(String),
+    #[error(transparent)]
+    Failed(#[from] HandlerError),
+}
+
 /// What a failed event gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -153,14 +173,6 @@ fn jetstream_error(error: impl std::fmt::Display) -> ConsumerError {
     ConsumerError::JetStream(error.to_string())
 }
 
-/// Which events a consumer receives: a durable name and the subjects it filters on one stream.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    pub durable_name: String,
-    pub stream: Source,
-    pub subject_suffixes: Vec<&'static str>,
-}
-
 pub struct EventConsumer<H> {
     subscription: Subscription,
     jetstream: jetstream::Context,
@@ -172,6 +184,10 @@ pub struct EventConsumer<H> {
     status: WorkerStatus,
     /// The durable consumer as last found or created; `None` after it was found missing.
     attached: tokio::sync::Mutex<Option<PullConsumer>>,
+    receipt: receipt::ReceiptCheck,
+    /// The stream sequence up to which the durable consumer had acknowledged everything when it
+    /// was last seen with the right settings (`durable::NO_FLOOR`: not seen since attaching).
+    verified_floor: AtomicU64,
 }
 
 /// Everything a consumer is built from.
@@ -191,8 +207,9 @@ impl<H: EventHandler> EventConsumer<H> {
         parts: ConsumerParts<H>,
     ) -> Result<Self, ConsumerError> {
         let consumer = EventConsumer {
-            status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name)),
-            subscription: subscription.clone(),
+            status: WorkerStatus::new(format!("consumer:{}", subscription.durable_name())),
+            receipt: receipt::ReceiptCheck::new(subscription, &parts.topology),
+            subscription: *subscription,
             jetstream: parts.jetstream,
             topology: parts.topology,
             pool: parts.pool,
@@ -200,6 +217,7 @@ impl<H: EventHandler> EventConsumer<H> {
             signal: parts.signal,
             settings: parts.settings,
             attached: tokio::sync::Mutex::new(None),
+            verified_floor: AtomicU64::new(durable::NO_FLOOR),
         };
         // Not attached yet (the stream's publisher has not created it, or the broker is away):
         // the consumer reports down, `/ready` says so, and its worker keeps attaching.
@@ -210,101 +228,7 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     pub fn name(&self) -> &str {
-        &self.subscription.durable_name
-    }
-
-    fn config(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(self.subscription.durable_name.clone()),
-            filter_subjects: self
-                .subscription
-                .subject_suffixes
-                .iter()
-                .map(|s| self.topology.subject(s))
-                .collect(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
-            max_ack_pending: self.settings.max_ack_pending,
-            ..Default::default()
-        }
-    }
-
-    /// Finds the durable consumer, bringing its settings to the configured ones, or creates it
-    /// when the broker has none. A consumer created here starts `replay_window` back in the
-    /// stream; the inbox absorbs what it already processed. The stream is its publisher's to
-    /// create (a missing one is re-created by the publisher's relay at its next publish): a
-    /// service's NATS user may manage only its own stream.
-    async fn attach(&self) -> Result<PullConsumer, ConsumerError> {
-        let stream = self
-            .jetstream
-            .get_stream_no_info(self.topology.stream_name(self.subscription.stream))
-            .await
-            .map_err(jetstream_error)?;
-        let mut desired = self.config();
-        let info = match stream.consumer_info(self.name()).await {
-            Ok(info) => info,
-            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
-                match self.create_durable(&stream, &desired).await {
-                    Ok(created) => return Ok(created),
-                    // Another instance created it between our lookup and our create, with its
-                    // own start time, which the broker will not change (two replicas starting
-                    // together after it was lost): attach to theirs.
-                    Err(error) => {
-                        tracing::info!(
-                            consumer = self.name(),
-                            %error,
-                            "creating the durable consumer failed; looking it up again"
-                        );
-                        stream
-                            .consumer_info(self.name())
-                            .await
-                            .map_err(|_| jetstream_error(error))?
-                    }
-                }
-            }
-            Err(error) => return Err(jetstream_error(error)),
-        };
-        let mut subjects = info.config.filter_subjects.clone();
-        subjects.sort();
-        let mut wanted = desired.filter_subjects.clone();
-        wanted.sort();
-        if subjects != wanted
-            || info.config.ack_wait != desired.ack_wait
-            || info.config.max_ack_pending != desired.max_ack_pending
-        {
-            desired.deliver_policy = info.config.deliver_policy;
-            tracing::info!(
-                consumer = self.name(),
-                "durable consumer settings differ from the configured ones; updating"
-            );
-            return stream
-                .update_consumer(desired)
-                .await
-                .map_err(jetstream_error);
-        }
-        Ok(PullConsumer::new(desired, info, self.jetstream.clone()))
-    }
-
-    /// Creates the missing durable consumer `replay_window` back in the stream.
-    async fn create_durable(
-        &self,
-        stream: &jetstream::stream::Stream<()>,
-        desired: &pull::Config,
-    ) -> Result<PullConsumer, jetstream::stream::ConsumerError> {
-        let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
-        let mut config = desired.clone();
-        config.deliver_policy = DeliverPolicy::ByStartTime {
-            start_time: chrono::Utc::now() - replay,
-        };
-        let created = stream.create_consumer(config).await?;
-        metrics::counter!("consumer_created_total", "consumer" => self.name().to_owned())
-            .increment(1);
-        tracing::warn!(
-            consumer = self.name(),
-            replay_window_s = self.settings.replay_window_secs,
-            "durable consumer was missing; created it"
-        );
-        Ok(created)
+        self.subscription.durable_name()
     }
 
     async fn attached_consumer(&self) -> Result<PullConsumer, ConsumerError> {
@@ -329,14 +253,32 @@ impl<H: EventHandler> EventConsumer<H> {
     /// Forgets the durable consumer handle: the next use finds or creates it again.
     async fn detach(&self, reason: String) {
         self.attached.lock().await.take();
+        self.forget_position();
         tracing::warn!(consumer = self.name(), %reason, "consumer detached; attaching again");
         self.status.report_down(reason);
     }
 
     /// Processes whatever is waiting now and returns how many messages it took (tests drive
-    /// consumers with this instead of sleeping).
+    /// consumers with this instead of sleeping). Checks the durable consumer's settings first,
+    /// as the running consumer does once a second.
     pub async fn process_available(&self) -> Result<usize, ConsumerError> {
-        let consumer = self.attached_consumer().await?;
+        let mut consumer = self.attached_consumer().await?;
+        let checked = match consumer.get_info().await {
+            Ok(info) => self.restore_if_drifted(&info).await,
+            Err(error) => Err(jetstream_error(error)),
+        };
+        match checked {
+            Ok(None) => {}
+            Ok(Some(restored)) => {
+                *self.attached.lock().await = Some(restored.consumer.clone());
+                consumer = restored.consumer;
+            }
+            Err(error) => {
+                self.detach(format!("cannot check its durable consumer: {error}"))
+                    .await;
+                return Err(error);
+            }
+        }
         let mut total = 0;
         loop {
             let fetched = consumer
@@ -392,9 +334,9 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Takes messages until the stream breaks; samples the consumer's lag once a second (which
-    /// also notices a deleted durable consumer). Returns why it stopped, and whether it
-    /// processed anything.
+    /// Takes messages until the stream breaks; samples the consumer's lag and settings once a
+    /// second (which also notices a deleted durable consumer, and restores changed settings).
+    /// Returns why it stopped, and whether it processed anything.
     async fn consume(&self, consumer: &PullConsumer) -> (String, bool) {
         let stream = consumer
             .stream()
@@ -443,6 +385,16 @@ impl<H: EventHandler> EventConsumer<H> {
                 _ = lag.tick() => {
                     match tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await {
                         Ok(Ok(info)) => {
+                            match self.restore_if_drifted(&info).await {
+                                // Restored in place: the pull in progress goes on.
+                                Ok(None | Some(durable::Restored { recreated: false, .. })) => {}
+                                Ok(Some(durable::Restored { recreated: true, .. })) => {
+                                    return ("durable consumer created again after a change that may have lost events".into(), worked);
+                                }
+                                Err(error) => {
+                                    return (format!("cannot restore its durable consumer: {error}"), worked);
+                                }
+                            }
                             let backlog = info.num_pending + info.num_ack_pending as u64;
                             self.status.set_backlog(backlog);
                             metrics::gauge!("consumer_lag", "consumer" => self.name().to_owned()).set(backlog as f64);
@@ -523,11 +475,13 @@ pub fn retry_delay(deliveries: i64) -> Duration {
 pub trait BackgroundConsumer: Worker {
     fn name(&self) -> &str;
     fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>>;
+    /// Applies a dead letter recorded on `subject` again, in the caller's transaction.
     fn replay<'a>(
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
+        subject: &'a str,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    ) -> BoxFuture<'a, Result<(), ReplayError>>;
 }
 
 impl<H: EventHandler> Worker for EventConsumer<H> {
@@ -552,9 +506,10 @@ impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
     fn replay<'a>(
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
+        subject: &'a str,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.replay_in(tx, payload))
+    ) -> BoxFuture<'a, Result<(), ReplayError>> {
+        Box::pin(self.replay_in(tx, subject, payload))
     }
 }
 

@@ -3,7 +3,7 @@
 //! (applied again through the consumer that parked it, once the cause is fixed) or discards it;
 //! every replay and discard is recorded with who asked, when and what came of it.
 
-use crate::consumer::{BackgroundConsumer, HandlerError};
+use crate::consumer::{BackgroundConsumer, HandlerError, ReplayError};
 
 use crate::outbox::OutboxSignal;
 
@@ -20,6 +20,10 @@ pub enum DeadLetterKind {
     Rejected,
     /// Handling it panicked on every delivery.
     Panic,
+    /// It did not come the way the event contract says its type travels (another subject or
+    /// stream, another order in its envelope, a type the consumer does not take): never
+    /// applied, and never replayed — an operator can only discard it.
+    Misrouted,
 }
 
 impl DeadLetterKind {
@@ -28,6 +32,7 @@ impl DeadLetterKind {
             DeadLetterKind::Undecodable => "undecodable",
             DeadLetterKind::Rejected => "rejected",
             DeadLetterKind::Panic => "panic",
+            DeadLetterKind::Misrouted => "misrouted",
         }
     }
 }
@@ -41,6 +46,11 @@ pub struct NewDeadLetter<'a> {
     pub payload: &'a [u8],
 }
 
+/// Parks a letter; returns false if the same one is already open. A message comes back whole
+/// when any of its events failed transiently, and an event of it that can never succeed (or an
+/// undecodable element) fails again at every delivery: it stays one open letter (by its event
+/// id, or for an element without one by the message id and its bytes; the unique indexes of
+/// migration 20261207000100).
 pub async fn record(
     pool: &PgPool,
     consumer: &str,
@@ -48,10 +58,11 @@ pub async fn record(
     message_id: Option<&str>,
     deliveries: i64,
     letter: &NewDeadLetter<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
         "INSERT INTO dead_letters (consumer, subject, message_id, event_id, kind, deliveries, reason, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT DO NOTHING",
     )
     .bind(consumer)
     .bind(subject)
@@ -62,8 +73,9 @@ pub async fn record(
     .bind(&letter.reason)
     .bind(letter.payload)
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted > 0)
 }
 
 /// A dead letter as an operator sees it.
@@ -131,6 +143,9 @@ pub enum DeskError {
     UnknownConsumer(String),
     #[error("replay failed: {0}")]
     ReplayFailed(HandlerError),
+    /// The letter's event did not come the way the contract says its type travels.
+    #[error("misrouted: {0}")]
+    Misrouted(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -264,28 +279,35 @@ impl DeadLetterDesk {
 
     async fn try_resolve(&self, id: i64, actor: &str, how: Resolution) -> Result<(), DeskError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT consumer, status, payload FROM dead_letters WHERE id = $1 FOR UPDATE",
+        let row: Option<(String, String, String, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT consumer, status, kind, subject, reason, payload FROM dead_letters
+             WHERE id = $1 FOR UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((consumer, status, payload)) = row else {
+        let Some((consumer, status, kind, subject, reason, payload)) = row else {
             return Err(DeskError::NotFound);
         };
         if status != "open" {
             return Err(DeskError::Resolved(status));
         }
         if how == Resolution::Replay {
+            if kind == DeadLetterKind::Misrouted.as_str() {
+                return Err(DeskError::Misrouted(reason));
+            }
             let consumer = self
                 .consumers
                 .iter()
                 .find(|c| c.name() == consumer)
                 .ok_or(DeskError::UnknownConsumer(consumer))?;
             consumer
-                .replay(&mut tx, &payload)
+                .replay(&mut tx, &subject, &payload)
                 .await
-                .map_err(DeskError::ReplayFailed)?;
+                .map_err(|error| match error {
+                    ReplayError::Misrouted(reason) => DeskError::Misrouted(reason),
+                    ReplayError::Failed(error) => DeskError::ReplayFailed(error),
+                })?;
         }
         sqlx::query(
             "UPDATE dead_letters SET status = $2, resolved_at = now(), resolved_by = $3 WHERE id = $1",

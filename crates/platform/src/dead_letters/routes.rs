@@ -116,6 +116,12 @@ impl From<DeskError> for Problem {
                 )
                 .with_detail(detail)
             }
+            DeskError::Misrouted(reason) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "misrouted",
+                "A misrouted event is never applied",
+            )
+            .with_detail(format!("{reason}; discard the dead letter")),
             DeskError::Database(error) => crate::http::database_problem(&error),
         }
     }
@@ -235,7 +241,7 @@ async fn resolve_one(
         (status = 200, description = "Replayed", body = Resolved),
         (status = 404, description = "No such dead letter"),
         (status = 409, description = "Already replayed or discarded"),
-        (status = 422, description = "The event still fails, or no consumer of this service parked it"),
+        (status = 422, description = "The event still fails, it is misrouted (it did not come the way the event contract says its type travels: discard it), or no consumer of this service parked it"),
     ),
     security(("admin" = []))
 )]
