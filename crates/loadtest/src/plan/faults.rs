@@ -9,6 +9,7 @@ use platform::events::Source;
 use serde::Serialize;
 
 use crate::deploy::{self, Replication, MAX_REPLICAS, SERVICES};
+use crate::plan::boundaries;
 use crate::plan::duration;
 use crate::plan::network::{self, HostRef, NetworkEffect};
 use crate::plan::scenario::{Scenario, Topology};
@@ -32,10 +33,15 @@ pub enum FaultKind {
     Loss,
     KillNatsNode,
     PauseNatsNode,
+    Forge,
+    ReadOnlyDb,
+    CommitUnknown,
+    SlowClients,
+    AlterConsumer,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::KillNats,
@@ -52,6 +58,11 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::KillNatsNode,
         FaultKind::PauseNatsNode,
+        FaultKind::Forge,
+        FaultKind::ReadOnlyDb,
+        FaultKind::CommitUnknown,
+        FaultKind::SlowClients,
+        FaultKind::AlterConsumer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +83,23 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::KillNatsNode => "kill-nats-node",
             FaultKind::PauseNatsNode => "pause-nats-node",
+            FaultKind::Forge => "forge",
+            FaultKind::ReadOnlyDb => "read-only-db",
+            FaultKind::CommitUnknown => "commit-unknown",
+            FaultKind::SlowClients => "slow-clients",
+            FaultKind::AlterConsumer => "alter-consumer",
+        }
+    }
+
+    /// The process of ours it needs to act on as its owner (we signal, or act as superuser
+    /// on, only what this CLI started), if any.
+    pub fn needs_own(self) -> Option<&'static str> {
+        match self {
+            FaultKind::KillNats | FaultKind::BrokerUnreachable => Some("nats"),
+            FaultKind::StopPostgres | FaultKind::ReadOnlyDb | FaultKind::CommitUnknown => {
+                Some("postgres")
+            }
+            _ => None,
         }
     }
 
@@ -118,6 +146,13 @@ pub enum Hits {
     },
     /// One NATS node of the cluster.
     NatsNode(HostRef),
+    /// The services (binary names) whose own NATS users publish forged events (`forge`).
+    Publishers(Vec<&'static str>),
+    /// The order-service instances slow clients connect to, and how many connections at once.
+    SlowClients {
+        instances: Vec<String>,
+        connections: u32,
+    },
 }
 
 impl Hits {
@@ -128,12 +163,14 @@ impl Hits {
             | Hits::Stream {
                 paused: instances, ..
             }
-            | Hits::Service { instances, .. } => instances,
+            | Hits::Service { instances, .. }
+            | Hits::SlowClients { instances, .. } => instances,
             Hits::Nats
             | Hits::Postgres
             | Hits::Consumers(_)
             | Hits::Network { .. }
-            | Hits::NatsNode(_) => &[],
+            | Hits::NatsNode(_)
+            | Hits::Publishers(_) => &[],
         }
     }
 }
@@ -170,6 +207,31 @@ fn source_named(name: &str) -> Option<Source> {
     Source::ALL.into_iter().find(|s| s.token() == name)
 }
 
+/// The durable consumers `target` names: one by its name, or every one of a service.
+fn consumers_named(target: &str) -> Result<Vec<(Source, String)>, String> {
+    let all: Vec<(&str, Subscription)> = SERVICES
+        .iter()
+        .flat_map(|(service, _)| {
+            subscriptions_of(service)
+                .into_iter()
+                .map(move |s| (*service, s))
+        })
+        .collect();
+    let chosen: Vec<(Source, String)> = all
+        .iter()
+        .filter(|(service, s)| s.durable_name == target || service_named(target) == Some(service))
+        .map(|(_, s)| (s.stream, s.durable_name.clone()))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name.as_str()).collect();
+        return Err(format!(
+            "unknown durable consumer {target:?}: one of {} or a service",
+            names.join(", ")
+        ));
+    }
+    Ok(chosen)
+}
+
 /// Resolves a fault's target into what it hits.
 fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
     let exactly = |expected: &str, hits: Hits| {
@@ -193,30 +255,8 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
         FaultKind::Kill | FaultKind::Pause => resolve_target(target, replicas).map(Hits::Instances),
         FaultKind::KillNats | FaultKind::BrokerUnreachable => exactly("nats", Hits::Nats),
         FaultKind::StopPostgres => exactly("postgres", Hits::Postgres),
-        FaultKind::DeleteConsumer => {
-            let all: Vec<(&str, Subscription)> = SERVICES
-                .iter()
-                .flat_map(|(service, _)| {
-                    subscriptions_of(service)
-                        .into_iter()
-                        .map(move |s| (*service, s))
-                })
-                .collect();
-            let chosen: Vec<(Source, String)> = all
-                .iter()
-                .filter(|(service, s)| {
-                    s.durable_name == target || service_named(target) == Some(service)
-                })
-                .map(|(_, s)| (s.stream, s.durable_name.clone()))
-                .collect();
-            if chosen.is_empty() {
-                let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name.as_str()).collect();
-                return Err(format!(
-                    "unknown durable consumer {target:?}: one of {} or a service",
-                    names.join(", ")
-                ));
-            }
-            Ok(Hits::Consumers(chosen))
+        FaultKind::DeleteConsumer | FaultKind::AlterConsumer => {
+            consumers_named(target).map(Hits::Consumers)
         }
         FaultKind::DeleteStream => {
             let source = source_named(target).ok_or(format!(
@@ -242,6 +282,19 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
         }
         FaultKind::Panic | FaultKind::LockHold => service("inventory"),
         FaultKind::PoolStarve => service("order"),
+        FaultKind::ReadOnlyDb => {
+            let name = service_named(target).ok_or(format!(
+                "unknown service {target:?}: order, inventory or payment (its database turns read-only)"
+            ))?;
+            Ok(Hits::Service {
+                name,
+                instances: resolve_target(name, replicas)?,
+            })
+        }
+        FaultKind::CommitUnknown => service("order"),
+        FaultKind::Forge => boundaries::publishers(target).map(Hits::Publishers),
+        // Resolved by `boundaries::slow_clients` (it needs the fault's options).
+        FaultKind::SlowClients => Err("slow-clients needs its options".to_string()),
         // Resolved by `network_hits` (they need the scenario's topology).
         FaultKind::Partition
         | FaultKind::Delay
@@ -304,8 +357,14 @@ pub fn schedule(scenario: &Scenario) -> Result<Vec<Fault>, Vec<String>> {
             }
         };
         let target = spec.target.trim();
+        if let Err(problem) = boundaries::check_options(kind, spec) {
+            problems.push(format!("faults[{i}] ({}): {problem}", kind.name()));
+            continue;
+        }
         let resolved = if kind.needs_hosts() {
             network_hits(kind, spec, scenario)
+        } else if kind == FaultKind::SlowClients {
+            boundaries::slow_clients(target, spec, replicas)
         } else {
             hits(kind, target, replicas)
         };
@@ -380,7 +439,7 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
 }
 
 /// The service (binary name) a user-facing name stands for: `order`, `order-service`, ….
-fn service_named(name: &str) -> Option<&'static str> {
+pub(super) fn service_named(name: &str) -> Option<&'static str> {
     SERVICES
         .iter()
         .map(|(service, _)| *service)

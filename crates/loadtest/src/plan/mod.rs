@@ -2,6 +2,7 @@
 //! schedule, its faults and replicas, and for a capacity plan its steps. Every mode hands a
 //! [`RunPlan`] to the one executor, `session`.
 
+pub mod boundaries;
 pub mod capacity;
 pub mod duration;
 pub mod faults;
