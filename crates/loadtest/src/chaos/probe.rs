@@ -10,11 +10,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::slow_clients::judge_window;
 use super::{
-    InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG, RECOVERY_MAX_OLDEST_UNFINISHED_S,
-    RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
+    FaultKind, InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG,
+    RECOVERY_MAX_OLDEST_UNFINISHED_S, RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
 };
 use crate::audit::Check;
+use crate::loadgen::stats::RunStats;
 use crate::observe::broker::Broker;
 use crate::observe::database::{self, Databases};
 use crate::report::FaultRecord;
@@ -352,8 +354,20 @@ async fn health(dbs: &Databases, broker: &Broker) -> Result<(Health, Vec<(String
     Ok((health, backlog))
 }
 
+/// What the load got, and the scenario's limits for it: faults that must not cost the load's
+/// own buyers anything (`slow-clients`) are judged by the requests in their window.
+pub struct LoadFigures<'a> {
+    pub stats: &'a RunStats,
+    pub p95_threshold_ms: f64,
+    pub max_error_rate: f64,
+}
+
 /// The report's fault records and the `faults` check.
-pub fn records(executed: &[InjectedFault], samples: &[HealthSample]) -> (Vec<FaultRecord>, Check) {
+pub fn records(
+    executed: &[InjectedFault],
+    samples: &[HealthSample],
+    load: &LoadFigures<'_>,
+) -> (Vec<FaultRecord>, Check) {
     let mut records = Vec::with_capacity(executed.len());
     let mut worst_recovery: Option<f64> = None;
     let mut problems = Vec::new();
@@ -385,6 +399,14 @@ pub fn records(executed: &[InjectedFault], samples: &[HealthSample]) -> (Vec<Fau
                 note.push_str(
                     "; the next fault began before the system had caught up, so this time includes it",
                 );
+            }
+        }
+        if e.kind == FaultKind::SlowClients {
+            let (figures, problem) =
+                judge_window(e, load.stats, load.p95_threshold_ms, load.max_error_rate);
+            note.push_str(&format!("; {figures}"));
+            if let Some(problem) = problem {
+                problems.push(format!("{} {}: {problem}", e.kind.name(), e.target));
             }
         }
         if e.failovers > 0 {
@@ -576,8 +598,14 @@ mod tests {
                 }
             })
             .collect();
+        let stats = RunStats::new(40);
+        let load = LoadFigures {
+            stats: &stats,
+            p95_threshold_ms: 2000.0,
+            max_error_rate: 0.0,
+        };
         let ok = [executed(FaultKind::Kill, 8.0, Some(12.0))];
-        let (recorded, check) = records(&ok, &samples);
+        let (recorded, check) = records(&ok, &samples, &load);
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].kind, "kill");
         assert_eq!(recorded[0].recovered_after_s, Some(8.0));
@@ -598,7 +626,7 @@ mod tests {
             executed(FaultKind::Kill, 8.0, Some(12.0)),
             executed(FaultKind::StopPostgres, 25.0, None),
         ];
-        let (recorded, check) = records(&failed, &samples);
+        let (recorded, check) = records(&failed, &samples, &load);
         assert_eq!(recorded[1].recovered_after_s, None);
         assert!(recorded[1].note.contains("FAILED: restart failed"));
         assert!(!check.passed);
@@ -612,7 +640,7 @@ mod tests {
             executed(FaultKind::Kill, 8.0, Some(12.0)),
             executed(FaultKind::KillNats, 15.0, Some(17.0)),
         ];
-        let (recorded, _) = records(&overlapping, &samples);
+        let (recorded, _) = records(&overlapping, &samples, &load);
         assert!(
             recorded[0].note.contains("includes it"),
             "{}",
@@ -625,12 +653,25 @@ mod tests {
         );
 
         let never = [executed(FaultKind::Pause, 30.0, Some(39.5))];
-        let (_, check) = records(&never, &samples);
+        let (_, check) = records(&never, &samples, &load);
         assert!(!check.passed);
         assert!(check.detail.contains("never caught up"), "{}", check.detail);
 
-        let (_, check) = records(&[], &samples);
+        let (_, check) = records(&[], &samples, &load);
         assert!(!check.passed);
+
+        // Slow clients are judged by the load's own requests in their window: none ran.
+        let slow = [executed(FaultKind::SlowClients, 8.0, Some(12.0))];
+        let (recorded, check) = records(&slow, &samples, &load);
+        assert!(!check.passed);
+        assert!(check.detail.contains("no load ran"), "{}", check.detail);
+        assert!(
+            recorded[0]
+                .note
+                .contains("the load's own buyers during the fault"),
+            "{}",
+            recorded[0].note
+        );
     }
 
     #[test]
