@@ -248,7 +248,7 @@ pub struct Published {
     pub receivers: Vec<String>,
 }
 
-/// A completed and an open order among the newest accepted ones (the open one may finish
+/// A completed order among the newest accepted ones, and the newest open order (it may finish
 /// before the forgeries arrive; the newest accepted order stands in when none is open).
 async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)> {
     let recent: Vec<Uuid> = {
@@ -273,6 +273,14 @@ async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)>
     .fetch_all(&mut orders)
     .await
     .context("reading accepted orders")?;
+    // An order still on its way is most likely one not answered yet: the newest open one.
+    let open_now: Option<(Uuid, i64, i64, i32, Option<i64>, String)> = sqlx::query_as(
+        "SELECT id, user_id, product_id, quantity, amount_cents, status FROM orders
+         WHERE status IN ('PENDING', 'RESERVED') ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_optional(&mut orders)
+    .await
+    .context("reading an open order")?;
     orders.close().await.ok();
     let mut inventory = PgConnection::connect(&context.inventory_db)
         .await
@@ -302,9 +310,8 @@ async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)>
         .find(|r| r.5 == "COMPLETED")
         .map(facts)
         .context("no completed order among the accepted ones yet: schedule forge later")?;
-    let open = rows
-        .iter()
-        .find(|r| r.5 == "PENDING" || r.5 == "RESERVED")
+    let open = open_now
+        .as_ref()
         .or_else(|| rows.iter().find(|r| r.0 == newest))
         .map(facts)
         .context("the newest accepted order is not in the orders database")?;
