@@ -50,19 +50,21 @@
 
 mod boundaries;
 mod cluster;
-pub mod forge;
+mod forge;
+mod forge_plan;
 mod heal;
 mod inject;
 pub mod network;
 pub mod probe;
-pub mod slow_clients;
+mod slow_clients;
 
 pub use crate::plan::faults::{Fault, FaultKind, Hits};
 pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
 pub use probe::{
     probe_time_needed, records, recovered_after, spawn_probe, worst_between, write_timeline,
-    Health, HealthSample, LoadFigures, ProbeTargets,
+    Health, HealthSample, ProbeTargets,
 };
+pub use slow_clients::LoadFigures;
 
 use anyhow::{bail, Result};
 

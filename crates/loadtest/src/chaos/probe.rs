@@ -10,13 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::slow_clients::judge_window;
+use super::slow_clients::{judge_window, LoadFigures};
 use super::{
     FaultKind, InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG,
     RECOVERY_MAX_OLDEST_UNFINISHED_S, RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
 };
 use crate::audit::Check;
-use crate::loadgen::stats::RunStats;
 use crate::observe::broker::Broker;
 use crate::observe::database::{self, Databases};
 use crate::report::FaultRecord;
@@ -354,14 +353,6 @@ async fn health(dbs: &Databases, broker: &Broker) -> Result<(Health, Vec<(String
     Ok((health, backlog))
 }
 
-/// What the load got, and the scenario's limits for it: faults that must not cost the load's
-/// own buyers anything (`slow-clients`) are judged by the requests in their window.
-pub struct LoadFigures<'a> {
-    pub stats: &'a RunStats,
-    pub p95_threshold_ms: f64,
-    pub max_error_rate: f64,
-}
-
 /// The report's fault records and the `faults` check.
 pub fn records(
     executed: &[InjectedFault],
@@ -598,7 +589,7 @@ mod tests {
                 }
             })
             .collect();
-        let stats = RunStats::new(40);
+        let stats = crate::loadgen::stats::RunStats::new(40);
         let load = LoadFigures {
             stats: &stats,
             p95_threshold_ms: 2000.0,

@@ -234,6 +234,14 @@ async fn hold(
     }
 }
 
+/// What the load got, and the scenario's limits for it: faults that must not cost the load's
+/// own buyers anything (`slow-clients`) are judged by the requests in their window.
+pub struct LoadFigures<'a> {
+    pub stats: &'a RunStats,
+    pub p95_threshold_ms: f64,
+    pub max_error_rate: f64,
+}
+
 /// What the load's own buyers got while a fault lasted, judged against the scenario's
 /// thresholds: a note for the fault's record and, when a threshold was broken (or no load ran
 /// in the window, so nothing was shown), the problem.

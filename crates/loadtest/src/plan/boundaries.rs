@@ -5,8 +5,9 @@
 //! `faults`.
 
 use crate::deploy::SERVICES;
-use crate::plan::faults::{resolve_target, service_named, FaultKind, Hits};
+use crate::plan::faults::{FaultKind, Hits};
 use crate::plan::scenario::FaultSpec;
+use crate::plan::targets::{resolve_target, service_named};
 
 /// The `forge` target that makes every service's user forge.
 pub const ALL_PUBLISHERS: &str = "all";

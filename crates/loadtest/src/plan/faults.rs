@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use platform::consumer::Subscription;
 use platform::events::Source;
 use serde::Serialize;
 
@@ -13,6 +12,8 @@ use crate::plan::boundaries;
 use crate::plan::duration;
 use crate::plan::network::{self, HostRef, NetworkEffect};
 use crate::plan::scenario::{Scenario, Topology};
+use crate::plan::targets::{consumers_named, service_named, source_named};
+pub use crate::plan::targets::{resolve_target, subscriptions_of};
 
 /// The kinds of fault, as written in scenario files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -191,45 +192,6 @@ impl Fault {
     pub fn end(&self) -> Duration {
         self.at + self.duration
     }
-}
-
-/// The durable consumers of a service (binary name), as the service itself declares them.
-pub fn subscriptions_of(service: &str) -> Vec<Subscription> {
-    match service {
-        "order-service" => order_service::events::subscriptions(),
-        "inventory-service" => inventory_service::events::subscriptions(),
-        "payment-service" => payment_service::events::subscriptions(),
-        _ => Vec::new(),
-    }
-}
-
-fn source_named(name: &str) -> Option<Source> {
-    Source::ALL.into_iter().find(|s| s.token() == name)
-}
-
-/// The durable consumers `target` names: one by its name, or every one of a service.
-fn consumers_named(target: &str) -> Result<Vec<(Source, String)>, String> {
-    let all: Vec<(&str, Subscription)> = SERVICES
-        .iter()
-        .flat_map(|(service, _)| {
-            subscriptions_of(service)
-                .into_iter()
-                .map(move |s| (*service, s))
-        })
-        .collect();
-    let chosen: Vec<(Source, String)> = all
-        .iter()
-        .filter(|(service, s)| s.durable_name == target || service_named(target) == Some(service))
-        .map(|(_, s)| (s.stream, s.durable_name.clone()))
-        .collect();
-    if chosen.is_empty() {
-        let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name.as_str()).collect();
-        return Err(format!(
-            "unknown durable consumer {target:?}: one of {} or a service",
-            names.join(", ")
-        ));
-    }
-    Ok(chosen)
 }
 
 /// Resolves a fault's target into what it hits.
@@ -438,37 +400,6 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
     problems
 }
 
-/// The service (binary name) a user-facing name stands for: `order`, `order-service`, ….
-pub(super) fn service_named(name: &str) -> Option<&'static str> {
-    SERVICES
-        .iter()
-        .map(|(service, _)| *service)
-        .find(|service| *service == name || service.strip_suffix("-service") == Some(name))
-}
-
-/// The instances `target` names: every instance of a service, or one replica
-/// (`order-service-2`, `order-2`; replica numbers start at 1).
-pub fn resolve_target(target: &str, replicas: u32) -> Result<Vec<String>, String> {
-    if let Some(service) = service_named(target) {
-        return Ok((1..=replicas)
-            .map(|r| deploy::instance_name(service, r, replicas))
-            .collect());
-    }
-    if let Some((name, number)) = target.rsplit_once('-') {
-        if let (Some(service), Ok(replica)) = (service_named(name), number.parse::<u32>()) {
-            if (1..=replicas).contains(&replica) {
-                return Ok(vec![deploy::instance_name(service, replica, replicas)]);
-            }
-            return Err(format!(
-                "target {target:?}: replica {replica} does not exist (deploy.replicas = {replicas})"
-            ));
-        }
-    }
-    Err(format!(
-        "unknown target {target:?}: a service (order, inventory, payment) or one replica (e.g. payment-service-2)"
-    ))
-}
-
 /// The replicas and extra environment the scenario asks for.
 pub fn replication(scenario: &Scenario) -> Replication {
     let mut extra_env = Vec::new();
@@ -590,32 +521,6 @@ mod tests {
             .expect_err("short ack wait")
             .to_string();
         assert!(message.contains("consumer_ack_wait"), "{message}");
-    }
-
-    #[test]
-    fn targets_resolve_to_instances() {
-        assert_eq!(
-            resolve_target("inventory", 2),
-            Ok(vec![
-                "inventory-service-1".to_string(),
-                "inventory-service-2".to_string()
-            ])
-        );
-        assert_eq!(
-            resolve_target("order-2", 3),
-            Ok(vec!["order-service-2".to_string()])
-        );
-        // One replica: the instance is named after its service.
-        assert_eq!(
-            resolve_target("payment-service-1", 1),
-            Ok(vec!["payment-service".to_string()])
-        );
-        assert_eq!(
-            resolve_target("payment-service", 1),
-            Ok(vec!["payment-service".to_string()])
-        );
-        assert!(resolve_target("payment-service-0", 2).is_err());
-        assert!(resolve_target("nats", 2).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod network;
 pub mod scenario;
 pub mod schedule;
+pub mod targets;
 
 use std::path::Path;
 
