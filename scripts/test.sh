@@ -7,7 +7,9 @@
 #     (scripts/contract.sh);
 #  4. run the short load-test scenario end to end (same code path and checks as the seed run),
 #     then the short chaos scenario (faults during the load, same checks), then the short
-#     self-healing scenario (deleted consumer and stream, a panicking handler, poison);
+#     self-healing scenario (deleted consumer and stream, a panicking handler, poison), the
+#     short cluster scenario, and the short boundaries scenario (forged events, a read-only
+#     database, cut COMMITs, slow clients, an altered consumer);
 #  5. stop what this script started, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +49,7 @@ if [ "${SKIP_LOADTEST:-0}" != "1" ]; then
     "$loadtest" run --scenario scenarios/ci-heal.toml
     echo "== short cluster scenario (hosts in network namespaces, 3-node NATS cluster: partitions, delay, loss, leader kill and pause)"
     "$loadtest" run --scenario scenarios/cluster-chaos-short.toml
+    echo "== short boundaries scenario (forged events, read-only database, cut COMMITs, slow clients, altered consumer)"
+    "$loadtest" run --scenario scenarios/ci-boundaries.toml
 fi
 echo "tests: $totals"

@@ -225,7 +225,7 @@ async fn run<M: Mode>(
         buyer_token,
     } = deploy_run(plan, state, infra, hosts).await?;
     let admin = AdminClient::new(&deployment.credentials.admin_token)?;
-    chaos::preflight(state, &plan.faults, &specs, &admin).await?;
+    chaos::preflight(state, &plan.faults, &specs, &admin, deployment.nats_users).await?;
     let load_state = LoadState::new(&load_plan);
     let phase = Arc::new(Mutex::new(Phase::Load));
     let drain_status = Arc::new(Mutex::new(SystemState::default()));
@@ -292,6 +292,9 @@ async fn run<M: Mode>(
                 inventory_db: deployment.databases.inventory.clone(),
                 hot_product: watched_product,
                 hosts: hosts.map(|h| h.network.clone()),
+                admin_database_url: infra.admin_database_url.clone(),
+                nats_users: deployment.nats_users,
+                credentials: deployment.credentials.clone(),
             },
             plan.faults.clone(),
         );
@@ -347,12 +350,17 @@ async fn run<M: Mode>(
         }
         None => None,
     };
+    let stats = load_state.stats_snapshot();
+    let load_figures = chaos::LoadFigures {
+        stats: &stats,
+        p95_threshold_ms: scenario.checks.p95_ms as f64,
+        max_error_rate: scenario.checks.max_error_rate,
+    };
     let fault_outcome = faults
         .as_ref()
-        .map(|(executed, health)| chaos::records(executed, health));
+        .map(|(executed, health)| chaos::records(executed, health, &load_figures));
 
     println!("▶ verifying the three databases…");
-    let stats = load_state.stats_snapshot();
     let (p95_ms, error_rate) = match mode.http_window(&outcome) {
         Some(seconds) => {
             let judged = stats.window(seconds);

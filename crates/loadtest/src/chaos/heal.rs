@@ -68,7 +68,7 @@ fn admin_url(context: &FaultContext, instance: &str) -> Result<String> {
 
 /// The admin URL of the first instance of each service, whose admin API serves the whole
 /// service's database.
-fn service_admin_urls(context: &FaultContext) -> Vec<(String, String)> {
+pub(super) fn service_admin_urls(context: &FaultContext) -> Vec<(String, String)> {
     deploy::SERVICES
         .iter()
         .filter_map(|(service, _)| {

@@ -10,11 +10,14 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::boundaries::{self, AlteredConsumers, CommitKiller};
 use super::cluster;
+use super::forge::{self, Published};
 use super::heal::{self, Flood};
+use super::slow_clients::SlowClients;
 use super::{Fault, FaultKind, Hits};
 use crate::deploy::admin::AdminClient;
-use crate::deploy::{self, services::ServiceSpec};
+use crate::deploy::{self, services::ServiceSpec, Credentials};
 use crate::infra::{self, StateDir};
 use crate::loadgen::LoadState;
 use crate::plan::duration;
@@ -40,7 +43,20 @@ pub struct FaultContext {
     pub hot_product: i64,
     /// The hosts topology's network (network and cluster faults).
     pub hosts: Option<crate::infra::netns::HostNetwork>,
+    /// PostgreSQL as its superuser (`read-only-db`, `commit-unknown`, reading orders).
+    pub admin_database_url: String,
+    /// Whether each service has a NATS user of its own (`forge` publishes as them).
+    pub nats_users: bool,
+    /// The deployment's secrets: the services' NATS passwords, the JWT secret.
+    pub credentials: Credentials,
 }
+
+/// A fault that was executed and lifted, but whose demand on the system was not met (a forged
+/// event not dead-lettered as misrouted, an altered consumer not restored): the fault fails,
+/// and its recovery is still measured from the lift.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refuted(pub String);
 
 /// One fault as it was executed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -145,9 +161,14 @@ async fn execute(
     let result = match inject(context, fault, stopped, &mut record.actions).await {
         Ok(lift) => {
             record.injected_s = seconds_since(context.start);
-            tokio::time::sleep_until(context.start + fault.end()).await;
+            // A fault injected late (its predecessor's lift took longer than planned) still
+            // lasts its whole duration.
+            let end = (context.start + fault.end()).max(Instant::now() + fault.duration);
+            tokio::time::sleep_until(end).await;
             let lifted = lift_fault(context, lift, stopped, &mut record.actions).await;
-            if lifted.is_ok() {
+            // Refuted: lifted all right, but the system did not do what the fault demands;
+            // when it caught up still counts.
+            if lifted.as_ref().map_or_else(|e| e.is::<Refuted>(), |_| true) {
                 record.lifted_s = Some(seconds_since(context.start));
             }
             lifted
@@ -195,6 +216,11 @@ enum Lift {
     ReleaseLock(sqlx::PgConnection),
     HealNetwork,
     RestartNatsNode(String),
+    CheckForgeries(Vec<Published>),
+    Writable(&'static str),
+    StopCommitKiller(CommitKiller),
+    StopSlowClients(SlowClients),
+    CheckConsumers(AlteredConsumers),
 }
 
 /// SIGSTOPs the instances, remembering them so that a dropped schedule continues them.
@@ -312,6 +338,37 @@ async fn inject(
             let name = cluster::node(context, node).await?;
             Ok(Lift::Continue(pause(state, &[name], stopped, actions)?))
         }
+        (FaultKind::Forge, Hits::Publishers(publishers)) => Ok(Lift::CheckForgeries(
+            forge::publish_forgeries(context, publishers, actions).await?,
+        )),
+        (FaultKind::ReadOnlyDb, Hits::Service { name, .. }) => {
+            boundaries::set_read_only(context, name, true, actions).await?;
+            Ok(Lift::Writable(name))
+        }
+        (FaultKind::CommitUnknown, Hits::Service { name, .. }) => {
+            let killer = CommitKiller::start(context, name).await?;
+            actions.push(format!(
+                "terminating {name}'s backends whose COMMIT is in flight, in a loop"
+            ));
+            Ok(Lift::StopCommitKiller(killer))
+        }
+        (
+            FaultKind::SlowClients,
+            Hits::SlowClients {
+                instances,
+                connections,
+            },
+        ) => {
+            let clients = SlowClients::start(context, instances, *connections)?;
+            actions.push(format!(
+                "opening {connections} slow connections to {} (a 16 KiB body announced, a byte every 3 s)",
+                instances.join(", ")
+            ));
+            Ok(Lift::StopSlowClients(clients))
+        }
+        (FaultKind::AlterConsumer, Hits::Consumers(consumers)) => Ok(Lift::CheckConsumers(
+            boundaries::alter_consumers(context, consumers, actions).await?,
+        )),
         (kind, hits) => bail!("fault {} cannot hit {hits:?}", kind.name()),
     }
 }
@@ -404,6 +461,15 @@ async fn lift_fault(
         Lift::StopFlood(flood) => actions.push(flood.stop().await),
         Lift::ReleaseLock(conn) => heal::release_lock(conn, actions).await?,
         Lift::HealNetwork => cluster::heal(context, actions).await?,
+        Lift::CheckForgeries(published) => {
+            forge::verify_and_discard(context, &published, actions).await?
+        }
+        Lift::Writable(service) => {
+            boundaries::set_read_only(context, service, false, actions).await?
+        }
+        Lift::StopCommitKiller(killer) => killer.stop(actions).await?,
+        Lift::StopSlowClients(clients) => actions.push(clients.stop().await),
+        Lift::CheckConsumers(altered) => altered.finish(context, actions).await?,
         Lift::RestartNatsNode(name) => {
             let pid = infra::nats_cluster::restart_node(state, &name).await?;
             actions.push(format!(

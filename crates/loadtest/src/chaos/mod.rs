@@ -22,8 +22,13 @@
 //! | `loss` | hosts (`loss_percent`) | the hosts' outgoing packets are dropped at that rate |
 //! | `kill-nats-node` | `nats-2` or `leader:<stream>` | `kill -9` of that cluster node; after `duration` restarted on its store |
 //! | `pause-nats-node` | `nats-2` or `leader:<stream>` | that node `SIGSTOP`ped; after `duration` `SIGCONT` |
+//! | `forge` | `all` or a service | each service's own NATS user publishes, on every subject it may publish to that another service reads, envelopes of every event type another service owns, for a completed and an open order of the run, and one envelope whose `aggregate_id` is not its payload's order; after `duration` every receiving consumer must have dead-lettered each as `misrouted` (then discarded through the admin API) |
+//! | `read-only-db` | a service | its database `SET default_transaction_read_only = on` and its backends terminated (the pools reconnect read-only); after `duration` `RESET` and terminated again |
+//! | `commit-unknown` | `order` | for `duration`, every order-service backend seen in `pg_stat_activity` running `COMMIT` is terminated (the fault fails if it caught none) |
+//! | `slow-clients` | `order` or one replica (`connections`, default 2,000) | connections from one buyer's token (999,999) send a `POST /orders` head announcing 16 KiB and trickle a byte every 3 s, reopened when closed; the load's own p95 (and error rate) in the fault's window must keep the scenario's thresholds |
+//! | `alter-consumer` | a durable consumer or a service (all of its) | its filter changed to `<prefix>.<stream>.nothing` and its ack wait to an hour, as the administrator; nothing is lifted: the services must restore it (one they did not is restored by the CLI and the fault fails) |
 //!
-//! The last five need `[deploy] topology = "hosts"` (see `plan::network` for host lists and
+//! The five network and cluster faults above `forge` need `[deploy] topology = "hosts"` (see `plan::network` for host lists and
 //! `network` for how each is made); `leader:<stream>` is resolved when the fault starts.
 //!
 //! A service target is `order`, `inventory`, `payment` (or `order-service`, …) for every
@@ -43,11 +48,15 @@
 //! condition is the decisive one: an order accepted during an outage stays unfinished until
 //! every hop it needs works again.
 
+mod boundaries;
 mod cluster;
+mod forge;
+mod forge_plan;
 mod heal;
 mod inject;
 pub mod network;
 pub mod probe;
+mod slow_clients;
 
 pub use crate::plan::faults::{Fault, FaultKind, Hits};
 pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
@@ -55,6 +64,7 @@ pub use probe::{
     probe_time_needed, records, recovered_after, spawn_probe, worst_between, write_timeline,
     Health, HealthSample, ProbeTargets,
 };
+pub use slow_clients::LoadFigures;
 
 use anyhow::{bail, Result};
 
@@ -76,21 +86,23 @@ pub const RECOVERY_MAX_OLDEST_UNFINISHED_S: f64 = 5.0;
 pub const RECOVERY_SAMPLES: usize = 3;
 
 /// Errors unless every process the schedule needs is one we started (we signal only our own
-/// PIDs, never another PostgreSQL or NATS), and, for a `panic` fault, unless the services have
-/// their fault hooks.
+/// PIDs, never another PostgreSQL or NATS, and act as superuser only on our own PostgreSQL),
+/// for a `panic` fault unless the services have their fault hooks, and for a `forge` fault
+/// unless each service has a NATS user of its own (`nats_users`).
 pub async fn preflight(
     state: &StateDir,
     faults: &[Fault],
     specs: &[ServiceSpec],
     admin: &AdminClient,
+    nats_users: bool,
 ) -> Result<()> {
     for fault in faults {
-        let infra = match fault.hits {
-            Hits::Nats => Some("nats"),
-            Hits::Postgres => Some("postgres"),
-            _ => None,
-        };
-        if let Some(name) = infra {
+        if fault.kind == FaultKind::Forge && !nats_users {
+            bail!(
+                "fault forge needs each service's own NATS user, which exist only on our own NATS server; unset ORDERSYS_NATS_URL"
+            );
+        }
+        if let Some(name) = fault.kind.needs_own() {
             if infra::pid_of(state, name).is_none() {
                 bail!(
                     "fault {} needs our own {name} (started by this CLI), but none runs; unset ORDERSYS_DATABASE_URL / ORDERSYS_NATS_URL for chaos runs",

@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::slow_clients::{judge_window, LoadFigures};
 use super::{
-    InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG, RECOVERY_MAX_OLDEST_UNFINISHED_S,
-    RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
+    FaultKind, InjectedFault, CHECK_FAULTS, RECOVERY_MAX_CONSUMER_BACKLOG,
+    RECOVERY_MAX_OLDEST_UNFINISHED_S, RECOVERY_MAX_OUTBOX, RECOVERY_SAMPLES,
 };
 use crate::audit::Check;
 use crate::observe::broker::Broker;
@@ -353,7 +354,11 @@ async fn health(dbs: &Databases, broker: &Broker) -> Result<(Health, Vec<(String
 }
 
 /// The report's fault records and the `faults` check.
-pub fn records(executed: &[InjectedFault], samples: &[HealthSample]) -> (Vec<FaultRecord>, Check) {
+pub fn records(
+    executed: &[InjectedFault],
+    samples: &[HealthSample],
+    load: &LoadFigures<'_>,
+) -> (Vec<FaultRecord>, Check) {
     let mut records = Vec::with_capacity(executed.len());
     let mut worst_recovery: Option<f64> = None;
     let mut problems = Vec::new();
@@ -385,6 +390,14 @@ pub fn records(executed: &[InjectedFault], samples: &[HealthSample]) -> (Vec<Fau
                 note.push_str(
                     "; the next fault began before the system had caught up, so this time includes it",
                 );
+            }
+        }
+        if e.kind == FaultKind::SlowClients {
+            let (figures, problem) =
+                judge_window(e, load.stats, load.p95_threshold_ms, load.max_error_rate);
+            note.push_str(&format!("; {figures}"));
+            if let Some(problem) = problem {
+                problems.push(format!("{} {}: {problem}", e.kind.name(), e.target));
             }
         }
         if e.failovers > 0 {
@@ -576,8 +589,14 @@ mod tests {
                 }
             })
             .collect();
+        let stats = crate::loadgen::stats::RunStats::new(40);
+        let load = LoadFigures {
+            stats: &stats,
+            p95_threshold_ms: 2000.0,
+            max_error_rate: 0.0,
+        };
         let ok = [executed(FaultKind::Kill, 8.0, Some(12.0))];
-        let (recorded, check) = records(&ok, &samples);
+        let (recorded, check) = records(&ok, &samples, &load);
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].kind, "kill");
         assert_eq!(recorded[0].recovered_after_s, Some(8.0));
@@ -598,7 +617,7 @@ mod tests {
             executed(FaultKind::Kill, 8.0, Some(12.0)),
             executed(FaultKind::StopPostgres, 25.0, None),
         ];
-        let (recorded, check) = records(&failed, &samples);
+        let (recorded, check) = records(&failed, &samples, &load);
         assert_eq!(recorded[1].recovered_after_s, None);
         assert!(recorded[1].note.contains("FAILED: restart failed"));
         assert!(!check.passed);
@@ -612,7 +631,7 @@ mod tests {
             executed(FaultKind::Kill, 8.0, Some(12.0)),
             executed(FaultKind::KillNats, 15.0, Some(17.0)),
         ];
-        let (recorded, _) = records(&overlapping, &samples);
+        let (recorded, _) = records(&overlapping, &samples, &load);
         assert!(
             recorded[0].note.contains("includes it"),
             "{}",
@@ -625,12 +644,25 @@ mod tests {
         );
 
         let never = [executed(FaultKind::Pause, 30.0, Some(39.5))];
-        let (_, check) = records(&never, &samples);
+        let (_, check) = records(&never, &samples, &load);
         assert!(!check.passed);
         assert!(check.detail.contains("never caught up"), "{}", check.detail);
 
-        let (_, check) = records(&[], &samples);
+        let (_, check) = records(&[], &samples, &load);
         assert!(!check.passed);
+
+        // Slow clients are judged by the load's own requests in their window: none ran.
+        let slow = [executed(FaultKind::SlowClients, 8.0, Some(12.0))];
+        let (recorded, check) = records(&slow, &samples, &load);
+        assert!(!check.passed);
+        assert!(check.detail.contains("no load ran"), "{}", check.detail);
+        assert!(
+            recorded[0]
+                .note
+                .contains("the load's own buyers during the fault"),
+            "{}",
+            recorded[0].note
+        );
     }
 
     #[test]

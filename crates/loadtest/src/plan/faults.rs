@@ -4,14 +4,16 @@
 
 use std::time::Duration;
 
-use platform::consumer::Subscription;
 use platform::events::Source;
 use serde::Serialize;
 
 use crate::deploy::{self, Replication, MAX_REPLICAS, SERVICES};
+use crate::plan::boundaries;
 use crate::plan::duration;
 use crate::plan::network::{self, HostRef, NetworkEffect};
 use crate::plan::scenario::{Scenario, Topology};
+use crate::plan::targets::{consumers_named, service_named, source_named};
+pub use crate::plan::targets::{resolve_target, subscriptions_of};
 
 /// The kinds of fault, as written in scenario files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,10 +34,15 @@ pub enum FaultKind {
     Loss,
     KillNatsNode,
     PauseNatsNode,
+    Forge,
+    ReadOnlyDb,
+    CommitUnknown,
+    SlowClients,
+    AlterConsumer,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::KillNats,
@@ -52,6 +59,11 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::KillNatsNode,
         FaultKind::PauseNatsNode,
+        FaultKind::Forge,
+        FaultKind::ReadOnlyDb,
+        FaultKind::CommitUnknown,
+        FaultKind::SlowClients,
+        FaultKind::AlterConsumer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +84,23 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::KillNatsNode => "kill-nats-node",
             FaultKind::PauseNatsNode => "pause-nats-node",
+            FaultKind::Forge => "forge",
+            FaultKind::ReadOnlyDb => "read-only-db",
+            FaultKind::CommitUnknown => "commit-unknown",
+            FaultKind::SlowClients => "slow-clients",
+            FaultKind::AlterConsumer => "alter-consumer",
+        }
+    }
+
+    /// The process of ours it needs to act on as its owner (we signal, or act as superuser
+    /// on, only what this CLI started), if any.
+    pub fn needs_own(self) -> Option<&'static str> {
+        match self {
+            FaultKind::KillNats | FaultKind::BrokerUnreachable => Some("nats"),
+            FaultKind::StopPostgres | FaultKind::ReadOnlyDb | FaultKind::CommitUnknown => {
+                Some("postgres")
+            }
+            _ => None,
         }
     }
 
@@ -118,6 +147,13 @@ pub enum Hits {
     },
     /// One NATS node of the cluster.
     NatsNode(HostRef),
+    /// The services (binary names) whose own NATS users publish forged events (`forge`).
+    Publishers(Vec<&'static str>),
+    /// The order-service instances slow clients connect to, and how many connections at once.
+    SlowClients {
+        instances: Vec<String>,
+        connections: u32,
+    },
 }
 
 impl Hits {
@@ -128,12 +164,14 @@ impl Hits {
             | Hits::Stream {
                 paused: instances, ..
             }
-            | Hits::Service { instances, .. } => instances,
+            | Hits::Service { instances, .. }
+            | Hits::SlowClients { instances, .. } => instances,
             Hits::Nats
             | Hits::Postgres
             | Hits::Consumers(_)
             | Hits::Network { .. }
-            | Hits::NatsNode(_) => &[],
+            | Hits::NatsNode(_)
+            | Hits::Publishers(_) => &[],
         }
     }
 }
@@ -154,20 +192,6 @@ impl Fault {
     pub fn end(&self) -> Duration {
         self.at + self.duration
     }
-}
-
-/// The durable consumers of a service (binary name), as the service itself declares them.
-pub fn subscriptions_of(service: &str) -> Vec<Subscription> {
-    match service {
-        "order-service" => order_service::events::subscriptions(),
-        "inventory-service" => inventory_service::events::subscriptions(),
-        "payment-service" => payment_service::events::subscriptions(),
-        _ => Vec::new(),
-    }
-}
-
-fn source_named(name: &str) -> Option<Source> {
-    Source::ALL.into_iter().find(|s| s.token() == name)
 }
 
 /// Resolves a fault's target into what it hits.
@@ -193,30 +217,8 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
         FaultKind::Kill | FaultKind::Pause => resolve_target(target, replicas).map(Hits::Instances),
         FaultKind::KillNats | FaultKind::BrokerUnreachable => exactly("nats", Hits::Nats),
         FaultKind::StopPostgres => exactly("postgres", Hits::Postgres),
-        FaultKind::DeleteConsumer => {
-            let all: Vec<(&str, Subscription)> = SERVICES
-                .iter()
-                .flat_map(|(service, _)| {
-                    subscriptions_of(service)
-                        .into_iter()
-                        .map(move |s| (*service, s))
-                })
-                .collect();
-            let chosen: Vec<(Source, String)> = all
-                .iter()
-                .filter(|(service, s)| {
-                    s.durable_name() == target || service_named(target) == Some(service)
-                })
-                .map(|(_, s)| (s.stream(), s.durable_name().to_owned()))
-                .collect();
-            if chosen.is_empty() {
-                let names: Vec<&str> = all.iter().map(|(_, s)| s.durable_name()).collect();
-                return Err(format!(
-                    "unknown durable consumer {target:?}: one of {} or a service",
-                    names.join(", ")
-                ));
-            }
-            Ok(Hits::Consumers(chosen))
+        FaultKind::DeleteConsumer | FaultKind::AlterConsumer => {
+            consumers_named(target).map(Hits::Consumers)
         }
         FaultKind::DeleteStream => {
             let source = source_named(target).ok_or(format!(
@@ -246,6 +248,19 @@ fn hits(kind: FaultKind, target: &str, replicas: u32) -> Result<Hits, String> {
         }
         FaultKind::Panic | FaultKind::LockHold => service("inventory"),
         FaultKind::PoolStarve => service("order"),
+        FaultKind::ReadOnlyDb => {
+            let name = service_named(target).ok_or(format!(
+                "unknown service {target:?}: order, inventory or payment (its database turns read-only)"
+            ))?;
+            Ok(Hits::Service {
+                name,
+                instances: resolve_target(name, replicas)?,
+            })
+        }
+        FaultKind::CommitUnknown => service("order"),
+        FaultKind::Forge => boundaries::publishers(target).map(Hits::Publishers),
+        // Resolved by `boundaries::slow_clients` (it needs the fault's options).
+        FaultKind::SlowClients => Err("slow-clients needs its options".to_string()),
         // Resolved by `network_hits` (they need the scenario's topology).
         FaultKind::Partition
         | FaultKind::Delay
@@ -308,8 +323,14 @@ pub fn schedule(scenario: &Scenario) -> Result<Vec<Fault>, Vec<String>> {
             }
         };
         let target = spec.target.trim();
+        if let Err(problem) = boundaries::check_options(kind, spec) {
+            problems.push(format!("faults[{i}] ({}): {problem}", kind.name()));
+            continue;
+        }
         let resolved = if kind.needs_hosts() {
             network_hits(kind, spec, scenario)
+        } else if kind == FaultKind::SlowClients {
+            boundaries::slow_clients(target, spec, replicas)
         } else {
             hits(kind, target, replicas)
         };
@@ -381,37 +402,6 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
         problems.extend(more);
     }
     problems
-}
-
-/// The service (binary name) a user-facing name stands for: `order`, `order-service`, ….
-fn service_named(name: &str) -> Option<&'static str> {
-    SERVICES
-        .iter()
-        .map(|(service, _)| *service)
-        .find(|service| *service == name || service.strip_suffix("-service") == Some(name))
-}
-
-/// The instances `target` names: every instance of a service, or one replica
-/// (`order-service-2`, `order-2`; replica numbers start at 1).
-pub fn resolve_target(target: &str, replicas: u32) -> Result<Vec<String>, String> {
-    if let Some(service) = service_named(target) {
-        return Ok((1..=replicas)
-            .map(|r| deploy::instance_name(service, r, replicas))
-            .collect());
-    }
-    if let Some((name, number)) = target.rsplit_once('-') {
-        if let (Some(service), Ok(replica)) = (service_named(name), number.parse::<u32>()) {
-            if (1..=replicas).contains(&replica) {
-                return Ok(vec![deploy::instance_name(service, replica, replicas)]);
-            }
-            return Err(format!(
-                "target {target:?}: replica {replica} does not exist (deploy.replicas = {replicas})"
-            ));
-        }
-    }
-    Err(format!(
-        "unknown target {target:?}: a service (order, inventory, payment) or one replica (e.g. payment-service-2)"
-    ))
 }
 
 /// The replicas and extra environment the scenario asks for.
@@ -535,32 +525,6 @@ mod tests {
             .expect_err("short ack wait")
             .to_string();
         assert!(message.contains("consumer_ack_wait"), "{message}");
-    }
-
-    #[test]
-    fn targets_resolve_to_instances() {
-        assert_eq!(
-            resolve_target("inventory", 2),
-            Ok(vec![
-                "inventory-service-1".to_string(),
-                "inventory-service-2".to_string()
-            ])
-        );
-        assert_eq!(
-            resolve_target("order-2", 3),
-            Ok(vec!["order-service-2".to_string()])
-        );
-        // One replica: the instance is named after its service.
-        assert_eq!(
-            resolve_target("payment-service-1", 1),
-            Ok(vec!["payment-service".to_string()])
-        );
-        assert_eq!(
-            resolve_target("payment-service", 1),
-            Ok(vec!["payment-service".to_string()])
-        );
-        assert!(resolve_target("payment-service-0", 2).is_err());
-        assert!(resolve_target("nats", 2).is_err());
     }
 
     #[test]

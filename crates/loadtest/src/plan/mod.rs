@@ -2,6 +2,7 @@
 //! schedule, its faults and replicas, and for a capacity plan its steps. Every mode hands a
 //! [`RunPlan`] to the one executor, `session`.
 
+pub mod boundaries;
 pub mod capacity;
 pub mod duration;
 pub mod faults;
@@ -9,6 +10,7 @@ pub mod limits;
 pub mod network;
 pub mod scenario;
 pub mod schedule;
+pub mod targets;
 
 use std::path::Path;
 

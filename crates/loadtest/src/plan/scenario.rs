@@ -245,6 +245,9 @@ pub struct FaultSpec {
     /// … the share of packets a `loss` drops.
     #[serde(default)]
     pub loss_percent: Option<f64>,
+    /// `slow-clients`: how many connections trickle request bodies at once.
+    #[serde(default)]
+    pub connections: Option<u32>,
 }
 
 fn default_max_in_flight() -> usize {
