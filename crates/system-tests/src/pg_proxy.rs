@@ -207,7 +207,7 @@ fn frame(bytes: &[u8], untyped: bool) -> Option<(usize, usize)> {
 
 fn cut_here(direction: Direction, message: &[u8], control: &Control) -> bool {
     let (kind, body) = (message[0], &message[5..]);
-    let armed = match direction {
+    match direction {
         // A simple query `COMMIT`, or a statement `COMMIT` being prepared.
         Direction::ToServer if kind == b'Q' || kind == b'P' => {
             is_commit_text(body, kind) && take_one(&control.drop_commits)
@@ -217,8 +217,7 @@ fn cut_here(direction: Direction, message: &[u8], control: &Control) -> bool {
             body == b"COMMIT\0" && take_one(&control.lose_commit_answers)
         }
         _ => false,
-    };
-    armed
+    }
 }
 
 fn is_commit_text(body: &[u8], kind: u8) -> bool {

@@ -1,0 +1,228 @@
+//! One group-commit transaction: every request of a batch decided and written with one
+//! statement per step, whatever the batch's size.
+//!
+//! 1. A key's second request in the batch is `409` (the key's lock is re-entrant here).
+//! 2. The keys' locks (`409` when another transaction holds one), then their records: a key
+//!    used before with the same body replays its order, with another body is `422`.
+//! 3. Fair use: the buyers' open orders are counted, and only the orders that fit under
+//!    `max_open_orders` are written; the others are `429`. A replay is not a new order and is
+//!    not counted against the cap.
+//! 4. The orders (with their keys, and the transaction's id), then their `OrderCreated` events.
+//!
+//! See `fair_use.rs` for how exact the cap is.
+
+use super::outcome::CommitOutcome;
+use super::{Answer, Placed, Request};
+use crate::error::OrderError;
+use crate::fair_use::{self, Limited};
+use crate::idempotency::{self, KeyOf};
+use crate::orders::{self, Order, OrderToWrite};
+use platform::broker::Topology;
+use platform::envelope::TraceContext;
+use platform::events::Event;
+use platform::outbox;
+use sqlx::{PgConnection, PgPool};
+
+/// Where and under which cap a batch is written.
+pub(super) struct Target<'a> {
+    pub pool: &'a PgPool,
+    pub topology: &'a Topology,
+    pub max_open_orders: u32,
+}
+
+/// What one batch's transaction did, as far as it got.
+pub(super) struct Attempt {
+    /// The answers that do not depend on the commit (replays and refusals), by request.
+    decided: Vec<Option<Answer>>,
+    /// The orders inserted, with the index of their request.
+    pub written: Vec<(usize, Order)>,
+    /// The transaction's id, once it wrote.
+    pub xid: Option<i64>,
+    /// Why the transaction did not commit, if it did not.
+    pub failure: Option<OrderError>,
+}
+
+impl Attempt {
+    /// Each request's answer, in the batch's order, given what became of the commit.
+    pub fn answers(self, outcome: CommitOutcome) -> Vec<Answer> {
+        let mut answers = self.decided;
+        for (index, order) in self.written {
+            if let Some(slot) = answers.get_mut(index) {
+                *slot = Some(match outcome {
+                    CommitOutcome::Committed => Ok(Placed {
+                        order,
+                        replayed: false,
+                    }),
+                    CommitOutcome::Aborted => Err(refusal(self.failure.as_ref())),
+                    CommitOutcome::Unknown => {
+                        Err(OrderError::OutcomeUnknown { order_id: order.id })
+                    }
+                });
+            }
+        }
+        // Neither decided nor written: the transaction failed before writing them.
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(refusal(self.failure.as_ref()))))
+            .collect()
+    }
+
+    fn undecided(&self) -> Vec<usize> {
+        (0..self.decided.len())
+            .filter(|i| self.decided[*i].is_none())
+            .collect()
+    }
+
+    fn decide(&mut self, index: usize, answer: Answer) {
+        if let Some(slot) = self.decided.get_mut(index) {
+            *slot = Some(answer);
+        }
+    }
+}
+
+/// What a request whose order was not written is told: nothing was written, and why.
+fn refusal(failure: Option<&OrderError>) -> OrderError {
+    failure.map_or(OrderError::Internal, OrderError::from_batch_failure)
+}
+
+/// Writes the batch in one transaction; never answers a request wrongly on failure (the
+/// caller resolves a failed commit).
+pub(super) async fn write(target: &Target<'_>, batch: &[Request]) -> Attempt {
+    let mut attempt = Attempt {
+        decided: (0..batch.len()).map(|_| None).collect(),
+        written: Vec::new(),
+        xid: None,
+        failure: None,
+    };
+    if let Err(error) = transaction(target, batch, &mut attempt).await {
+        attempt.failure = Some(error);
+    }
+    attempt
+}
+
+async fn transaction(
+    target: &Target<'_>,
+    batch: &[Request],
+    attempt: &mut Attempt,
+) -> Result<(), OrderError> {
+    refuse_duplicate_keys(batch, attempt);
+    let mut tx = target.pool.begin().await?;
+    replay_or_refuse_keys(&mut tx, batch, attempt).await?;
+    admit(&mut tx, batch, attempt, target.max_open_orders).await?;
+    let new = attempt.undecided();
+    if new.is_empty() {
+        // End the transaction explicitly: its keys' locks must not outlive the answers (a
+        // dropped transaction rolls back lazily, and the client's retry would be a 409).
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let rows: Vec<OrderToWrite> = new
+        .iter()
+        .map(|&i| OrderToWrite {
+            id: batch[i].id,
+            order: batch[i].order,
+            key: batch[i].key.as_deref(),
+        })
+        .collect();
+    let written = orders::insert_orders(&mut tx, &rows).await?;
+    attempt.xid = Some(written.xid);
+    attempt.written = new.into_iter().zip(written.orders).collect();
+    let events: Vec<(Event, TraceContext)> = attempt
+        .written
+        .iter()
+        .map(|(i, order)| {
+            (
+                orders::order_created(order.id, batch[*i].order),
+                batch[*i].trace.clone(),
+            )
+        })
+        .collect();
+    outbox::enqueue_all(&mut tx, target.topology, &events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn key_of(request: &Request) -> Option<KeyOf<'_>> {
+    request.key.as_deref().map(|key| KeyOf {
+        user_id: request.order.user_id,
+        key,
+    })
+}
+
+fn refuse_duplicate_keys(batch: &[Request], attempt: &mut Attempt) {
+    let keys: Vec<Option<KeyOf>> = batch.iter().map(key_of).collect();
+    for (index, duplicate) in idempotency::later_duplicates(&keys).into_iter().enumerate() {
+        if duplicate {
+            attempt.decide(index, Err(OrderError::IdempotencyInProgress));
+        }
+    }
+}
+
+/// Locks the undecided requests' keys, then answers those whose key was used before.
+async fn replay_or_refuse_keys(
+    conn: &mut PgConnection,
+    batch: &[Request],
+    attempt: &mut Attempt,
+) -> Result<(), OrderError> {
+    let keyed: Vec<(usize, KeyOf)> = attempt
+        .undecided()
+        .into_iter()
+        .filter_map(|i| key_of(&batch[i]).map(|key| (i, key)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<KeyOf> = keyed.iter().map(|(_, key)| *key).collect();
+    let locked = idempotency::try_lock(conn, &keys).await?;
+    let mut held = Vec::with_capacity(keyed.len());
+    for ((index, key), locked) in keyed.into_iter().zip(locked) {
+        if locked {
+            held.push((index, key));
+        } else {
+            attempt.decide(index, Err(OrderError::IdempotencyInProgress));
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<KeyOf> = held.iter().map(|(_, key)| *key).collect();
+    let records = idempotency::find(conn, &keys).await?;
+    for ((index, _), record) in held.into_iter().zip(records) {
+        let Some(record) = record else {
+            continue;
+        };
+        let order = &batch[index].order;
+        let answer = if record.product_id == order.product_id && record.quantity == order.quantity {
+            Ok(Placed {
+                order: record.order,
+                replayed: true,
+            })
+        } else {
+            Err(OrderError::IdempotencyKeyReused)
+        };
+        attempt.decide(index, answer);
+    }
+    Ok(())
+}
+
+/// Refuses the undecided orders that do not fit under their buyer's open-orders cap.
+async fn admit(
+    conn: &mut PgConnection,
+    batch: &[Request],
+    attempt: &mut Attempt,
+    cap: u32,
+) -> Result<(), OrderError> {
+    let new = attempt.undecided();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let buyers: Vec<i64> = new.iter().map(|&i| batch[i].order.user_id).collect();
+    let open = orders::open_orders_by_buyer(conn, &buyers).await?;
+    for (index, admitted) in new.into_iter().zip(fair_use::admit(&buyers, &open, cap)) {
+        if !admitted {
+            Limited::OpenOrders.count();
+            attempt.decide(index, Err(OrderError::TooManyOpenOrders { cap }));
+        }
+    }
+    Ok(())
+}
