@@ -226,3 +226,112 @@ async fn admit(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderStatus;
+    use uuid::Uuid;
+
+    fn order(n: u128) -> Order {
+        let now = chrono::Utc::now();
+        Order {
+            id: Uuid::from_u128(n),
+            user_id: 7,
+            product_id: 1,
+            quantity: 1,
+            status: OrderStatus::Pending,
+            failure_reason: None,
+            amount_cents: None,
+            created_at: now,
+            updated_at: now,
+            finalized_at: None,
+        }
+    }
+
+    /// Four requests: a replay and a 409 decided in the transaction, two orders written, the
+    /// commit then lost its connection (an I/O error).
+    fn attempt() -> Attempt {
+        let mut attempt = Attempt {
+            decided: (0..4).map(|_| None).collect(),
+            written: vec![(1, order(11)), (3, order(13))],
+            xid: Some(42),
+            failure: Some(OrderError::Database(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::UnexpectedEof,
+            )))),
+        };
+        attempt.decide(
+            0,
+            Ok(Placed {
+                order: order(10),
+                replayed: true,
+            }),
+        );
+        attempt.decide(2, Err(OrderError::IdempotencyInProgress));
+        attempt
+    }
+
+    fn describe(answers: &[Answer]) -> Vec<String> {
+        answers
+            .iter()
+            .map(|answer| match answer {
+                Ok(placed) => format!(
+                    "202 {} replayed={}",
+                    placed.order.id.as_u128(),
+                    placed.replayed
+                ),
+                Err(OrderError::OutcomeUnknown { order_id }) => {
+                    format!("unknown {}", order_id.as_u128())
+                }
+                Err(error) => format!("{error:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn written_orders_are_answered_by_the_commits_outcome_and_the_others_keep_theirs() {
+        assert_eq!(
+            describe(&attempt().answers(CommitOutcome::Committed)),
+            [
+                "202 10 replayed=true",
+                "202 11 replayed=false",
+                "IdempotencyInProgress",
+                "202 13 replayed=false"
+            ]
+        );
+        assert_eq!(
+            describe(&attempt().answers(CommitOutcome::Aborted)),
+            [
+                "202 10 replayed=true",
+                "Unavailable",
+                "IdempotencyInProgress",
+                "Unavailable"
+            ]
+        );
+        assert_eq!(
+            describe(&attempt().answers(CommitOutcome::Unknown)),
+            [
+                "202 10 replayed=true",
+                "unknown 11",
+                "IdempotencyInProgress",
+                "unknown 13"
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_neither_decided_nor_written_are_told_nothing_was_written() {
+        let mut attempt = attempt();
+        attempt.written.clear();
+        attempt.xid = None;
+        assert_eq!(
+            describe(&attempt.answers(CommitOutcome::Aborted)),
+            [
+                "202 10 replayed=true",
+                "Unavailable",
+                "IdempotencyInProgress",
+                "Unavailable"
+            ]
+        );
+    }
+}

@@ -92,3 +92,22 @@ pub(super) async fn inquire(pool: &PgPool, xid: i64, until: Instant) -> CommitOu
     metrics::counter!("order_commit_outcome_total", "outcome" => outcome.as_str()).increment(1);
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::OrderError;
+    use platform::outbox::OutboxError;
+
+    #[test]
+    fn a_lost_connection_leaves_the_commit_in_doubt_and_other_failures_do_not() {
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(in_doubt(&OrderError::Database(io())));
+        assert!(in_doubt(&OrderError::Outbox(OutboxError::Database(io()))));
+        assert!(in_doubt(&OrderError::Database(sqlx::Error::Protocol(
+            "unexpected message".into()
+        ))));
+        assert!(!in_doubt(&OrderError::Unavailable));
+        assert!(!in_doubt(&OrderError::Internal));
+    }
+}
