@@ -11,6 +11,7 @@
 
 use crate::orders::Order;
 use sqlx::PgConnection;
+use std::collections::HashMap;
 
 /// One request's key: whose, and the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,30 +20,46 @@ pub struct KeyOf<'a> {
     pub key: &'a str,
 }
 
-/// Tries each key's lock, in the order given (one statement); whether each was taken. The lock
-/// is `hashtextextended('<user>:<key>', 0)`: two keys that share a hash share a lock, which
-/// makes a rare `409`, never a wrong order.
-pub async fn try_lock(
+/// Tries each key's lock, in the order given, and — in the same statement, to spare the batch
+/// a round trip — counts the open orders of `buyers` (as `orders::open_orders_by_buyer` does;
+/// the count needs no lock). Returns whether each lock was taken, and the open orders by
+/// buyer (buyers without any left out). The lock is `hashtextextended('<user>:<key>', 0)`: two
+/// keys that share a hash share a lock, which makes a rare `409`, never a wrong order.
+pub async fn try_lock_counting_open_orders(
     conn: &mut PgConnection,
     keys: &[KeyOf<'_>],
-) -> Result<Vec<bool>, sqlx::Error> {
+    buyers: &[i64],
+) -> Result<(Vec<bool>, HashMap<i64, i64>), sqlx::Error> {
     let (users, texts) = columns(keys);
-    let locked: Vec<(i64, bool)> = sqlx::query_as(
-        "SELECT k.n, pg_try_advisory_xact_lock(hashtextextended(k.user_id::text || ':' || k.key, 0))
-         FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(user_id, key, n)
-         ORDER BY k.n",
+    let mut distinct = buyers.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let (locked, open_buyers, open_counts): (Vec<bool>, Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "WITH open AS (
+             SELECT user_id, count(*) AS n FROM orders
+             WHERE user_id = ANY($3) AND status IN ('PENDING', 'RESERVED')
+             GROUP BY user_id
+         )
+         SELECT ARRAY(SELECT pg_try_advisory_xact_lock(hashtextextended(k.user_id::text || ':' || k.key, 0))
+                      FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(user_id, key, n)
+                      ORDER BY k.n),
+                ARRAY(SELECT user_id FROM open ORDER BY user_id),
+                ARRAY(SELECT n FROM open ORDER BY user_id)",
     )
+    // Planned for each call, like `orders::open_orders_by_buyer` (a plan cached while the
+    // table was small could scan the table).
+    .persistent(false)
     .bind(&users)
     .bind(&texts)
-    .fetch_all(conn)
+    .bind(&distinct)
+    .fetch_one(conn)
     .await?;
-    let mut taken = vec![false; keys.len()];
-    for (n, locked) in locked {
-        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| taken.get_mut(i)) {
-            *slot = locked;
-        }
+    if locked.len() != keys.len() || open_buyers.len() != open_counts.len() {
+        return Err(sqlx::Error::Protocol(
+            "the key locks and open-order counts came back short".into(),
+        ));
     }
-    Ok(taken)
+    Ok((locked, open_buyers.into_iter().zip(open_counts).collect()))
 }
 
 /// What a key was first used for: the body it came with, and the order it made (as it is now).

@@ -2,11 +2,11 @@
 //! statement per step, whatever the batch's size.
 //!
 //! 1. A key's second request in the batch is `409` (the key's lock is re-entrant here).
-//! 2. The keys' locks (`409` when another transaction holds one), then their records: a key
-//!    used before with the same body replays its order, with another body is `422`.
-//! 3. Fair use: the buyers' open orders are counted, and only the orders that fit under
-//!    `max_open_orders` are written; the others are `429`. A replay is not a new order and is
-//!    not counted against the cap.
+//! 2. The keys' locks (`409` when another transaction holds one), and in the same statement
+//!    the buyers' open orders; then the keys' records: a key used before with the same body
+//!    replays its order, with another body is `422`.
+//! 3. Fair use: only the orders that fit under `max_open_orders` are written; the others are
+//!    `429`. A replay is not a new order and is not counted against the cap.
 //! 4. The orders (with their keys, and the transaction's id), then their `OrderCreated` events.
 //!
 //! See `fair_use.rs` for how exact the cap is.
@@ -22,6 +22,7 @@ use platform::envelope::TraceContext;
 use platform::events::Event;
 use platform::outbox;
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 
 /// Where and under which cap a batch is written.
 pub(super) struct Target<'a> {
@@ -107,8 +108,8 @@ async fn transaction(
 ) -> Result<(), OrderError> {
     refuse_duplicate_keys(batch, attempt);
     let mut tx = target.pool.begin().await?;
-    replay_or_refuse_keys(&mut tx, batch, attempt).await?;
-    admit(&mut tx, batch, attempt, target.max_open_orders).await?;
+    let open = replay_or_refuse_keys(&mut tx, batch, attempt).await?;
+    admit(batch, attempt, &open, target.max_open_orders);
     let new = attempt.undecided();
     if new.is_empty() {
         // End the transaction explicitly: its keys' locks must not outlive the answers (a
@@ -158,22 +159,24 @@ fn refuse_duplicate_keys(batch: &[Request], attempt: &mut Attempt) {
     }
 }
 
-/// Locks the undecided requests' keys, then answers those whose key was used before.
+/// Locks the undecided requests' keys (counting their buyers' open orders in the same
+/// statement), then answers those whose key was used before. Returns the open orders by buyer.
 async fn replay_or_refuse_keys(
     conn: &mut PgConnection,
     batch: &[Request],
     attempt: &mut Attempt,
-) -> Result<(), OrderError> {
-    let keyed: Vec<(usize, KeyOf)> = attempt
-        .undecided()
+) -> Result<HashMap<i64, i64>, OrderError> {
+    let undecided = attempt.undecided();
+    let buyers: Vec<i64> = undecided.iter().map(|&i| batch[i].order.user_id).collect();
+    let keyed: Vec<(usize, KeyOf)> = undecided
         .into_iter()
         .filter_map(|i| key_of(&batch[i]).map(|key| (i, key)))
         .collect();
     if keyed.is_empty() {
-        return Ok(());
+        return Ok(orders::open_orders_by_buyer(conn, &buyers).await?);
     }
     let keys: Vec<KeyOf> = keyed.iter().map(|(_, key)| *key).collect();
-    let locked = idempotency::try_lock(conn, &keys).await?;
+    let (locked, open) = idempotency::try_lock_counting_open_orders(conn, &keys, &buyers).await?;
     let mut held = Vec::with_capacity(keyed.len());
     for ((index, key), locked) in keyed.into_iter().zip(locked) {
         if locked {
@@ -183,7 +186,7 @@ async fn replay_or_refuse_keys(
         }
     }
     if held.is_empty() {
-        return Ok(());
+        return Ok(open);
     }
     let keys: Vec<KeyOf> = held.iter().map(|(_, key)| *key).collect();
     let records = idempotency::find(conn, &keys).await?;
@@ -202,29 +205,20 @@ async fn replay_or_refuse_keys(
         };
         attempt.decide(index, answer);
     }
-    Ok(())
+    Ok(open)
 }
 
-/// Refuses the undecided orders that do not fit under their buyer's open-orders cap.
-async fn admit(
-    conn: &mut PgConnection,
-    batch: &[Request],
-    attempt: &mut Attempt,
-    cap: u32,
-) -> Result<(), OrderError> {
+/// Refuses the undecided orders that do not fit under their buyer's open-orders cap (a
+/// replay is decided already: it is not a new order).
+fn admit(batch: &[Request], attempt: &mut Attempt, open: &HashMap<i64, i64>, cap: u32) {
     let new = attempt.undecided();
-    if new.is_empty() {
-        return Ok(());
-    }
     let buyers: Vec<i64> = new.iter().map(|&i| batch[i].order.user_id).collect();
-    let open = orders::open_orders_by_buyer(conn, &buyers).await?;
-    for (index, admitted) in new.into_iter().zip(fair_use::admit(&buyers, &open, cap)) {
+    for (index, admitted) in new.into_iter().zip(fair_use::admit(&buyers, open, cap)) {
         if !admitted {
             Limited::OpenOrders.count();
             attempt.decide(index, Err(OrderError::TooManyOpenOrders { cap }));
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
