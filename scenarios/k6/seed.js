@@ -17,10 +17,16 @@
 // Every answer but 202 Accepted counts as failed here (k6's http_req_failed), which is stricter
 // than `loadtest`, where only 5xx and transport errors count; with the seed plan both expect none.
 // A sold-out order is still 202: it fails later, asynchronously, as FAILED:OUT_OF_STOCK.
+//
+// Like `loadtest run`, every iteration sends an Idempotency-Key unique to the run
+// (`k6-<run>-<iteration>`) and, answered 503 or 500 /problems/outcome-unknown, sends the same
+// request again with the same key after Retry-After, within its 10-second budget: a retry can
+// never place a second order (README, "The API"). Each attempt is an HTTP request of its own in
+// k6's figures; the `order accepted (202)` check is made on the final answer.
 
 import http from 'k6/http';
 import exec from 'k6/execution';
-import { check } from 'k6';
+import { check, sleep } from 'k6';
 
 const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:18080';
 const PRODUCT_ID = parseInt(__ENV.PRODUCT_ID || '1', 10);
@@ -72,11 +78,45 @@ export const options = {
   },
 };
 
-export default function () {
+// A request's whole budget, retries included, and the most retries of one request.
+const BUDGET_MS = 10000;
+const MAX_RETRIES = 8;
+
+// One tag for the whole run, shared by every VU (each VU runs the init code on its own).
+export function setup() {
+  return { run: `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}` };
+}
+
+// Whether an answer invites the same request again, with the same key: 503 (nothing was
+// written) or 500 /problems/outcome-unknown (the server could not tell); after how long.
+function retryAfterMs(response) {
+  const outcomeUnknown =
+    response.status === 500 && String(response.body || '').includes('/problems/outcome-unknown');
+  if (response.status !== 503 && !outcomeUnknown) {
+    return null;
+  }
+  const seconds = parseInt(response.headers['Retry-After'] || '', 10);
+  return Number.isNaN(seconds) ? 200 : seconds * 1000;
+}
+
+export default function (data) {
   const n = exec.scenario.iterationInTest;
-  const response = http.post(`${BASE_URL}/orders`, BODY, {
-    headers: HEADERS[n % HEADERS.length],
-    timeout: '10s',
-  });
+  const headers = Object.assign({ 'Idempotency-Key': `k6-${data.run}-${n}` }, HEADERS[n % HEADERS.length]);
+  const deadline = Date.now() + BUDGET_MS;
+  let response;
+  for (let retries = 0; ; retries++) {
+    const remaining = deadline - Date.now();
+    response = http.post(`${BASE_URL}/orders`, BODY, {
+      headers,
+      timeout: `${Math.max(1, remaining)}ms`,
+      // The body tells an outcome-unknown 500 from another (bodies are discarded otherwise).
+      responseType: 'text',
+    });
+    const wait = retryAfterMs(response);
+    if (wait === null || retries >= MAX_RETRIES || Date.now() + wait >= deadline) {
+      break;
+    }
+    sleep(wait / 1000);
+  }
   check(response, { 'order accepted (202)': (r) => r.status === 202 });
 }

@@ -383,13 +383,14 @@ async fn run<M: Mode>(
     let e2e = database::e2e_latencies(dbs).await?;
 
     let mut checks = checks(audit, &drained, drain_timeout);
-    let accepted = std::mem::take(
+    let requests = std::mem::take(
         &mut *load_state
-            .accepted
+            .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner()),
     );
-    checks.push(audit::accepted::accepted_orders(&dbs.orders, &accepted).await?);
+    checks.push(audit::accepted::accepted_orders(&dbs.orders, &requests.accepted()).await?);
+    checks.push(audit::answers::answered_orders(&dbs.orders, &requests).await?);
     if let Some((_, check)) = &fault_outcome {
         checks.push(check.clone());
     }

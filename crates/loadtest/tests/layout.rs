@@ -64,7 +64,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("loadgen", &["plan"]),
     ("seed", &["deploy", "plan"]),
     ("observe", &["deploy", "infra", "loadgen", "plan"]),
-    ("audit", &["observe", "deploy", "infra"]),
+    // `loadgen`: the audit holds every stored order to what its request was told (answers).
+    ("audit", &["observe", "deploy", "infra", "loadgen"]),
     ("report", &["audit", "loadgen", "observe", "plan"]),
     (
         "chaos",

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::http::{database_problem, on_constraint, Problem};
 use platform::outbox::OutboxError;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
@@ -25,6 +26,10 @@ pub enum OrderError {
     RateLimited { retry_after_secs: u32 },
     #[error("this buyer has {cap} orders that are not final yet")]
     TooManyOpenOrders { cap: u32 },
+    /// The connection was lost while the order was being committed, and whether it was
+    /// written could not be found out in time.
+    #[error("whether order {order_id} was written is not known")]
+    OutcomeUnknown { order_id: Uuid },
     #[error("the order could not be written")]
     Internal,
     #[error(transparent)]
@@ -112,6 +117,18 @@ impl IntoResponse for OrderError {
                 problem.retry_after_secs = Some(1);
                 problem
             }
+            OrderError::OutcomeUnknown { order_id } => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "outcome-unknown",
+                "Whether the order was written is not known",
+            )
+            .with_detail(
+                "the connection to the database was lost while the order was being committed; \
+                 look the order up at order_url (404: it was not written), or retry with the same \
+                 Idempotency-Key",
+            )
+            .with_extension("order_id", order_id.to_string())
+            .with_extension("order_url", format!("/orders/{order_id}")),
             OrderError::Internal => Problem::internal(),
             OrderError::Database(error) => on_constraint(error, constraint_problem),
             // The outbox row is written in the order's transaction: its database failing is
@@ -124,6 +141,20 @@ impl IntoResponse for OrderError {
         };
         problem.into_response()
     }
+}
+
+/// The `500` answers of `POST /orders`, for the OpenAPI document: a problem, and for
+/// `/problems/outcome-unknown` the order it is about (RFC 9457 extension members); any other
+/// 500 (`/problems/internal`) comes without them.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Only its schema is used; the answer is a `Problem` with extensions.
+pub struct OutcomeUnknownProblem {
+    #[serde(flatten)]
+    problem: Problem,
+    /// The id the order has if it was written.
+    order_id: Option<Uuid>,
+    /// `/orders/{order_id}`: `200` if the order was written, `404` if not.
+    order_url: Option<String>,
 }
 
 /// The order API's constraints, by name.

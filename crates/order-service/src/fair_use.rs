@@ -11,8 +11,8 @@
 //! - The open-orders cap is counted in the transaction that writes the order (one query per
 //!   group-commit batch, through the partial index `orders_unfinished_by_user`), under READ
 //!   COMMITTED and without a lock on the buyer: orders of the same buyer that another
-//!   transaction writes at the same moment (another intake writer, another instance, an
-//!   Idempotency-Key request) are not counted yet. So the cap can be passed by the buyer's
+//!   transaction writes at the same moment (another intake writer, another instance) are not
+//!   counted yet. So the cap can be passed by the buyer's
 //!   orders in transactions that commit concurrently — a handful of orders, bounded by the
 //!   rate limit times a commit's duration — and never by more. That is acceptable: the cap is
 //!   fair use, not an invariant (stock is never oversold: inventory reserves exactly), and an

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod fair_use;
+pub mod idempotency;
 pub mod intake;
 pub mod orders;
 pub mod redrive;

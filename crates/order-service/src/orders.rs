@@ -2,6 +2,7 @@
 
 use crate::domain::{OrderStatus, Outcome};
 use chrono::{DateTime, Utc};
+use platform::events::{Event, OrderCreated};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -34,35 +35,86 @@ pub struct NewOrder {
     pub quantity: i32,
 }
 
-pub async fn insert_order(conn: &mut PgConnection, order: NewOrder) -> Result<Order, sqlx::Error> {
-    let mut created = insert_orders(conn, &[order]).await?;
-    created.pop().ok_or(sqlx::Error::RowNotFound)
+/// The `OrderCreated` event that announces order `id`. Built here only: the intake writes it
+/// with the order, the re-drive writes it again for an order that waits too long.
+pub fn order_created(id: Uuid, order: NewOrder) -> Event {
+    Event::OrderCreated(OrderCreated {
+        order_id: id,
+        user_id: order.user_id,
+        product_id: order.product_id,
+        quantity: order.quantity,
+    })
 }
 
-/// Inserts orders with one statement; returns them in the order given.
+/// An order to write: its id (chosen before the insert, so its request knows it whatever
+/// becomes of the transaction), what it buys, and the Idempotency-Key it was placed with.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderToWrite<'a> {
+    pub id: Uuid,
+    pub order: NewOrder,
+    pub key: Option<&'a str>,
+}
+
+/// What [`insert_orders`] wrote: the orders, in the order given, and the id of the writing
+/// transaction (`pg_current_xact_id()`), which tells later whether it committed.
+#[derive(Debug)]
+pub struct Written {
+    pub orders: Vec<Order>,
+    pub xid: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct WrittenRow {
+    #[sqlx(flatten)]
+    order: Order,
+    xid: i64,
+}
+
+/// Inserts orders and the Idempotency-Keys of those placed with one, with one statement; returns
+/// the orders in the order given and the transaction's id (read in the same statement, so it
+/// costs no round trip). `orders` must not be empty.
 pub async fn insert_orders(
     conn: &mut PgConnection,
-    orders: &[NewOrder],
-) -> Result<Vec<Order>, sqlx::Error> {
-    let ids: Vec<Uuid> = orders.iter().map(|_| Uuid::now_v7()).collect();
-    let rows: Vec<Order> = sqlx::query_as(&format!(
-        "INSERT INTO orders (id, user_id, product_id, quantity, status)
-         SELECT o.id, o.user_id, o.product_id, o.quantity, 'PENDING'
-         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) AS o(id, user_id, product_id, quantity)
-         RETURNING {COLUMNS}"
+    orders: &[OrderToWrite<'_>],
+) -> Result<Written, sqlx::Error> {
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+    let (keyed_ids, keys): (Vec<Uuid>, Vec<&str>) = orders
+        .iter()
+        .filter_map(|o| o.key.map(|key| (o.id, key)))
+        .unzip();
+    let rows: Vec<WrittenRow> = sqlx::query_as(&format!(
+        "WITH new AS (
+             INSERT INTO orders (id, user_id, product_id, quantity, status)
+             SELECT o.id, o.user_id, o.product_id, o.quantity, 'PENDING'
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) AS o(id, user_id, product_id, quantity)
+             RETURNING {COLUMNS}
+         ), keys AS (
+             INSERT INTO idempotency_keys (user_id, key, product_id, quantity, order_id)
+             SELECT new.user_id, k.key, new.product_id, new.quantity, new.id
+             FROM unnest($5::uuid[], $6::text[]) AS k(id, key) JOIN new ON new.id = k.id
+         )
+         SELECT new.*, pg_current_xact_id()::text::bigint AS xid FROM new"
     ))
     .bind(&ids)
-    .bind(orders.iter().map(|o| o.user_id).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.product_id).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.quantity).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.order.user_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.order.product_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.order.quantity).collect::<Vec<_>>())
+    .bind(&keyed_ids)
+    .bind(&keys)
     .fetch_all(conn)
     .await?;
+    let xid = rows
+        .first()
+        .map(|r| r.xid)
+        .ok_or(sqlx::Error::RowNotFound)?;
     // RETURNING promises no order; put the rows back in the order of the input.
     let mut by_id: std::collections::HashMap<Uuid, Order> =
-        rows.into_iter().map(|o| (o.id, o)).collect();
-    ids.iter()
+        rows.into_iter().map(|r| (r.order.id, r.order)).collect();
+    let orders = ids
+        .iter()
         .map(|id| by_id.remove(id).ok_or(sqlx::Error::RowNotFound))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Written { orders, xid })
 }
 
 /// How many orders that are not final (`PENDING`, `RESERVED`) each of `buyers` has; buyers
@@ -255,54 +307,4 @@ pub async fn existing_orders(
         .bind(ids)
         .fetch_all(conn)
         .await
-}
-
-/// A stored Idempotency-Key: what it was first used for.
-#[derive(Debug, sqlx::FromRow)]
-pub struct IdempotencyRecord {
-    pub product_id: i64,
-    pub quantity: i32,
-    pub order_id: Uuid,
-}
-
-/// Takes a transaction-scoped lock on the (user, key) pair; false if another request holds it.
-pub async fn try_lock_idempotency_key(
-    conn: &mut PgConnection,
-    user_id: i64,
-    key: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
-        .bind(user_id.to_string())
-        .bind(key)
-        .fetch_one(conn)
-        .await
-}
-
-pub async fn find_idempotency_key(
-    conn: &mut PgConnection,
-    user_id: i64,
-    key: &str,
-) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT product_id, quantity, order_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
-        .bind(user_id)
-        .bind(key)
-        .fetch_optional(conn)
-        .await
-}
-
-pub async fn insert_idempotency_key(
-    conn: &mut PgConnection,
-    user_id: i64,
-    key: &str,
-    order: &Order,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO idempotency_keys (user_id, key, product_id, quantity, order_id) VALUES ($1, $2, $3, $4, $5)")
-        .bind(user_id)
-        .bind(key)
-        .bind(order.product_id)
-        .bind(order.quantity)
-        .bind(order.id)
-        .execute(conn)
-        .await?;
-    Ok(())
 }

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use platform::app::DrivenStep;
 use platform::broker::Topology;
 use platform::envelope::TraceContext;
-use platform::events::{Event, OrderCreated};
+use platform::events::Event;
 use platform::outbox::{self, OutboxError, OutboxSignal};
 use platform::supervisor::{Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
@@ -75,13 +75,12 @@ impl Redrive {
         let events: Vec<(Event, TraceContext)> = stalled
             .iter()
             .map(|order| {
-                let event = Event::OrderCreated(OrderCreated {
-                    order_id: order.id,
+                let asked = orders::NewOrder {
                     user_id: order.user_id,
                     product_id: order.product_id,
                     quantity: order.quantity,
-                });
-                (event, trace.clone())
+                };
+                (orders::order_created(order.id, asked), trace.clone())
             })
             .collect();
         outbox::enqueue_all(&mut tx, &self.topology, &events).await?;

@@ -32,6 +32,11 @@ pub struct Problem {
     /// Sent as the `Retry-After` header (seconds), not in the body.
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
+    /// RFC 9457 extension members of a problem type (e.g. the order an answer is about); an
+    /// operation that sends some documents them in its own schema.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -43,11 +48,18 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             retry_after_secs: None,
+            extensions: serde_json::Map::new(),
         }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds an extension member (RFC 9457 §3.2).
+    pub fn with_extension(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(name.to_owned(), value.into());
         self
     }
 

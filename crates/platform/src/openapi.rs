@@ -107,13 +107,16 @@ fn add_error_responses(operation: &mut Operation) {
             continue;
         };
         if status.starts_with('4') || status.starts_with('5') {
+            // An operation may document its own problem schema (one with extension members).
+            let schema = response
+                .content
+                .values()
+                .find_map(|content| content.schema.clone())
+                .unwrap_or_else(|| RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem")));
             response.content.clear();
-            response.content.insert(
-                PROBLEM_JSON.to_owned(),
-                Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                    "Problem",
-                )))),
-            );
+            response
+                .content
+                .insert(PROBLEM_JSON.to_owned(), Content::new(Some(schema)));
         }
         if status == "503" || status == "429" {
             let mut retry_after = Header::new(Object::with_type(Type::Integer));

@@ -2,6 +2,8 @@
 //! fresh database, against a real PostgreSQL and NATS with a unique subject/stream prefix.
 //! Background work is driven by the test (`settle`) rather than left to timers.
 
+pub mod pg_proxy;
+
 use platform::app::Driver;
 use platform::auth::TokenKeys;
 use platform::broker::Topology;

@@ -384,13 +384,26 @@ async fn every_service_documents_its_api_with_the_bounds_it_enforces() {
         order["components"]["securitySchemes"]["buyer"]["bearerFormat"],
         "JWT"
     );
-    for status in ["400", "401", "409", "413", "415", "422", "500", "503"] {
+    for status in ["400", "401", "409", "413", "415", "422", "503"] {
         let content = &post["responses"][status]["content"]["application/problem+json"];
         assert_eq!(
             content["schema"]["$ref"], "#/components/schemas/Problem",
             "{status}"
         );
     }
+    // A 500 may be outcome-unknown: a problem with the order it is about.
+    let content = &post["responses"]["500"]["content"]["application/problem+json"];
+    assert_eq!(
+        content["schema"]["$ref"],
+        "#/components/schemas/OutcomeUnknownProblem"
+    );
+    let outcome_unknown = &order["components"]["schemas"]["OutcomeUnknownProblem"];
+    assert!(
+        outcome_unknown
+            .to_string()
+            .contains("#/components/schemas/Problem"),
+        "{outcome_unknown}"
+    );
 
     let inventory = document(format!("{}/openapi.json", system.inventory.base_url)).await;
     let product = &inventory["components"]["schemas"]["NewProduct"];

@@ -111,7 +111,7 @@ async fn the_open_orders_cap_refuses_the_next_order_until_one_is_final() {
         "/problems/too-many-open-orders",
     )
     .await;
-    // The same holds for an order with an Idempotency-Key (written outside the group commit).
+    // The same holds for an order with an Idempotency-Key (the same group commit decides).
     let keyed = system
         .http
         .post(format!("{}/orders", system.order.base_url))

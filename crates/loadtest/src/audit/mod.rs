@@ -30,6 +30,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 pub mod accepted;
+pub mod answers;
 pub mod check;
 pub mod drain;
 mod invariants;

@@ -48,11 +48,13 @@ pub struct Published {
 /// before the forgeries arrive; the newest accepted order stands in when none is open).
 async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)> {
     let recent: Vec<Uuid> = {
-        let accepted = context
+        let requests = context
             .load
-            .accepted
+            .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        // In request order: the last ones are the newest.
+        let accepted = requests.accepted();
         accepted.iter().rev().take(RECENT_ORDERS).copied().collect()
     };
     let Some(newest) = recent.first().copied() else {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::inject::FaultContext;
 use crate::deploy;
 use crate::deploy::admin::Resolution;
+use crate::loadgen::answers::{FinalAnswer, RequestLog, RequestRecord};
 
 /// The product of the `panic` fault (outside the seed data), and how many orders it places.
 pub const PANIC_PRODUCT: i64 = 990_001;
@@ -249,18 +250,38 @@ pub async fn arm_panic(
         .build()
         .context("building the HTTP client")?;
     let mut accepted = 0;
-    for _ in 0..PANIC_ORDERS {
+    for n in 0..PANIC_ORDERS {
+        // Placed with a key of the run and recorded like the generator's requests, so the
+        // audit knows these orders.
+        let name = format!("panic-{n}");
+        let key = lock_requests(context).key_of_named(&name);
         let response = http
             .post(&order_url)
             .bearer_auth(&context.buyer_token)
+            .header("idempotency-key", key)
             .json(&json!({"product_id": PANIC_PRODUCT, "quantity": 1}))
             .send()
-            .await
-            .with_context(|| format!("POST {order_url}"))?;
-        let status = response.status().as_u16();
+            .await;
+        let (status, body) = match response {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(error) => {
+                record_panic_order(context, &name, FinalAnswer::NoAnswer);
+                return Err(error).with_context(|| format!("POST {order_url}"));
+            }
+        };
+        let order = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()));
+        record_panic_order(
+            context,
+            &name,
+            crate::loadgen::answers::classify(status, false, order),
+        );
         if status != 202 {
-            let text = response.text().await.unwrap_or_default();
-            bail!("an order for the panic product answered {status}: {text}");
+            bail!("an order for the panic product answered {status}: {body}");
         }
         accepted += 1;
     }
@@ -268,6 +289,18 @@ pub async fn arm_panic(
         "placed {accepted} orders for product {PANIC_PRODUCT}"
     ));
     Ok(())
+}
+
+fn lock_requests(context: &FaultContext) -> std::sync::MutexGuard<'_, RequestLog> {
+    context
+        .load
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn record_panic_order(context: &FaultContext, name: &str, answer: FinalAnswer) {
+    lock_requests(context).record_named(name, RequestRecord { answer, retries: 0 });
 }
 
 /// The fix is deployed (the hook disarmed); the operator replays what the bug parked.

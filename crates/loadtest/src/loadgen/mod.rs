@@ -9,6 +9,11 @@
 //! Requests do not share a lock: each sends its outcome over an unbounded channel to one
 //! collector task, which records batches into the [`RunStats`] behind a mutex that only the
 //! collector and the once-a-second monitor take.
+//!
+//! Every request carries an `Idempotency-Key` unique to the run (`answers.rs`), and is sent
+//! again with the same key when answered `503` or `500 /problems/outcome-unknown`, after the
+//! answer's `Retry-After`, as long as the request's timeout budget lasts: a retry can never
+//! make a second order. Its final answer is recorded by key, for the audit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,9 +26,16 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::plan::schedule::Schedule;
+pub mod answers;
 pub mod stats;
 
+use answers::{FinalAnswer, RequestLog, RequestRecord};
 use stats::{Outcome, RunStats};
+
+/// Most times one request is sent again.
+const MAX_RETRIES: u8 = 8;
+/// The pause before sending again after an answer without `Retry-After`.
+const DEFAULT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// What to send: the URL, one bearer header per user and one JSON body per product.
 #[derive(Debug, Clone)]
@@ -39,6 +51,8 @@ pub struct LoadPlan {
     /// Further order-service replicas: request `n` goes to `[url, more_urls…][n % count]`, and
     /// a refused connection is retried once on the next one (see [`LoadState::failovers`]).
     pub more_urls: Vec<String>,
+    /// Request `n` carries `Idempotency-Key: <key_prefix><n>` (see `answers.rs`).
+    pub key_prefix: String,
 }
 
 impl LoadPlan {
@@ -74,6 +88,7 @@ impl LoadPlan {
             max_in_flight: max_in_flight.max(1),
             request_timeout,
             more_urls: Vec::new(),
+            key_prefix: answers::run_prefix(),
         })
     }
 
@@ -104,8 +119,11 @@ pub struct LoadState {
     pub cancel: AtomicBool,
     /// Requests whose connection one replica refused and that were sent to another replica.
     pub failovers: AtomicU64,
-    /// The ids of the orders answered 202 (for the `accepted orders` check).
-    pub accepted: Mutex<Vec<uuid::Uuid>>,
+    /// Every request's final answer, by Idempotency-Key (for the `accepted orders` and
+    /// `answered orders` checks).
+    pub requests: Mutex<RequestLog>,
+    /// Requests sent again after a `503` or an outcome-unknown answer.
+    pub retries: AtomicU64,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -118,7 +136,8 @@ impl LoadState {
             started: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             failovers: AtomicU64::new(0),
-            accepted: Mutex::new(Vec::new()),
+            requests: Mutex::new(RequestLog::new(plan.key_prefix.clone())),
+            retries: AtomicU64::new(0),
             in_flight: Arc::new(Semaphore::new(plan.max_in_flight)),
             max_in_flight: plan.max_in_flight,
         })
@@ -156,7 +175,7 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
     let client = http_client(&plan)?;
     let urls: Arc<[String]> = plan.urls().into();
     let plan = Arc::new(plan);
-    type Answer = (Duration, Duration, Outcome, Option<uuid::Uuid>);
+    type Answer = (Duration, Duration, Outcome, usize, RequestRecord);
     let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
 
     let collector = {
@@ -165,10 +184,10 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
             let mut batch = Vec::with_capacity(4096);
             while rx.recv_many(&mut batch, 4096).await > 0 {
                 let mut stats = state.stats.lock().unwrap_or_else(|e| e.into_inner());
-                let mut accepted = state.accepted.lock().unwrap_or_else(|e| e.into_inner());
-                for (offset, latency, outcome, order) in batch.drain(..) {
+                let mut requests = state.requests.lock().unwrap_or_else(|e| e.into_inner());
+                for (offset, latency, outcome, n, record) in batch.drain(..) {
                     stats.record(offset, latency, outcome);
-                    accepted.extend(order);
+                    requests.record(n, record);
                 }
             }
         })
@@ -183,33 +202,21 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
             tokio::time::sleep_until(intended).await;
         }
         let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
-            let _ = tx.send((offset, Duration::ZERO, Outcome::Dropped, None));
+            let dropped = RequestRecord {
+                answer: FinalAnswer::Dropped,
+                retries: 0,
+            };
+            let _ = tx.send((offset, Duration::ZERO, Outcome::Dropped, n, dropped));
             continue;
         };
         state.started.fetch_add(1, Ordering::Relaxed);
         let (client, plan, tx, urls) = (client.clone(), plan.clone(), tx.clone(), urls.clone());
         let state = state.clone();
         tokio::spawn(async move {
-            let authorization = plan.authorizations[n % plan.authorizations.len()].clone();
-            let body = plan.bodies[n % plan.bodies.len()].clone();
-            let request = |url: &str| {
-                client
-                    .post(url)
-                    .header(AUTHORIZATION, authorization.clone())
-                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                    .body(body.clone())
-                    .timeout(plan.request_timeout)
-            };
-            let mut outcome = send_once(request(&urls[n % urls.len()])).await;
-            // Refused: the request never reached that replica, so another one may take it.
-            if let (Err(_), true) = (&outcome, urls.len() > 1) {
-                state.failovers.fetch_add(1, Ordering::Relaxed);
-                outcome = send_once(request(&urls[(n + 1) % urls.len()])).await;
-            }
-            let (outcome, order) = outcome.unwrap_or((Outcome::ConnectError, None));
+            let (outcome, record) = place(&client, &plan, &urls, &state, n).await;
             let latency = intended.elapsed();
             drop(permit);
-            let _ = tx.send((offset, latency, outcome, order));
+            let _ = tx.send((offset, latency, outcome, n, record));
         });
     }
 
@@ -225,30 +232,131 @@ pub async fn generate(plan: LoadPlan, state: Arc<LoadState>, start: Instant) -> 
     Ok(())
 }
 
-/// Like [`send`], but a refused connection is `Err(())` (nothing reached the server); with a
-/// 202, the accepted order's id.
-async fn send_once(request: reqwest::RequestBuilder) -> Result<(Outcome, Option<uuid::Uuid>), ()> {
-    match request.send().await {
-        Err(e) if is_refused(&e) => Err(()),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            match response.bytes().await {
-                Ok(body) => {
-                    let order = (status == 202).then(|| accepted_id(&body)).flatten();
-                    Ok((Outcome::Status(status), order))
-                }
-                Err(e) => Ok((classify(&e), None)),
-            }
+/// Sends request `n` with its key until it has a final answer or its timeout budget is spent.
+async fn place(
+    client: &reqwest::Client,
+    plan: &LoadPlan,
+    urls: &[String],
+    state: &LoadState,
+    n: usize,
+) -> (Outcome, RequestRecord) {
+    let authorization = plan.authorizations[n % plan.authorizations.len()].clone();
+    let body = plan.bodies[n % plan.bodies.len()].clone();
+    // One allocation for the key; the header shares it.
+    let key = HeaderValue::from_maybe_shared(Bytes::from(RequestLog::key_of_request(
+        &plan.key_prefix,
+        n,
+    )))
+    .ok();
+    let budget_end = Instant::now() + plan.request_timeout;
+    let mut retries = 0u8;
+    loop {
+        let remaining = budget_end.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return (Outcome::Timeout, record(FinalAnswer::NoAnswer, retries));
         }
-        Err(e) => Ok((classify(&e), None)),
+        let request = |url: &str| {
+            let mut request = client
+                .post(url)
+                .header(AUTHORIZATION, authorization.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body.clone())
+                .timeout(remaining);
+            if let Some(key) = &key {
+                request = request.header("idempotency-key", key.clone());
+            }
+            request
+        };
+        let mut reply = send_once(request(&urls[n % urls.len()])).await;
+        // Refused: the request never reached that replica, so another one may take it.
+        if let (Err(_), true) = (&reply, urls.len() > 1) {
+            state.failovers.fetch_add(1, Ordering::Relaxed);
+            reply = send_once(request(&urls[(n + 1) % urls.len()])).await;
+        }
+        let reply = reply.unwrap_or(Reply {
+            outcome: Outcome::ConnectError,
+            answer: FinalAnswer::NoAnswer,
+            retry_after: None,
+        });
+        match reply.retry_after {
+            Some(wait) if retries < MAX_RETRIES && Instant::now() + wait < budget_end => {
+                retries += 1;
+                state.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+            _ => return (reply.outcome, record(reply.answer, retries)),
+        }
     }
 }
 
-/// The `id` of an accepted order's body (`{"id":"<uuid>",…}`): found by its key rather than by
-/// parsing the whole document, which would cost the generator more than the request.
-fn accepted_id(body: &[u8]) -> Option<uuid::Uuid> {
-    const KEY: &[u8] = b"\"id\":\"";
-    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+fn record(answer: FinalAnswer, retries: u8) -> RequestRecord {
+    RequestRecord { answer, retries }
+}
+
+/// One answer: what the statistics count, what the audit holds the order to, and, for an
+/// answer that invites the same request again (`503`, outcome unknown), after how long.
+struct Reply {
+    outcome: Outcome,
+    answer: FinalAnswer,
+    retry_after: Option<Duration>,
+}
+
+/// One attempt; a refused connection is `Err(())` (nothing reached the server).
+async fn send_once(request: reqwest::RequestBuilder) -> Result<Reply, ()> {
+    let response = match request.send().await {
+        Err(e) if is_refused(&e) => return Err(()),
+        Err(e) => return Ok(no_answer(&e)),
+        Ok(response) => response,
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => return Ok(no_answer(&e)),
+    };
+    let outcome_unknown = status == 500 && contains(&body, OUTCOME_UNKNOWN);
+    let order = match status {
+        202 => string_field(&body, b"\"id\":\""),
+        500 if outcome_unknown => string_field(&body, b"\"order_id\":\""),
+        _ => None,
+    };
+    let retry_after = match status {
+        503 => Some(retry_after.unwrap_or(DEFAULT_RETRY_PAUSE)),
+        500 if outcome_unknown => Some(retry_after.unwrap_or(DEFAULT_RETRY_PAUSE)),
+        _ => None,
+    };
+    Ok(Reply {
+        outcome: Outcome::Status(status),
+        answer: answers::classify(status, outcome_unknown, order),
+        retry_after,
+    })
+}
+
+fn no_answer(error: &reqwest::Error) -> Reply {
+    Reply {
+        outcome: classify(error),
+        answer: FinalAnswer::NoAnswer,
+        retry_after: None,
+    }
+}
+
+/// The problem type of a `500` whose order may or may not have been written.
+const OUTCOME_UNKNOWN: &[u8] = b"/problems/outcome-unknown";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The UUID value of a top-level string field of a compact JSON body (`"id":"<uuid>"`), found
+/// by its key rather than by parsing the whole document, which would cost the generator more
+/// than the request.
+fn string_field(body: &[u8], key: &[u8]) -> Option<uuid::Uuid> {
+    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
     let text = body.get(at..at + 36)?;
     uuid::Uuid::try_parse_ascii(text).ok()
 }
@@ -282,18 +390,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_accepted_order_id_is_read_from_the_answer() {
+    fn the_order_id_is_read_from_the_answer() {
         let id = uuid::Uuid::from_u128(0x1234);
         let body = format!(r#"{{"id":"{id}","user_id":1,"status":"PENDING"}}"#);
-        assert_eq!(accepted_id(body.as_bytes()), Some(id));
-        assert_eq!(accepted_id(br#"{"id":"not-a-uuid"}"#), None);
-        assert_eq!(accepted_id(b"{}"), None);
+        let key = b"\"id\":\"";
+        assert_eq!(string_field(body.as_bytes(), key), Some(id));
+        assert_eq!(string_field(br#"{"id":"not-a-uuid"}"#, key), None);
+        assert_eq!(string_field(b"{}", key), None);
+        let unknown = format!(
+            r#"{{"type":"/problems/outcome-unknown","title":"t","status":500,"order_id":"{id}","order_url":"/orders/{id}"}}"#
+        );
+        assert!(contains(unknown.as_bytes(), OUTCOME_UNKNOWN));
+        assert_eq!(string_field(unknown.as_bytes(), key), None);
+        assert_eq!(
+            string_field(unknown.as_bytes(), b"\"order_id\":\""),
+            Some(id)
+        );
     }
     use crate::plan::scenario::Stage;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A minimal HTTP/1.1 keep-alive server answering 202 to everything.
     async fn accept_all() -> (String, tokio::task::JoinHandle<()>) {
+        serve(Arc::new(|_: &str| {
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}".to_vec()
+        }))
+        .await
+    }
+
+    type Respond = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+    /// A minimal HTTP/1.1 keep-alive server answering each request with `respond(head)` (the
+    /// head lower-cased).
+    async fn serve(respond: Respond) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -303,6 +432,7 @@ mod tests {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
+                let respond = respond.clone();
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 8192];
                     let mut pending = Vec::new();
@@ -326,8 +456,7 @@ mod tests {
                                 break;
                             }
                             pending.drain(..end + 4 + length);
-                            let reply = b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}";
-                            if socket.write_all(reply).await.is_err() {
+                            if socket.write_all(&respond(&head)).await.is_err() {
                                 return;
                             }
                         }
@@ -435,5 +564,82 @@ mod tests {
         let stats = state.stats_snapshot();
         assert_eq!(stats.counts_by_outcome().get("connect_error"), Some(&10));
         assert_eq!(stats.error_rate(), 1.0);
+    }
+
+    /// A server that answers each key's first request `503` (or outcome unknown) and its
+    /// second `202` with an order: every request ends accepted, once retried, with one key.
+    #[tokio::test]
+    async fn a_503_or_an_unknown_outcome_is_retried_with_the_same_key() {
+        let seen: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
+        let respond: Respond = {
+            let seen = seen.clone();
+            Arc::new(move |head: &str| {
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("idempotency-key:"))
+                    .map(|k| k.trim().to_owned())
+                    .unwrap_or_default();
+                let attempts = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(key.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
+                let (status, extra, body) = match (
+                    attempts,
+                    key.ends_with(['1', '3', '5', '7', '9']),
+                ) {
+                    (1, false) => (
+                        "503 Service Unavailable",
+                        "retry-after: 0\r\n",
+                        r#"{"type":"/problems/unavailable","status":503}"#.to_owned(),
+                    ),
+                    (1, true) => (
+                        "500 Internal Server Error",
+                        "",
+                        format!(
+                            r#"{{"type":"/problems/outcome-unknown","status":500,"order_id":"{id}","order_url":"/orders/{id}"}}"#
+                        ),
+                    ),
+                    _ => ("202 Accepted", "", format!(r#"{{"id":"{id}"}}"#)),
+                };
+                format!(
+                    "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+        };
+        let (url, server) = serve(respond).await;
+        let plan = plan(url, 40.0, 0.5, 20);
+        let prefix = plan.key_prefix.clone();
+        let state = LoadState::new(&plan);
+        generate(plan, state.clone(), Instant::now())
+            .await
+            .expect("run");
+        let stats = state.stats_snapshot();
+        assert_eq!(stats.counts_by_outcome().get("202"), Some(&20));
+        assert_eq!(state.retries.load(Ordering::Relaxed), 20);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 20, "one key per request: {seen:?}");
+        assert!(
+            seen.values().all(|n| *n == 2),
+            "each key sent twice: {seen:?}"
+        );
+        let requests = state.requests.lock().unwrap();
+        for n in 0..20 {
+            let key = RequestLog::key_of_request(&prefix, n);
+            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.to_lowercase().as_bytes());
+            assert_eq!(
+                requests.lookup(&key),
+                Some(&RequestRecord {
+                    answer: FinalAnswer::Accepted(id),
+                    retries: 1
+                }),
+                "{key}"
+            );
+        }
+        server.abort();
     }
 }

@@ -1,3 +1,5 @@
+//! The order API's routes and the state they share; every order is written by the intake.
+
 mod openapi;
 mod orders;
 
@@ -9,8 +11,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use platform::app::Infrastructure;
 use platform::auth::TokenKeys;
-use platform::broker::Topology;
-use platform::outbox::OutboxSignal;
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -19,16 +19,11 @@ pub use openapi::ApiDoc;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub topology: Topology,
-    pub outbox_signal: OutboxSignal,
     pub tokens: TokenKeys,
     pub max_quantity: i32,
     pub intake: OrderIntake,
     /// Per-buyer token bucket of `POST /orders`.
     pub rate_limit: Arc<BuyerRateLimit>,
-    /// Orders of one buyer that may be open at once (checked again by Idempotency-Key orders,
-    /// which are written outside the intake).
-    pub max_open_orders: u32,
 }
 
 impl AppState {
@@ -40,13 +35,10 @@ impl AppState {
     ) -> Self {
         AppState {
             pool: infra.pools.http.clone(),
-            topology: infra.topology.clone(),
-            outbox_signal: infra.outbox_signal.clone(),
             tokens: TokenKeys::from_settings(&settings.common.auth),
             max_quantity: settings.orders.max_quantity,
             intake,
             rate_limit: Arc::new(rate_limit),
-            max_open_orders: settings.fair_use.max_open_orders,
         }
     }
 }

@@ -1,3 +1,5 @@
+//! The order service's OpenAPI document, generated from the routes, with the deployment's bounds.
+
 use platform::openapi::{set_range, Document, Shared};
 use utoipa::OpenApi;
 
@@ -5,7 +7,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "Order service", description = "Place orders and follow them to their final status."),
     paths(super::orders::create_order, super::orders::get_order),
-    components(schemas(super::orders::CreateOrder, crate::orders::Order, crate::domain::OrderStatus)),
+    components(schemas(super::orders::CreateOrder, crate::orders::Order, crate::domain::OrderStatus, crate::error::OutcomeUnknownProblem)),
     tags((name = "orders", description = "A buyer's orders")),
     modifiers(&Shared)
 )]

@@ -1,9 +1,17 @@
 //! Order intake with group commit: concurrent `POST /orders` requests are written together, one
 //! transaction (and one WAL flush) for many orders, each order with its `OrderCreated` outbox
-//! row. A request is answered only after the transaction holding its order committed.
+//! row. Every order goes through it, with or without an Idempotency-Key (`batch.rs` is the one
+//! transaction: the keys' locks, replays and rejections, the open-orders cap, the insert).
 //!
 //! Several writers share one queue: while one commits, the next collects the requests that
 //! arrive meanwhile, so batches grow with load and a lone request is written at once.
+//!
+//! Answers tell the truth. A request's order id is chosen before the insert. `202` means the
+//! order is committed; `503` (and `429`, `409`, `422`) means nothing was written for the
+//! request. When the COMMIT (or anything after the first write) fails with the connection lost,
+//! the server may have committed: the writer asks on a fresh connection (`outcome.rs`) and
+//! answers `202` if it did, `503` if not, and `500 /problems/outcome-unknown` naming the order
+//! when it cannot find out in time.
 //!
 //! Load shedding: a request that no writer has taken within the commit deadline (a slow or
 //! stalled database) is answered `503` with `Retry-After`, and its order is never written — a
@@ -12,19 +20,17 @@
 //! cannot be reached (or a lock wait timed out), the requests queued behind it are answered
 //! `503` at once. So waiting requests and their memory are bounded by rate × deadline, and
 //! nothing is half-written.
-//!
-//! Fair use: each batch counts its buyers' open orders in its own transaction and writes only
-//! the orders that fit under `max_open_orders`; the others are answered `429` (see
-//! `fair_use.rs` for how exact that is).
+
+mod batch;
+mod outcome;
 
 use crate::error::OrderError;
-use crate::fair_use::{self, Limited};
-use crate::orders::{self, NewOrder, Order};
+use crate::orders::{NewOrder, Order};
 use futures::future::BoxFuture;
+use outcome::CommitOutcome;
 use platform::broker::Topology;
 use platform::envelope::TraceContext;
-use platform::events::{Event, OrderCreated};
-use platform::outbox::{self, OutboxSignal};
+use platform::outbox::OutboxSignal;
 use platform::pacing::RoundPacer;
 use platform::supervisor::{Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
@@ -32,16 +38,34 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+use uuid::Uuid;
 
 /// Where a request is: waiting in the queue, taken into a batch, or given up on by its caller.
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// An order placed: the one written for this request, or (`replayed`) the one an earlier
+/// request with the same Idempotency-Key wrote.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+type Answer = Result<Placed, OrderError>;
+
 struct Request {
+    /// The order's id, chosen before it is written.
+    id: Uuid,
     order: NewOrder,
+    key: Option<String>,
     trace: TraceContext,
-    reply: oneshot::Sender<Result<Order, OrderError>>,
+    /// Until when the caller waits to be taken into a batch; a commit in doubt is looked into
+    /// until then too.
+    deadline: Instant,
+    reply: oneshot::Sender<Answer>,
     state: Arc<AtomicU8>,
 }
 
@@ -107,14 +131,24 @@ impl OrderIntake {
         (intake, workers)
     }
 
-    /// Writes the order (and its `OrderCreated` event) and returns it once committed.
-    pub async fn place(&self, order: NewOrder, trace: TraceContext) -> Result<Order, OrderError> {
-        let deadline = tokio::time::Instant::now() + self.deadline;
+    /// Places the order (with its `OrderCreated` event, and its Idempotency-Key if it has one)
+    /// and returns it once committed — or the order an earlier request with the key placed.
+    pub async fn place(
+        &self,
+        order: NewOrder,
+        key: Option<String>,
+        trace: TraceContext,
+    ) -> Result<Placed, OrderError> {
+        let deadline = Instant::now() + self.deadline;
+        let id = Uuid::now_v7();
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let request = Request {
+            id,
             order,
+            key,
             trace,
+            deadline,
             reply,
             state: state.clone(),
         };
@@ -124,7 +158,7 @@ impl OrderIntake {
             Err(_) => return Err(shed()),
         }
         tokio::select! {
-            answer = &mut answer => return answer.map_err(|_| OrderError::Unavailable)?,
+            answer = &mut answer => return answer.unwrap_or_else(|_| gone(&state, id)),
             _ = tokio::time::sleep_until(deadline) => {}
         }
         if state
@@ -134,7 +168,17 @@ impl OrderIntake {
             return Err(shed());
         }
         // Already in a transaction: its outcome is the answer.
-        answer.await.map_err(|_| OrderError::Unavailable)?
+        answer.await.unwrap_or_else(|_| gone(&state, id))
+    }
+}
+
+/// The writer dropped the request without answering (it panicked, or the service is stopping).
+/// Before a writer took it nothing was written; after, its transaction may have committed.
+fn gone(state: &AtomicU8, id: Uuid) -> Answer {
+    if state.load(Ordering::Acquire) == TAKEN {
+        Err(OrderError::OutcomeUnknown { order_id: id })
+    } else {
+        Err(OrderError::Unavailable)
     }
 }
 
@@ -224,35 +268,81 @@ impl Writer {
     async fn write(&self, batch: Vec<Request>) -> Result<(), String> {
         let _busy = self.status.busy();
         metrics::histogram!("order_intake_batch_size").record(batch.len() as f64);
-        match self.commit(&batch).await {
-            Ok(answers) => {
-                self.outbox_signal.notify();
-                for (request, answer) in batch.into_iter().zip(answers) {
-                    if let Ok(order) = &answer {
-                        let request_id = request.trace.request_id.as_deref().unwrap_or("-");
-                        tracing::info!(order_id = %order.id, request_id, user_id = order.user_id, product_id = order.product_id, quantity = order.quantity, "order created");
-                    }
-                    let _ = request.reply.send(answer);
-                }
-                Ok(())
-            }
-            Err(error) => {
-                tracing::warn!(%error, orders = batch.len(), "order batch not written");
-                let unavailable = matches!(
-                    OrderError::from_batch_failure(&error),
-                    OrderError::Unavailable
-                );
-                for request in batch {
-                    let _ = request
-                        .reply
-                        .send(Err(OrderError::from_batch_failure(&error)));
-                }
-                if unavailable {
-                    self.refuse_queued().await;
-                }
-                Err(format!("order batch not written: {error}"))
-            }
+        let attempt = batch::write(
+            &batch::Target {
+                pool: &self.pool,
+                topology: &self.topology,
+                max_open_orders: self.max_open_orders,
+            },
+            &batch,
+        )
+        .await;
+        let outcome = match &attempt.failure {
+            None => CommitOutcome::Committed,
+            Some(error) => self.outcome_of_failure(error, &attempt, &batch).await,
+        };
+        if !attempt.written.is_empty() && outcome == CommitOutcome::Committed {
+            self.outbox_signal.notify();
         }
+        let refuse_queued = outcome != CommitOutcome::Committed
+            && attempt.failure.as_ref().is_some_and(|error| {
+                matches!(
+                    OrderError::from_batch_failure(error),
+                    OrderError::Unavailable
+                )
+            });
+        // A COMMIT whose answer was lost but which the database kept wrote what it should.
+        let round = match (&attempt.failure, outcome) {
+            (None, _) | (Some(_), CommitOutcome::Committed) => Ok(()),
+            (Some(error), _) => Err(format!("order batch not written: {error}")),
+        };
+        for (request, answer) in batch.into_iter().zip(attempt.answers(outcome)) {
+            if let Ok(Placed {
+                order,
+                replayed: false,
+            }) = &answer
+            {
+                let request_id = request.trace.request_id.as_deref().unwrap_or("-");
+                tracing::info!(order_id = %order.id, request_id, user_id = order.user_id, product_id = order.product_id, quantity = order.quantity, "order created");
+            }
+            let _ = request.reply.send(answer);
+        }
+        if refuse_queued {
+            self.refuse_queued().await;
+        }
+        round
+    }
+
+    /// What became of the batch's orders after `error`: before the first write, or when the
+    /// server itself reported the error, nothing was committed; after a lost connection, the
+    /// database is asked (within the latest deadline of the batch's requests).
+    async fn outcome_of_failure(
+        &self,
+        error: &OrderError,
+        attempt: &batch::Attempt,
+        batch: &[Request],
+    ) -> CommitOutcome {
+        tracing::warn!(%error, orders = batch.len(), "order batch failed");
+        let Some(xid) = attempt.xid else {
+            return CommitOutcome::Aborted;
+        };
+        if !outcome::in_doubt(error) {
+            return CommitOutcome::Aborted;
+        }
+        let until = batch
+            .iter()
+            .map(|r| r.deadline)
+            .max()
+            .unwrap_or_else(Instant::now)
+            .max(Instant::now() + outcome::MIN_INQUIRY);
+        let found = outcome::inquire(&self.pool, xid, until).await;
+        tracing::warn!(
+            xid,
+            orders = attempt.written.len(),
+            outcome = found.as_str(),
+            "the connection was lost around a COMMIT; its outcome looked up"
+        );
+        found
     }
 
     /// The database cannot take orders right now (unreachable, or a lock wait timed out): the
@@ -278,64 +368,6 @@ impl Writer {
                 "database unavailable; queued orders refused"
             );
         }
-    }
-
-    /// Writes the batch's orders that fit under the open-orders cap; returns each request's
-    /// answer, in the batch's order.
-    async fn commit(
-        &self,
-        batch: &[Request],
-    ) -> Result<Vec<Result<Order, OrderError>>, OrderError> {
-        let buyers: Vec<i64> = batch.iter().map(|r| r.order.user_id).collect();
-        let mut tx = self.pool.begin().await?;
-        let open = orders::open_orders_by_buyer(&mut tx, &buyers).await?;
-        let admitted = fair_use::admit(&buyers, &open, self.max_open_orders);
-        let written: Vec<&Request> = batch
-            .iter()
-            .zip(&admitted)
-            .filter(|(_, admitted)| **admitted)
-            .map(|(request, _)| request)
-            .collect();
-        if written.is_empty() {
-            tx.rollback().await?;
-            return Ok(self.answers(&admitted, Vec::new()));
-        }
-        let new_orders: Vec<NewOrder> = written.iter().map(|r| r.order).collect();
-        let orders = orders::insert_orders(&mut tx, &new_orders).await?;
-        let events: Vec<(Event, TraceContext)> = orders
-            .iter()
-            .zip(&written)
-            .map(|(order, request)| {
-                let event = Event::OrderCreated(OrderCreated {
-                    order_id: order.id,
-                    user_id: order.user_id,
-                    product_id: order.product_id,
-                    quantity: order.quantity,
-                });
-                (event, request.trace.clone())
-            })
-            .collect();
-        outbox::enqueue_all(&mut tx, &self.topology, &events).await?;
-        tx.commit().await?;
-        Ok(self.answers(&admitted, orders))
-    }
-
-    /// Each request's answer: its written order, or the cap's refusal (counted).
-    fn answers(&self, admitted: &[bool], orders: Vec<Order>) -> Vec<Result<Order, OrderError>> {
-        let mut written = orders.into_iter();
-        admitted
-            .iter()
-            .map(|admitted| {
-                if *admitted {
-                    written.next().ok_or(OrderError::Internal)
-                } else {
-                    Limited::OpenOrders.count();
-                    Err(OrderError::TooManyOpenOrders {
-                        cap: self.max_open_orders,
-                    })
-                }
-            })
-            .collect()
     }
 }
 
