@@ -262,9 +262,11 @@ async fn run<M: Mode>(
     let (stop_probe, probe_signal) = watch::channel(false);
     let faults = (!plan.faults.is_empty()).then(|| {
         let targets = chaos::ProbeTargets {
+            // The admin listener's `/ready`: the same verdict as the public one (what a load
+            // balancer sees), with the errors behind each reason for the report.
             instances: specs
                 .iter()
-                .map(|s| (s.name.clone(), s.base_url()))
+                .map(|s| (s.name.clone(), s.admin_url()))
                 .collect(),
             admin: specs
                 .iter()

@@ -267,8 +267,8 @@ impl Application {
         #[cfg(feature = "fault-injection")]
         let admin_routes = admin_routes.merge(crate::fault_hooks::routes(infra.admin_token()));
         let max_body = settings.http.max_body_bytes;
-        let router = http::service_router(routes, readiness, max_body);
-        let admin_router = http::admin_router(admin_routes, max_body);
+        let router = http::service_router(routes, readiness.clone(), max_body);
+        let admin_router = http::admin_router(admin_routes, readiness, max_body);
         Ok(Application {
             listener,
             port,

@@ -489,10 +489,14 @@ pub fn service_router(routes: Router, readiness: Readiness, max_body_bytes: usiz
     with_plumbing(routes.merge(ops), max_body_bytes)
 }
 
-/// The admin listener's router: `/metrics` and the admin routes (`/admin/*`, which check the
-/// admin credential themselves), with the same plumbing as the public one.
-pub fn admin_router(admin_routes: Router, max_body_bytes: usize) -> Router {
-    let ops = Router::new().route("/metrics", get(render_metrics));
+/// The admin listener's router: `/metrics`, `/ready` with the errors behind each reason (the
+/// public `/ready` names what is wrong without them), and the admin routes (`/admin/*`, which
+/// check the admin credential themselves), with the same plumbing as the public one.
+pub fn admin_router(admin_routes: Router, readiness: Readiness, max_body_bytes: usize) -> Router {
+    let ops = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/ready", get(crate::readiness::ready_in_detail))
+        .with_state(readiness);
     with_plumbing(admin_routes.merge(ops), max_body_bytes)
 }
 

@@ -144,16 +144,36 @@ impl IntoResponse for NotReady {
     }
 }
 
+/// `/ready` on the public listener (load balancers, anyone): each unhealthy worker with what is
+/// wrong, never the error behind it — error texts name databases, servers and rows, and
+/// internal error text is not sent to clients.
 pub(crate) async fn ready(State(readiness): State<Readiness>) -> Response {
+    answer(&readiness, false).await
+}
+
+/// `/ready` on the admin listener (operators, the load-test CLI's probe): the same verdict, with
+/// the errors behind each reason.
+pub(crate) async fn ready_in_detail(State(readiness): State<Readiness>) -> Response {
+    answer(&readiness, true).await
+}
+
+async fn answer(readiness: &Readiness, detailed: bool) -> Response {
     let workers: Vec<Unhealthy> = readiness
         .workers
         .iter()
         .filter_map(|(w, supervised)| w.unhealthy(readiness.stall_after, *supervised))
+        .map(|mut unhealthy| {
+            if !detailed {
+                unhealthy.reason = std::mem::take(&mut unhealthy.summary);
+            }
+            unhealthy
+        })
         .collect();
     let mut problems: Vec<String> = workers
         .iter()
         .map(|u| format!("{}: {}", u.worker, u.reason))
         .collect();
+    // The database verdict is one of a few fixed texts (`db_errors::unavailable_reason`).
     if let Verdict::NotWritable(why) = readiness.database.verdict().await {
         problems.push(why.to_owned());
     }

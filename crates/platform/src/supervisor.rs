@@ -61,7 +61,13 @@ struct State {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Unhealthy {
     pub worker: String,
+    /// What is wrong, with the error behind it when there is one: for operators (the admin
+    /// listener's `/ready`, logs), never for the public listener.
     pub reason: String,
+    /// The same without any error text (which may name databases, servers or rows): what the
+    /// public listener's `/ready` says.
+    #[serde(skip)]
+    pub summary: String,
 }
 
 impl WorkerStatus {
@@ -194,13 +200,21 @@ impl WorkerStatus {
     /// workers by hand (then "not running" is expected and only stalls count).
     pub fn unhealthy(&self, stall_after: Duration, supervised: bool) -> Option<Unhealthy> {
         let state = self.state();
-        let reason = if supervised && !state.running {
-            format!(
-                "not running (restarting after: {})",
-                state.last_error.as_deref().unwrap_or("not started yet")
+        let (summary, detail) = if supervised && !state.running {
+            (
+                "not running".to_owned(),
+                Some(format!(
+                    "restarting after: {}",
+                    state.last_error.as_deref().unwrap_or("not started yet")
+                )),
             )
         } else if let Some(down) = &state.down {
-            down.clone()
+            // The worker's own words say what is down and why; shown as they are.
+            return Some(Unhealthy {
+                worker: self.0.name.clone(),
+                reason: down.clone(),
+                summary: "down".to_owned(),
+            });
         } else if let Some(failing) = state
             .failing_since
             .map(|since| since.elapsed())
@@ -208,32 +222,46 @@ impl WorkerStatus {
         {
             // Before the busy check: a failing worker is busy during each retry, and must not
             // look healthy then.
-            format!(
-                "failing for {:.0} s: {}",
-                failing.as_secs_f64(),
-                state.last_error.as_deref().unwrap_or("no error recorded")
+            (
+                format!("failing for {:.0} s", failing.as_secs_f64()),
+                Some(
+                    state
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "no error recorded".to_owned()),
+                ),
             )
         } else if let Some(busy) = state.busy_since.map(|s| s.elapsed()) {
             if busy <= stall_after {
                 return None;
             }
-            format!("busy with one unit of work for {:.0} s", busy.as_secs_f64())
+            (
+                format!("busy with one unit of work for {:.0} s", busy.as_secs_f64()),
+                None,
+            )
         } else if state.backlog > 0 && state.last_progress.elapsed() > stall_after {
-            let mut reason = format!(
-                "{} waiting and no progress for {:.0} s",
-                state.backlog,
-                state.last_progress.elapsed().as_secs_f64()
-            );
-            if let Some(error) = &state.last_error {
-                reason.push_str(&format!(" (last error: {error})"));
-            }
-            reason
+            (
+                format!(
+                    "{} waiting and no progress for {:.0} s",
+                    state.backlog,
+                    state.last_progress.elapsed().as_secs_f64()
+                ),
+                state
+                    .last_error
+                    .as_ref()
+                    .map(|error| format!("last error: {error}")),
+            )
         } else {
             return None;
+        };
+        let reason = match detail {
+            Some(detail) => format!("{summary} ({detail})"),
+            None => summary.clone(),
         };
         Some(Unhealthy {
             worker: self.0.name.clone(),
             reason,
+            summary,
         })
     }
 }

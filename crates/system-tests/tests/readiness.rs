@@ -148,6 +148,26 @@ async fn intake_writers_whose_batches_fail_are_not_progressing_and_heal_without_
         panic!("no intake writer is named after 2.5 s of failed batches: /ready {body}")
     });
     assert!(reason.contains("failing"), "{reason}");
+    // The public listener says what is wrong, not the database's error text; the admin
+    // listener's `/ready` gives operators the error behind it.
+    assert!(
+        !body.to_string().contains("read-only transaction"),
+        "the public /ready sends internal error text: {body}"
+    );
+    let detailed: Value = system
+        .http
+        .get(format!("{}/ready", system.order.admin_url))
+        .send()
+        .await
+        .expect("admin /ready")
+        .json()
+        .await
+        .expect("admin /ready body");
+    let detailed_reason = named_worker(&detailed, "intake-writer").unwrap_or_default();
+    assert!(
+        detailed_reason.contains("read-only transaction"),
+        "the admin /ready names the error: {detailed}"
+    );
 
     // Back to writable with no order arriving: the writers find out by themselves.
     set_read_only(&system.order, false).await;

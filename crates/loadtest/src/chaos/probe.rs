@@ -92,7 +92,8 @@ const REDRIVES: &str = "orders_redriven_total";
 /// `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeTargets {
-    /// (instance name, base URL) of every instance: `/ready` is asked there.
+    /// (instance name, URL) of every instance's `/ready`: its admin listener's, which gives the
+    /// public one's verdict with the errors behind it.
     pub instances: Vec<(String, String)>,
     /// (instance name, admin URL) of every instance: `/metrics` is read there.
     pub admin: Vec<(String, String)>,
