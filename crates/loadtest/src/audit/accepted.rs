@@ -6,14 +6,13 @@
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
+use super::check::name_ids as name;
 use super::Check;
 
 pub const CHECK_ACCEPTED_ORDERS: &str = "accepted orders";
 
 /// Orders looked up per query.
 const CHUNK: usize = 10_000;
-/// Ids named in the detail, of each kind.
-const NAMED: usize = 20;
 
 /// The check over `accepted` (the load generator's 202 answers).
 pub async fn accepted_orders(orders: &PgPool, accepted: &[Uuid]) -> anyhow::Result<Check> {
@@ -38,15 +37,6 @@ pub async fn accepted_orders(orders: &PgPool, accepted: &[Uuid]) -> anyhow::Resu
 }
 
 fn verdict(accepted: usize, missing: &[Uuid], open: &[Uuid]) -> Check {
-    let name = |ids: &[Uuid]| {
-        let shown: Vec<String> = ids.iter().take(NAMED).map(Uuid::to_string).collect();
-        let more = ids.len().saturating_sub(NAMED);
-        if more > 0 {
-            format!("{} (and {more} more)", shown.join(", "))
-        } else {
-            shown.join(", ")
-        }
-    };
     if missing.is_empty() && open.is_empty() {
         return Check::new(
             CHECK_ACCEPTED_ORDERS,

@@ -18,13 +18,11 @@
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
+use super::check::name_ids as name;
 use super::Check;
 use crate::loadgen::answers::{FinalAnswer, RequestLog};
 
 pub const CHECK_ANSWERED_ORDERS: &str = "answered orders";
-
-/// Ids named in the detail, of each kind of violation.
-const NAMED: usize = 20;
 
 /// The check over the orders database and the run's requests.
 pub async fn answered_orders(orders: &PgPool, requests: &RequestLog) -> anyhow::Result<Check> {
@@ -120,16 +118,6 @@ fn verdict(stored: &[(Uuid, Option<String>)], requests: &RequestLog) -> Check {
                 violations.join("; ")
             ),
         )
-    }
-}
-
-fn name(ids: &[Uuid]) -> String {
-    let shown: Vec<String> = ids.iter().take(NAMED).map(Uuid::to_string).collect();
-    let more = ids.len().saturating_sub(NAMED);
-    if more > 0 {
-        format!("{} (and {more} more)", shown.join(", "))
-    } else {
-        shown.join(", ")
     }
 }
 

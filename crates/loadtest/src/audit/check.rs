@@ -27,3 +27,18 @@ impl std::fmt::Display for Check {
         write!(f, "[{mark}] {}: {}", self.name, self.detail)
     }
 }
+
+/// Ids named in a check's detail, at most this many.
+pub const NAMED: usize = 20;
+
+/// The first [`NAMED`] of `ids`, and how many more there are: a failed check names what it
+/// found without printing thousands of ids.
+pub fn name_ids<T: std::fmt::Display>(ids: &[T]) -> String {
+    let shown: Vec<String> = ids.iter().take(NAMED).map(T::to_string).collect();
+    let more = ids.len().saturating_sub(NAMED);
+    if more > 0 {
+        format!("{} (and {more} more)", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
