@@ -57,14 +57,15 @@ mod inject;
 pub mod network;
 pub mod probe;
 mod slow_clients;
+mod verdict;
 
 pub use crate::plan::faults::{Fault, FaultKind, Hits};
 pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
 pub use probe::{
-    probe_time_needed, records, recovered_after, spawn_probe, worst_between, write_timeline,
-    Health, HealthSample, ProbeTargets,
+    probe_time_needed, spawn_probe, write_timeline, Health, HealthSample, ProbeTargets,
 };
 pub use slow_clients::LoadFigures;
+pub use verdict::{records, recovered_after, worst_between};
 
 use anyhow::{bail, Result};
 
