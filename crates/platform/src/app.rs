@@ -329,7 +329,12 @@ impl Application {
         }
         let (served, admin_served) = tokio::join!(
             serve(self.listener, "public", self.router, self.limits),
-            serve(self.admin_listener, "admin", self.admin_router, self.admin_limits),
+            serve(
+                self.admin_listener,
+                "admin",
+                self.admin_router,
+                self.admin_limits
+            ),
         );
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
@@ -359,8 +364,8 @@ fn connection_caps(settings: &CommonSettings) -> (usize, usize) {
     let Some(limit) = crate::fd_limit::raise_to_hard_limit() else {
         return configured;
     };
-    let pools =
-        u64::from(settings.database.http_connections) + u64::from(settings.database.worker_connections);
+    let pools = u64::from(settings.database.http_connections)
+        + u64::from(settings.database.worker_connections);
     let fitted = crate::fd_limit::fit_connection_caps(limit, pools, configured.0, configured.1);
     if fitted != configured {
         tracing::warn!(

@@ -56,9 +56,7 @@ pub fn unavailable_reason(error: &sqlx::Error) -> &'static str {
         Some(code) if code.starts_with("53") => "database is out of resources",
         Some(code) if code.starts_with("57P") => "database is shutting down or starting",
         Some(_) => "database cannot write",
-        None if matches!(error, sqlx::Error::PoolTimedOut) => {
-            "no database connection free in time"
-        }
+        None if matches!(error, sqlx::Error::PoolTimedOut) => "no database connection free in time",
         None => "database unreachable",
     }
 }
@@ -160,7 +158,10 @@ mod tests {
 
     #[test]
     fn reasons_sent_out_are_fixed_texts_by_kind() {
-        assert_eq!(unavailable_reason(&server("25006")), "database is read-only");
+        assert_eq!(
+            unavailable_reason(&server("25006")),
+            "database is read-only"
+        );
         assert_eq!(
             unavailable_reason(&server("53100")),
             "database is out of disk space"

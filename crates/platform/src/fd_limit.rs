@@ -44,7 +44,9 @@ pub fn raise_to_hard_limit() -> Option<u64> {
 /// descriptors the database and the broker need.
 pub fn fit_connection_caps(limit: u64, pools: u64, public: usize, admin: usize) -> (usize, usize) {
     let spare = limit.saturating_sub(RESERVED.saturating_add(pools));
-    let admin = admin.min(usize::try_from(spare / 2).unwrap_or(usize::MAX)).max(1);
+    let admin = admin
+        .min(usize::try_from(spare / 2).unwrap_or(usize::MAX))
+        .max(1);
     let wanted = (public as u64).saturating_add(admin as u64);
     if wanted <= spare {
         return (public, admin);

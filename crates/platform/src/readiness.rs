@@ -96,8 +96,7 @@ impl DatabaseCheck {
             },
             Ok(Err(error)) => not_writable(&error),
             Ok(Ok(mut conn)) => {
-                match tokio::time::timeout(WRITE_WAIT, crate::db::prove_writable(&mut conn)).await
-                {
+                match tokio::time::timeout(WRITE_WAIT, crate::db::prove_writable(&mut conn)).await {
                     Ok(Ok(())) => Verdict::Writable,
                     Ok(Err(error)) => not_writable(&error),
                     Err(_) => {

@@ -33,9 +33,7 @@ pub(super) fn consumers_named(target: &str) -> Result<Vec<(Source, String)>, Str
         .collect();
     let chosen: Vec<(Source, String)> = all
         .iter()
-        .filter(|(service, s)| {
-            s.durable_name() == target || service_named(target) == Some(service)
-        })
+        .filter(|(service, s)| s.durable_name() == target || service_named(target) == Some(service))
         .map(|(_, s)| (s.stream(), s.durable_name().to_owned()))
         .collect();
     if chosen.is_empty() {

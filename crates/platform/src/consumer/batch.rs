@@ -86,7 +86,8 @@ impl<H: EventHandler> EventConsumer<H> {
             if let Err(error) = self.apply(&items).await {
                 if error.failure() == Failure::Unavailable {
                     tracing::warn!(consumer = self.name(), %error, "database unavailable; the batch will be redelivered");
-                    self.status.report_error(format!("database unavailable: {error}"));
+                    self.status
+                        .report_error(format!("database unavailable: {error}"));
                     retry.extend(items.iter().map(|item| item.message));
                 } else if let [item] = &items[..] {
                     self.failed_alone(&messages[item.message], item, &error, &mut retry)
@@ -146,7 +147,8 @@ impl<H: EventHandler> EventConsumer<H> {
             };
             if error.failure() == Failure::Unavailable {
                 tracing::warn!(consumer = self.name(), %error, "database unavailable; the rest of the batch will be redelivered");
-                self.status.report_error(format!("database unavailable: {error}"));
+                self.status
+                    .report_error(format!("database unavailable: {error}"));
                 retry.extend(part.iter().map(|item| item.message));
                 for rest in pending.drain(..) {
                     retry.extend(items[rest].iter().map(|item| item.message));

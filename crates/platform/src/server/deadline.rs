@@ -236,6 +236,9 @@ mod tests {
         clock.bytes_read();
         assert_eq!(clock.request_started(), first, "later reads keep the start");
         clock.bytes_written();
-        assert!(clock.request_started() > first, "an answer ends the request");
+        assert!(
+            clock.request_started() > first,
+            "an answer ends the request"
+        );
     }
 }
