@@ -16,25 +16,34 @@ use loadtest::audit::{
 };
 use loadtest::observe::database::{e2e_latencies, progress, Databases, Scope};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
+use std::path::Path;
 use uuid::Uuid;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
 
-const MESSAGING_SQL: [&str; 2] = [
-    include_str!("../../platform/migrations/20260101000000_messaging.sql"),
-    include_str!("../../platform/migrations/20261201000000_healing.sql"),
-];
-const ORDERS_SQL: [&str; 2] = [
-    include_str!("../../order-service/migrations/20260101000100_orders.sql"),
-    include_str!("../../order-service/migrations/20261201000100_saga.sql"),
-];
-const INVENTORY_SQL: [&str; 2] = [
-    include_str!("../../inventory-service/migrations/20260101000100_inventory.sql"),
-    include_str!("../../inventory-service/migrations/20261201000100_stock_decisions.sql"),
-];
-const PAYMENTS_SQL: [&str; 1] = [include_str!(
-    "../../payment-service/migrations/20260101000100_payments.sql"
-)];
+/// The SQL of every migration a service's database gets, in the order the service applies
+/// them: the platform's messaging tables, then the service's own.
+fn migrations(service: &str) -> Vec<String> {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sql = Vec::new();
+    for dir in [
+        crates.join("platform/migrations"),
+        crates.join(service).join("migrations"),
+    ] {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a migration file").path())
+            .filter(|path| path.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        sql.extend(
+            files
+                .iter()
+                .map(|f| std::fs::read_to_string(f).expect("readable")),
+        );
+    }
+    sql
+}
 
 fn admin_url() -> String {
     std::env::var("ORDERSYS_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
@@ -103,12 +112,12 @@ impl World {
         .await
         .expect("connect to the test databases");
         for (pool, service) in [
-            (&dbs.orders, &ORDERS_SQL[..]),
-            (&dbs.inventory, &INVENTORY_SQL[..]),
-            (&dbs.payments, &PAYMENTS_SQL[..]),
+            (&dbs.orders, "order-service"),
+            (&dbs.inventory, "inventory-service"),
+            (&dbs.payments, "payment-service"),
         ] {
-            for sql in MESSAGING_SQL.iter().chain(service) {
-                sqlx::raw_sql(sql).execute(pool).await.unwrap();
+            for sql in migrations(service) {
+                sqlx::raw_sql(&sql).execute(pool).await.unwrap();
             }
         }
 

@@ -266,16 +266,12 @@ pub async fn claim_stalled(
     max_pause: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Stalled>, sqlx::Error> {
-    // The WHERE clause repeats the predicate of the orders_open index, so only open orders
-    // are visited, oldest first, up to the oldest waiting event (an index condition); each
-    // candidate is then looked up in the outbox through outbox_by_order.
+    // `open_sagas` is the orders_open index's predicate (migration open_sagas), so only open
+    // orders are visited, oldest first, up to the oldest waiting event (an index condition);
+    // each candidate is then looked up in the outbox through outbox_by_order.
     let stalled: Vec<Stalled> = sqlx::query_as(
-        "SELECT id, user_id, product_id, quantity FROM orders
-         WHERE (status IN ('PENDING', 'RESERVED')
-                OR (status = 'FAILED'
-                    AND failure_reason IN ('PAYMENT_DECLINED', 'INSUFFICIENT_FUNDS', 'UNKNOWN_ACCOUNT')
-                    AND stock_released_at IS NULL))
-           AND GREATEST(updated_at, redriven_at)
+        "SELECT id, user_id, product_id, quantity FROM open_sagas AS orders
+         WHERE GREATEST(updated_at, redriven_at)
                < now() - make_interval(secs => LEAST($1 * power(2, LEAST(redrive_count, 20)), $2))
            AND created_at < COALESCE((SELECT created_at FROM outbox ORDER BY seq LIMIT 1), 'infinity')
            AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.aggregate_id = orders.id)

@@ -45,16 +45,6 @@ impl FailureReason {
     pub fn parse(s: &str) -> Option<FailureReason> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
-
-    /// A payment failure: the order had stock reserved, which must be given back.
-    pub fn is_payment_failure(self) -> bool {
-        matches!(
-            self,
-            FailureReason::PaymentDeclined
-                | FailureReason::InsufficientFunds
-                | FailureReason::UnknownAccount
-        )
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -394,7 +394,7 @@ impl<'a> Rows<'a> {
             match o.status.as_str() {
                 "PENDING" => pending.add(o.id),
                 "RESERVED" => reserved.add(o.id),
-                "FAILED" if is_payment_failure(o) && !o.stock_released => unconfirmed.add(o.id),
+                _ if o.saga_open => unconfirmed.add(o.id),
                 _ => {}
             }
         }

@@ -75,13 +75,6 @@ const STOCK_REASONS: [&str; 3] = ["OUT_OF_STOCK", "UNKNOWN_PRODUCT", "AMOUNT_TOO
 /// Failure reasons meaning payment failed: a FAILED charge, reservation (if any) RELEASED.
 const PAYMENT_REASONS: [&str; 3] = ["PAYMENT_DECLINED", "INSUFFICIENT_FUNDS", "UNKNOWN_ACCOUNT"];
 
-fn is_payment_failure(order: &OrderRow) -> bool {
-    order
-        .failure_reason
-        .as_deref()
-        .is_some_and(|reason| PAYMENT_REASONS.contains(&reason))
-}
-
 /// How many offending items a detail line names before summarising the rest.
 const MAX_EXAMPLES: usize = 5;
 /// How many open orders `orders final` names, per kind: after the drain an order still open is
@@ -113,8 +106,9 @@ struct OrderRow {
     status: String,
     failure_reason: Option<String>,
     amount_cents: Option<i64>,
-    /// Inventory confirmed the stock of a failed payment went back (the saga is closed).
-    stock_released: bool,
+    /// The order's saga is still open, as the order service defines it (`order_saga_open`):
+    /// not final, or a failed payment whose stock release inventory has not confirmed.
+    saga_open: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -216,7 +210,7 @@ async fn load_orders(pool: &PgPool) -> anyhow::Result<OrdersSnapshot> {
     let mut tx = snapshot_tx(pool).await?;
     let orders = sqlx::query_as(
         "SELECT id, user_id, product_id, quantity, status, failure_reason, amount_cents, \
-         stock_released_at IS NOT NULL AS stock_released FROM orders",
+         order_saga_open(status, failure_reason, stock_released_at) AS saga_open FROM orders",
     )
     .fetch_all(&mut *tx)
     .await?;

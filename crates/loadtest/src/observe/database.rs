@@ -149,16 +149,11 @@ pub async fn outbox_rows(dbs: &Databases) -> anyhow::Result<i64> {
     Ok(o + i + p)
 }
 
-/// Seconds since the oldest open saga began (0 when none is open): not final, or a failed
-/// payment whose stock release is not confirmed yet. An index lookup (the predicate of
-/// `orders_open`).
+/// Seconds since the oldest open saga began (0 when none is open), as the order service
+/// defines one (its `open_sagas` view). An index lookup (`orders_open`).
 pub async fn oldest_open_order_s(dbs: &Databases) -> anyhow::Result<f64> {
     let age: f64 = sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
-         FROM orders WHERE status IN ('PENDING', 'RESERVED') \
-            OR (status = 'FAILED' \
-                AND failure_reason IN ('PAYMENT_DECLINED', 'INSUFFICIENT_FUNDS', 'UNKNOWN_ACCOUNT') \
-                AND stock_released_at IS NULL)",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM open_sagas",
     )
     .fetch_one(&dbs.orders)
     .await?;
