@@ -59,7 +59,8 @@ pub mod probe;
 mod slow_clients;
 mod verdict;
 
-pub use crate::plan::faults::{Fault, FaultKind, Hits};
+pub use crate::plan::fault_kind::{FaultKind, Hits};
+pub use crate::plan::faults::Fault;
 pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
 pub use probe::{
     probe_time_needed, spawn_probe, write_timeline, Health, HealthSample, ProbeTargets,

@@ -290,7 +290,7 @@ pub fn judge_window(
 mod tests {
     use super::*;
     use crate::loadgen::stats::Outcome;
-    use crate::plan::faults::FaultKind;
+    use crate::plan::fault_kind::FaultKind;
 
     fn fault(injected_s: f64, lifted_s: Option<f64>) -> InjectedFault {
         InjectedFault {

@@ -407,7 +407,7 @@ mod tests {
             Some(id)
         );
     }
-    use crate::plan::scenario::Stage;
+    use crate::plan::stage::Stage;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A minimal HTTP/1.1 keep-alive server answering 202 to everything.

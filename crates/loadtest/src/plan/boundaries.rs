@@ -5,7 +5,7 @@
 //! `faults`.
 
 use crate::deploy::SERVICES;
-use crate::plan::faults::{FaultKind, Hits};
+use crate::plan::fault_kind::{FaultKind, Hits};
 use crate::plan::scenario::FaultSpec;
 use crate::plan::targets::{resolve_target, service_named};
 
@@ -59,7 +59,7 @@ pub fn check_options(kind: FaultKind, spec: &FaultSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::faults::Hits;
+    use crate::plan::fault_kind::Hits;
     use crate::plan::RunPlan;
     use platform::events::Source;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::duration;
-use crate::plan::scenario::Stage;
+use crate::plan::stage::Stage;
 
 /// At most this many steps (a typo in the rates should not plan a week of load).
 const MAX_STEPS: usize = 500;

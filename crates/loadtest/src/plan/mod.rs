@@ -5,11 +5,13 @@
 pub mod boundaries;
 pub mod capacity;
 pub mod duration;
+pub mod fault_kind;
 pub mod faults;
 pub mod limits;
 pub mod network;
 pub mod scenario;
 pub mod schedule;
+pub mod stage;
 pub mod targets;
 
 use std::path::Path;

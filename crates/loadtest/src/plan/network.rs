@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use platform::events::Source;
 
-use crate::plan::faults::resolve_target;
 use crate::plan::scenario::{FaultSpec, Topology};
+use crate::plan::targets::resolve_target;
 
 /// One host of a network fault's target or peers.
 #[derive(Debug, Clone, PartialEq, Eq)]

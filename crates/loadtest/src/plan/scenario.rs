@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::plan::capacity::CapacitySettings;
 use crate::plan::duration;
+use crate::plan::stage::Stage;
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -155,15 +156,6 @@ pub struct LoadProfile {
     /// Units per order.
     #[serde(default = "default_quantity")]
     pub quantity: u32,
-}
-
-/// One stage: over `duration`, the rate moves linearly to `target` requests per second.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stage {
-    #[serde(with = "duration::text")]
-    pub duration: Duration,
-    pub target: f64,
 }
 
 /// Users, balances and products seeded before the run.

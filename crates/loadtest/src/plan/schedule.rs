@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use crate::plan::scenario::{LoadProfile, Stage};
+use crate::plan::scenario::LoadProfile;
+use crate::plan::stage::Stage;
 
 /// One linear ramp, precomputed.
 #[derive(Debug, Clone, PartialEq)]

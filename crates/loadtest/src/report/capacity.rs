@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::cost::{self, OrderCost};
-use super::html::escape;
+use super::svg::escape;
 use super::svg::{line_chart, Chart, Series};
 use crate::audit::check::Check;
 use crate::observe::baseline::BaselineReport;

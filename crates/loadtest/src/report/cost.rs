@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::html::escape;
+use super::svg::escape;
 
 /// The name of the row that adds up every tracked process.
 pub const ALL_TRACKED: &str = "all tracked";

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::svg::{line_chart, Chart, Marker, Series, GREY, PALETTE};
-use super::text::{millis, percent};
-use super::{FaultRecord, ProcessSample, Report, SecondRow};
+use super::svg::{escape, line_chart, Chart, Marker, Series, GREY, PALETTE};
+use super::text::{millis, noticed_text, percent, redrives_text};
+use super::{ProcessSample, Report, SecondRow};
 use crate::loadgen::stats::LatencySummary;
 
 impl Report {
@@ -330,22 +330,6 @@ fn counts_table_html(title: &str, key_name: &str, counts: &BTreeMap<String, u64>
     html
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 const STYLE: &str = "
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:960px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -357,18 +341,3 @@ tr.fail{background:#fff0f0}tr.total td{font-weight:bold}
 .badge.pass{background:#1a7f37}.badge.fail{background:#cf222e}
 figure{margin:1em 0}svg{background:#fff;border:1px solid #eee}
 ";
-
-pub(super) fn noticed_text(fault: &FaultRecord) -> String {
-    fault.noticed_after_s.map_or(
-        "not noticed (no /ready 503, no healing counter moved)".to_string(),
-        |s| format!("noticed after {s:.1} s"),
-    )
-}
-
-pub(super) fn redrives_text(fault: &FaultRecord) -> String {
-    fault
-        .redrives
-        .map_or("re-drives not measured".to_string(), |n| {
-            format!("{n} re-drives")
-        })
-}

@@ -2,8 +2,6 @@
 
 use std::fmt::Write as _;
 
-use super::html::escape;
-
 pub(super) const GREY: &str = "#888888";
 pub(super) const PALETTE: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -313,6 +311,22 @@ fn trim_number(value: f64, decimals: usize) -> String {
     } else {
         text
     }
+}
+
+/// Escapes text for markup (SVG and HTML alike): element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

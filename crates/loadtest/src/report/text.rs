@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::html::{noticed_text, redrives_text};
-use super::{Check, Report};
+use super::{Check, FaultRecord, Report};
 use crate::loadgen::stats::LatencySummary;
 
 impl Report {
@@ -148,4 +147,19 @@ fn counts_line(counts: &BTreeMap<String, u64>) -> String {
         .map(|(key, count)| format!("{key}={count}"))
         .collect::<Vec<_>>()
         .join("  ")
+}
+
+pub(super) fn noticed_text(fault: &FaultRecord) -> String {
+    fault.noticed_after_s.map_or(
+        "not noticed (no /ready 503, no healing counter moved)".to_string(),
+        |s| format!("noticed after {s:.1} s"),
+    )
+}
+
+pub(super) fn redrives_text(fault: &FaultRecord) -> String {
+    fault
+        .redrives
+        .map_or("re-drives not measured".to_string(), |n| {
+            format!("{n} re-drives")
+        })
 }

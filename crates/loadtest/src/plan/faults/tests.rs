@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::plan::RunPlan;
+use platform::events::Source;
 
 const BASE: &str = r#"
     name = "chaos-unit"
