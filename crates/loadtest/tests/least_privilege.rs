@@ -265,7 +265,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     let foreign_consumer = format!(
         "$JS.API.CONSUMER.DELETE.{}.{}",
         topology.stream_name(Source::Inventory),
-        payment_service::events::SUBSCRIPTIONS[0].durable_name()
+        platform::contract::PAYMENT_SERVICE.subscriptions[0].durable_name()
     );
     client
         .publish(foreign_consumer.clone(), "".into())
@@ -332,8 +332,9 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         .await
         .expect("inventory connects");
     let inventory_js = platform::broker::jetstream(inventory_client);
-    let subscription = inventory_service::events::subscriptions()
-        .into_iter()
+    let subscription = platform::contract::INVENTORY_SERVICE
+        .subscriptions
+        .iter()
         .find(|s| s.stream() == Source::Payment)
         .expect("inventory consumes payments");
     let stream = inventory_js

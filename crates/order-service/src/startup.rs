@@ -1,9 +1,10 @@
 use crate::config::Settings;
-use crate::events::{subscriptions, OrderOutcomes};
+use crate::events::OrderOutcomes;
 use crate::fair_use::BuyerRateLimit;
 use crate::intake::{IntakeSettings, OrderIntake};
 use crate::redrive::Redrive;
 use crate::routes;
+use platform::contract::ORDER_SERVICE;
 use platform::app::{Application, Background, Infrastructure, StartupError};
 use platform::retention::RetentionRule;
 use std::sync::Arc;
@@ -14,11 +15,11 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(
         &settings.common,
         sqlx::migrate!(),
-        &crate::events::PUBLISHES,
+        &[ORDER_SERVICE.source],
     )
     .await?;
     let handler = Arc::new(OrderOutcomes);
-    let consumers = infra.consumers(&subscriptions(), handler).await?;
+    let consumers = infra.consumers(ORDER_SERVICE.subscriptions, handler).await?;
     // New orders are written by background writers, on the workers' pool: a flood of reads
     // cannot keep orders from being taken.
     let (intake, writers) = OrderIntake::new(

@@ -576,7 +576,7 @@ async fn a_redelivered_message_does_not_park_the_same_event_twice() {
     });
     let consumer = infra
         .consumer(
-            &inventory_service::events::subscriptions()[0],
+            &platform::contract::INVENTORY_SERVICE.subscriptions[0],
             handler.clone(),
         )
         .await

@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use platform::broker::Topology;
 use platform::broker_access::BrokerPermissions;
+use platform::contract;
 use platform::events::Source;
 
 use crate::infra::{self, StateDir};
@@ -169,30 +170,12 @@ pub struct Deployment {
     pub stream_replicas: u32,
 }
 
-/// What a service's NATS user may do, derived from the streams it publishes to and the
-/// subscriptions it runs with (the services' own code).
+/// What a service's NATS user may do, derived from its declaration in the event contract (which
+/// the service runs with).
 pub fn broker_permissions(prefix: &str, service: &str) -> BrokerPermissions {
-    let topology = Topology::new(prefix);
-    let (publishes, subscriptions) = match service {
-        "order-service" => (
-            &order_service::events::PUBLISHES,
-            order_service::events::subscriptions(),
-        ),
-        "inventory-service" => (
-            &inventory_service::events::PUBLISHES,
-            inventory_service::events::subscriptions(),
-        ),
-        _ => (
-            &payment_service::events::PUBLISHES,
-            payment_service::events::subscriptions(),
-        ),
-    };
-    BrokerPermissions::for_service(
-        &topology,
-        publishes,
-        &subscriptions,
-        &nats_user(prefix, service),
-    )
+    let spec = contract::service_named(service)
+        .unwrap_or_else(|| panic!("{service:?} is not one of our services"));
+    BrokerPermissions::for_service(&Topology::new(prefix), spec, &nats_user(prefix, service))
 }
 
 /// The NATS users of a deployment's three services.
