@@ -1,8 +1,8 @@
 use crate::config::Settings;
 use crate::events::StockKeeper;
 use crate::routes;
-use platform::contract::INVENTORY_SERVICE;
 use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::contract::INVENTORY_SERVICE;
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
@@ -15,7 +15,9 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let handler = Arc::new(StockKeeper {
         topology: infra.topology.clone(),
     });
-    let consumers = infra.consumers(INVENTORY_SERVICE.subscriptions, handler).await?;
+    let consumers = infra
+        .consumers(INVENTORY_SERVICE.subscriptions, handler)
+        .await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
         caps: settings.inventory,

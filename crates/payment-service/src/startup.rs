@@ -1,8 +1,8 @@
 use crate::config::Settings;
 use crate::events::Cashier;
 use crate::routes;
-use platform::contract::PAYMENT_SERVICE;
 use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::contract::PAYMENT_SERVICE;
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
@@ -16,7 +16,9 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         topology: infra.topology.clone(),
         decline_rate: settings.payment.decline_rate,
     });
-    let consumers = infra.consumers(PAYMENT_SERVICE.subscriptions, handler).await?;
+    let consumers = infra
+        .consumers(PAYMENT_SERVICE.subscriptions, handler)
+        .await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
         max_deposited_cents: settings.payment.max_deposited_cents,
