@@ -343,7 +343,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         .expect("stream handle");
     let config = jetstream::consumer::pull::Config {
         durable_name: Some(subscription.durable_name().to_owned()),
-        filter_subjects: topology.filter_subjects(&subscription),
+        filter_subjects: topology.filter_subjects(subscription),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ..Default::default()
     };
