@@ -4,28 +4,12 @@
 
 use crate::stock::{self, Decision, OrderLine};
 use platform::broker::Topology;
-use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
+use platform::consumer::{EventHandler, HandlerError, Incoming};
 use platform::envelope::TraceContext;
-use platform::events::{Event, EventType, Source, StockRejected, StockReleased, StockReserved};
+use platform::events::{Event, StockRejected, StockReleased, StockReserved};
 use platform::outbox;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-
-/// Which publisher of the event contract this service is: the stream it creates and manages,
-/// and the only event types it may publish (`platform::contract::published_by`), whose
-/// subjects are all its NATS user may publish on.
-pub const PUBLISHES: [Source; 1] = [Source::Inventory];
-
-/// The durable consumers and the event types each takes (their streams and subjects are the
-/// contract's).
-pub const SUBSCRIPTIONS: [Subscription; 2] = [
-    Subscription::new("inventory-service-orders", &[EventType::OrderCreated]),
-    Subscription::new("inventory-service-payments", &[EventType::PaymentFailed]),
-];
-
-pub fn subscriptions() -> Vec<Subscription> {
-    SUBSCRIPTIONS.to_vec()
-}
 
 pub struct StockKeeper {
     pub topology: Topology,

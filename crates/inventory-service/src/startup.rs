@@ -1,20 +1,23 @@
 use crate::config::Settings;
-use crate::events::{subscriptions, StockKeeper};
+use crate::events::StockKeeper;
 use crate::routes;
 use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::contract::INVENTORY_SERVICE;
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(
         &settings.common,
         sqlx::migrate!(),
-        &crate::events::PUBLISHES,
+        &[INVENTORY_SERVICE.source],
     )
     .await?;
     let handler = Arc::new(StockKeeper {
         topology: infra.topology.clone(),
     });
-    let consumers = infra.consumers(&subscriptions(), handler).await?;
+    let consumers = infra
+        .consumers(INVENTORY_SERVICE.subscriptions, handler)
+        .await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
         caps: settings.inventory,

@@ -12,11 +12,11 @@ use loadtest::chaos::network::{delayer, DelaySettings};
 use loadtest::commands::{self, dead_letters};
 use loadtest::deploy::admin::Resolution;
 use loadtest::deploy::{self, Credentials};
-use loadtest::infra::{self, StateDir};
 use loadtest::modes;
 use loadtest::observe::baseline::{self, BaselineSettings};
 use loadtest::plan::{self, duration};
 use loadtest::session::SessionOptions;
+use stack::StateDir;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -203,7 +203,7 @@ impl WhichDeadLetters {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    infra::raise_open_file_limit();
+    stack::raise_open_file_limit();
     let cli = Cli::parse();
     match execute(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,

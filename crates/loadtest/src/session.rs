@@ -23,7 +23,6 @@ use crate::audit::{self, Check, HttpFigures};
 use crate::chaos;
 use crate::deploy::admin::AdminClient;
 use crate::deploy::{self, Credentials, Deployment};
-use crate::infra::{self, Infra, StateDir};
 use crate::loadgen::stats::RunStats;
 use crate::loadgen::{self, LoadPlan, LoadState};
 use crate::observe::database::{self, Databases, Scope};
@@ -35,6 +34,7 @@ use crate::plan::{duration, RunPlan};
 use crate::report::build::{build_report, ReportInputs};
 use crate::report::Report;
 use crate::seed;
+use stack::{Infra, StateDir};
 
 /// The name of the check the session adds to the audit's.
 pub const CHECK_DRAINED: &str = "drained";
@@ -120,16 +120,16 @@ pub async fn execute<M: Mode>(
     mode: &M,
 ) -> Result<Report> {
     deploy::check_binaries()?;
-    let _lock = infra::run_lock::acquire().await?;
+    let _lock = stack::run_lock::acquire().await?;
     if plan.scenario.deploy.topology == Topology::Hosts {
         return execute_on_hosts(plan, options, mode).await;
     }
     let state = StateDir::locate()?;
-    let postgres_before = infra::pid_of(&state, "postgres").is_some();
-    let nats_before = infra::pid_of(&state, "nats").is_some();
+    let postgres_before = stack::pid_of(&state, "postgres").is_some();
+    let nats_before = stack::pid_of(&state, "nats").is_some();
 
     println!("▶ starting PostgreSQL and NATS (installing them if missing)…");
-    let infra = infra::ensure_infra(&state).await?;
+    let infra = stack::ensure_infra(&state).await?;
 
     let result = tokio::select! {
         result = run(plan, options, mode, &state, &infra, None) => result,
@@ -147,10 +147,10 @@ pub async fn execute<M: Mode>(
         println!("▶ stopping what the run started…");
         deploy::finish_run(&state, &infra).await;
         let ours_now =
-            infra::pid_of(&state, "postgres").is_some() || infra::pid_of(&state, "nats").is_some();
+            stack::pid_of(&state, "postgres").is_some() || stack::pid_of(&state, "nats").is_some();
         match (postgres_before, nats_before) {
             (false, false) if ours_now => {
-                if let Err(e) = infra::stop_infra(&state).await {
+                if let Err(e) = stack::stop_infra(&state).await {
                     eprintln!("warning: stopping PostgreSQL and NATS: {e:#}");
                 }
             }
@@ -171,7 +171,7 @@ async fn execute_on_hosts<M: Mode>(
     options: &SessionOptions,
     mode: &M,
 ) -> Result<Report> {
-    let state = infra::hosts::state_dir()?;
+    let state = stack::hosts::state_dir()?;
     let deploy = &plan.scenario.deploy;
     let instances: Vec<String> = deploy::instance_names(plan.replication.replicas);
     println!(
@@ -180,13 +180,13 @@ async fn execute_on_hosts<M: Mode>(
         deploy.nats_nodes
     );
     let started = tokio::select! {
-        started = infra::hosts::up(&state, &instances, deploy.nats_nodes) => started,
+        started = stack::hosts::up(&state, &instances, deploy.nats_nodes) => started,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let hosts = match started {
         Ok(hosts) => hosts,
         Err(e) => {
-            infra::hosts::down(&state).await.ok();
+            stack::hosts::down(&state).await.ok();
             return Err(e);
         }
     };
@@ -199,7 +199,7 @@ async fn execute_on_hosts<M: Mode>(
     } else {
         println!("▶ stopping what the run started and removing its hosts…");
         deploy::finish_run(&state, &hosts.infra).await;
-        if let Err(e) = infra::hosts::down(&state).await {
+        if let Err(e) = stack::hosts::down(&state).await {
             eprintln!("warning: removing the hosts: {e:#}");
         }
     }
@@ -212,7 +212,7 @@ async fn run<M: Mode>(
     mode: &M,
     state: &StateDir,
     infra: &Infra,
-    hosts: Option<&infra::hosts::Hosts>,
+    hosts: Option<&stack::hosts::Hosts>,
 ) -> Result<Report> {
     let scenario = &plan.scenario;
     let Deployed {
@@ -432,7 +432,7 @@ async fn run<M: Mode>(
 
     let dir = match &options.results_dir {
         Some(dir) => dir.clone(),
-        None => infra::workspace_root()?.join("results"),
+        None => stack::workspace_root()?.join("results"),
     }
     .join(format!(
         "{}-{}",
@@ -492,7 +492,7 @@ async fn deploy_run(
     plan: &RunPlan,
     state: &StateDir,
     infra: &Infra,
-    hosts: Option<&infra::hosts::Hosts>,
+    hosts: Option<&stack::hosts::Hosts>,
 ) -> Result<Deployed> {
     let scenario = &plan.scenario;
     let started_at = Utc::now();

@@ -15,8 +15,7 @@ use loadtest::observe::broker::{Broker, ConsumerState};
 use loadtest::observe::database::{Databases, Scope};
 use loadtest::observe::SystemProbe;
 use platform::events::Source;
-use platform::testing::nats_url;
-use system_tests::{Options, TestSystem};
+use system_tests::{nats_url, Options, TestSystem};
 use uuid::Uuid;
 
 /// The re-drive switched off: an open order would be asked about again only after a day (the
@@ -77,10 +76,10 @@ async fn a_purged_stream_fails_the_audit_with_the_lost_orders_named() {
         inventory: system.inventory.pool.clone(),
         payments: system.payment.pool.clone(),
     };
-    let probe = SystemProbe::connect(dbs.clone(), &nats_url(), &system.prefix)
+    let probe = SystemProbe::connect(dbs.clone(), &nats_url().await, &system.prefix)
         .await
         .expect("probe");
-    let broker = Broker::connect(&nats_url(), &system.prefix)
+    let broker = Broker::connect(&nats_url().await, &system.prefix)
         .await
         .expect("broker");
 

@@ -56,39 +56,36 @@ fn run_scenarios_and_capacity_plans_live_apart_and_all_load() {
 }
 
 /// The top-level modules each may use (besides itself); anything else is a layering error.
-/// `modes` → `session` → the rest → `deploy` → `infra`; nothing below `modes` uses a mode.
+/// `modes` → `session` → the rest → `deploy` (→ the `stack` crate, which is not a module here);
+/// nothing below `modes` uses a mode.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("infra", &[]),
-    ("deploy", &["infra"]),
-    ("plan", &["deploy", "infra"]),
+    ("deploy", &[]),
+    ("plan", &["deploy"]),
     ("loadgen", &["plan"]),
     ("seed", &["deploy", "plan"]),
-    ("observe", &["deploy", "infra", "loadgen", "plan"]),
+    ("observe", &["deploy", "loadgen", "plan"]),
     // `loadgen`: the audit holds every stored order to what its request was told (answers).
-    ("audit", &["observe", "deploy", "infra", "loadgen"]),
+    ("audit", &["observe", "deploy", "loadgen"]),
     ("report", &["audit", "loadgen", "observe", "plan"]),
     (
         "chaos",
         &[
-            "audit", "deploy", "infra", "loadgen", "observe", "plan", "report", "seed",
+            "audit", "deploy", "loadgen", "observe", "plan", "report", "seed",
         ],
     ),
     (
         "session",
         &[
-            "audit", "chaos", "deploy", "infra", "loadgen", "observe", "plan", "report", "seed",
+            "audit", "chaos", "deploy", "loadgen", "observe", "plan", "report", "seed",
         ],
     ),
     (
         "modes",
         &[
-            "audit", "deploy", "infra", "loadgen", "observe", "plan", "report", "session",
+            "audit", "deploy", "loadgen", "observe", "plan", "report", "session",
         ],
     ),
-    (
-        "commands",
-        &["audit", "deploy", "infra", "observe", "plan", "seed"],
-    ),
+    ("commands", &["audit", "deploy", "observe", "plan", "seed"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -146,4 +143,23 @@ fn modules_depend_on_each_other_one_way() {
         "layering broken:\n{}",
         violations.join("\n")
     );
+}
+
+/// The harness knows the services by the event contract (`platform::contract::SERVICES`) and
+/// drives them from outside: it depends on none of their crates (only its tests reach them,
+/// through the in-process harness of `system-tests`).
+#[test]
+fn the_harness_links_no_service_crate() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("readable");
+    let manifest: toml::Table = manifest.parse().expect("a TOML manifest");
+    for section in ["dependencies", "dev-dependencies"] {
+        let Some(deps) = manifest.get(section).and_then(toml::Value::as_table) else {
+            continue;
+        };
+        for service in ["order-service", "inventory-service", "payment-service"] {
+            assert!(!deps.contains_key(service), "[{section}] links {service}");
+        }
+    }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use loadtest::deploy::{self, Credentials};
-use loadtest::infra::{self, StateDir};
 use platform::broker::Topology;
 use platform::events::Source;
 use sqlx::{Connection as _, PgConnection};
+use stack::StateDir;
 
 fn admin_url() -> String {
     std::env::var("ORDERSYS_DATABASE_URL")
@@ -49,15 +49,15 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
         format!("lp_{t}_payment"),
         format!("lp_{t}_audit"),
     );
-    let secret = infra::process::random_secret();
-    let order_url = infra::provision_service_database(&admin_url(), &orders, &order_role, &secret)
+    let secret = stack::process::random_secret();
+    let order_url = stack::provision_service_database(&admin_url(), &orders, &order_role, &secret)
         .await
         .expect("orders database");
     let payments_url =
-        infra::provision_service_database(&admin_url(), &payments, &payment_role, &secret)
+        stack::provision_service_database(&admin_url(), &payments, &payment_role, &secret)
             .await
             .expect("payments database");
-    infra::provision_reader(&admin_url(), &audit_role, &secret, &[&orders, &payments])
+    stack::provision_reader(&admin_url(), &audit_role, &secret, &[&orders, &payments])
         .await
         .expect("audit role");
 
@@ -77,16 +77,16 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
         .expect("the owner creates its tables");
 
     // The order service's role cannot even connect to the payments database…
-    let foreign = infra::database_url_as(&admin_url(), &payments, &order_role, &secret);
+    let foreign = stack::database_url_as(&admin_url(), &payments, &order_role, &secret);
     let refused = PgConnection::connect(&foreign).await.expect_err("refused");
     assert_eq!(sql_state(&refused).as_deref(), Some("42501"), "{refused}");
     // …nor log in without its password, nor as another role with its own password.
-    let wrong = infra::database_url_as(&admin_url(), &orders, &order_role, "not-the-password");
+    let wrong = stack::database_url_as(&admin_url(), &orders, &order_role, "not-the-password");
     assert!(PgConnection::connect(&wrong).await.is_err());
     // It can drop nothing it does not own: not another schema's table in its own database, not
     // another database.
     let mut superuser_in_orders =
-        PgConnection::connect(&infra::database_url(&admin_url(), &orders))
+        PgConnection::connect(&stack::database_url(&admin_url(), &orders))
             .await
             .expect("superuser");
     sqlx::raw_sql("CREATE SCHEMA operator; CREATE TABLE operator.settings (k TEXT)")
@@ -116,7 +116,7 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
 
     // The audit role reads both databases and writes neither.
     for (db, table) in [(&orders, "orders"), (&payments, "payments")] {
-        let url = infra::database_url_as(&admin_url(), db, &audit_role, &secret);
+        let url = stack::database_url_as(&admin_url(), db, &audit_role, &secret);
         let mut auditor = PgConnection::connect(&url)
             .await
             .expect("audit role connects");
@@ -134,7 +134,7 @@ async fn a_service_role_reaches_only_its_own_database_and_the_audit_role_only_re
     }
 
     for db in [&orders, &payments] {
-        infra::drop_database(&admin_url(), db).await.expect("drop");
+        stack::drop_database(&admin_url(), db).await.expect("drop");
     }
     admin(&format!(
         "DROP ROLE {order_role}; DROP ROLE {payment_role}; DROP ROLE {audit_role}"
@@ -204,7 +204,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     let state = StateDir::locate().expect("state directory");
     let prefix = format!("lp{}", token());
     let credentials = Credentials::random();
-    infra::set_nats_users(&state, &prefix, deploy::nats_users(&prefix, &credentials))
+    stack::set_nats_users(&state, &prefix, deploy::nats_users(&prefix, &credentials))
         .await
         .expect(
             "the deployment's users (the tests' NATS must be the one `loadtest infra-up` runs)",
@@ -265,7 +265,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     let foreign_consumer = format!(
         "$JS.API.CONSUMER.DELETE.{}.{}",
         topology.stream_name(Source::Inventory),
-        payment_service::events::SUBSCRIPTIONS[0].durable_name()
+        platform::contract::PAYMENT_SERVICE.subscriptions[0].durable_name()
     );
     client
         .publish(foreign_consumer.clone(), "".into())
@@ -332,8 +332,9 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         .await
         .expect("inventory connects");
     let inventory_js = platform::broker::jetstream(inventory_client);
-    let subscription = inventory_service::events::subscriptions()
-        .into_iter()
+    let subscription = platform::contract::INVENTORY_SERVICE
+        .subscriptions
+        .iter()
         .find(|s| s.stream() == Source::Payment)
         .expect("inventory consumes payments");
     let stream = inventory_js
@@ -342,7 +343,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
         .expect("stream handle");
     let config = jetstream::consumer::pull::Config {
         durable_name: Some(subscription.durable_name().to_owned()),
-        filter_subjects: topology.filter_subjects(&subscription),
+        filter_subjects: topology.filter_subjects(subscription),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ..Default::default()
     };
@@ -386,7 +387,7 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     for source in Source::ALL {
         js.delete_stream(topology.stream_name(source)).await.ok();
     }
-    infra::set_nats_users(&state, &prefix, Vec::new())
+    stack::set_nats_users(&state, &prefix, Vec::new())
         .await
         .expect("users removed");
     assert!(
@@ -416,8 +417,8 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
     // PostgreSQL, through the services' own pool code, with the server's certificate verified.
     let t = token();
     let (db, role) = (format!("lp_{t}_tls"), format!("lp_{t}_tls"));
-    let secret = infra::process::random_secret();
-    let url = infra::provision_service_database(&admin_url(), &db, &role, &secret)
+    let secret = stack::process::random_secret();
+    let url = stack::provision_service_database(&admin_url(), &db, &role, &secret)
         .await
         .expect("database");
     let settings = platform::config::DatabaseSettings {
@@ -441,7 +442,7 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
     // A client that trusts another authority refuses the server.
     let stranger = std::env::temp_dir().join(format!("ordersys-other-ca-{t}.pem"));
     let other = StateDir::at(std::env::temp_dir().join(format!("ordersys-other-{t}"))).unwrap();
-    std::fs::copy(infra::tls::ensure(&other).unwrap().ca, &stranger).unwrap();
+    std::fs::copy(stack::tls::ensure(&other).unwrap().ca, &stranger).unwrap();
     let refused = PgConnection::connect(&format!(
         "{}?sslmode=verify-full&sslrootcert={}",
         over_tcp(&url),
@@ -454,7 +455,7 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
     );
     std::fs::remove_dir_all(other.path()).ok();
     std::fs::remove_file(&stranger).ok();
-    infra::drop_database(&admin_url(), &db).await.expect("drop");
+    stack::drop_database(&admin_url(), &db).await.expect("drop");
     admin(&format!("DROP ROLE {role}")).await;
 
     // NATS, through the services' own connect code.

@@ -1,4 +1,4 @@
-//! A three-node NATS cluster of our own (`infra::nats_cluster`) on loopback, each node on ports
+//! A three-node NATS cluster of our own (`stack::nats_cluster`) on loopback, each node on ports
 //! of its own in a temporary state directory: streams the platform creates with three replicas
 //! get them and a leader, and the three real services (the in-process `system-tests` harness,
 //! workers running, on the PostgreSQL of `loadtest infra-up`: `ORDERSYS_DATABASE_URL`) ride
@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use loadtest::audit::{audit, Check};
-use loadtest::infra::nats_cluster::{self, Cluster, NodeSpec};
-use loadtest::infra::netns::HostNetwork;
-use loadtest::infra::{self, StateDir};
 use loadtest::observe::database::Databases;
 use platform::broker::{self, Topology};
 use platform::config::NatsSettings;
 use platform::events::Source;
+use stack::nats_cluster::{self, Cluster, NodeSpec};
+use stack::netns::HostNetwork;
+use stack::StateDir;
 use system_tests::{Options, TestSystem};
 use tokio::time::Instant;
 
@@ -46,8 +46,8 @@ impl Drop for ClusterGuard {
     fn drop(&mut self) {
         for node in NODES {
             if let Some(pid) = nats_cluster::node_pid(&self.state, node) {
-                let _ = infra::signal_process(pid, libc::SIGCONT);
-                let _ = infra::signal_process(pid, libc::SIGKILL);
+                let _ = stack::signal_process(pid, libc::SIGCONT);
+                let _ = stack::signal_process(pid, libc::SIGKILL);
             }
         }
         let _ = std::fs::remove_dir_all(self.state.path());

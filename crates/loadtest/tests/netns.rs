@@ -4,7 +4,7 @@
 mod support;
 use support::in_netns;
 
-use loadtest::infra::netns::{netns_path, HostNetwork};
+use stack::netns::{netns_path, HostNetwork};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;

@@ -8,8 +8,8 @@ mod support;
 use support::in_netns;
 
 use loadtest::chaos::network;
-use loadtest::infra::netns::{Host, HostNetwork};
-use loadtest::infra::{process, StateDir};
+use stack::netns::{Host, HostNetwork};
+use stack::{process, StateDir};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! the CLI does, so the first run on a fresh machine takes a while.
 
 use loadtest::deploy::services::{self, ServiceSpec};
-use loadtest::infra::{self, InfraOptions, StateDir};
+use stack::{InfraOptions, StateDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ fn write_fake_service(dir: &Path) -> Option<PathBuf> {
 }
 
 async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32, u32)> {
-    let infra = infra::ensure_infra_with(state, opts).await?;
+    let infra = stack::ensure_infra_with(state, opts).await?;
     // Clients get our server's unix socket (inside the state directory) when its path is short
     // enough, else TCP on loopback.
     let url = &infra.admin_database_url;
@@ -95,15 +95,15 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
     assert!(platform::broker::connect_url(&format!("nats://{host}"))
         .await
         .is_err());
-    let pg_pid = infra::pid_of(state, "postgres").expect("postgres pid");
-    let nats_pid = infra::pid_of(state, "nats").expect("nats pid");
+    let pg_pid = stack::pid_of(state, "postgres").expect("postgres pid");
+    let nats_pid = stack::pid_of(state, "nats").expect("nats pid");
     assert!(alive(pg_pid) && alive(nats_pid));
 
     // Idempotent: a second call reuses the same processes.
-    let again = infra::ensure_infra_with(state, opts).await?;
+    let again = stack::ensure_infra_with(state, opts).await?;
     assert_eq!(again, infra);
-    assert_eq!(infra::pid_of(state, "postgres"), Some(pg_pid));
-    assert_eq!(infra::pid_of(state, "nats"), Some(nats_pid));
+    assert_eq!(stack::pid_of(state, "postgres"), Some(pg_pid));
+    assert_eq!(stack::pid_of(state, "nats"), Some(nats_pid));
 
     // Durability settings are in force.
     {
@@ -127,9 +127,9 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
 
     // A database created (twice: idempotent), used, dropped.
     let db = format!("stack_test_{}", std::process::id());
-    let url = infra::create_database(&infra.admin_database_url, &db).await?;
-    assert_eq!(url, infra::database_url(&infra.admin_database_url, &db));
-    infra::create_database(&infra.admin_database_url, &db).await?;
+    let url = stack::create_database(&infra.admin_database_url, &db).await?;
+    assert_eq!(url, stack::database_url(&infra.admin_database_url, &db));
+    stack::create_database(&infra.admin_database_url, &db).await?;
     {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&url).await?;
@@ -138,7 +138,7 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
             .await?;
         assert_eq!(name, db);
         // left open on purpose: drop_database must force it closed
-        infra::drop_database(&infra.admin_database_url, &db).await?;
+        stack::drop_database(&infra.admin_database_url, &db).await?;
         drop(conn);
     }
     {
@@ -158,20 +158,20 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
     assert!(usage.1 > 1.0, "nats rss {} MiB", usage.1);
 
     // Fault injection: kill NATS and bring it back on the same store.
-    infra::kill_nats(state).await?;
+    stack::kill_nats(state).await?;
     assert!(!alive(nats_pid));
-    assert_eq!(infra::pid_of(state, "nats"), None);
-    infra::restart_nats(state).await?;
-    let nats_pid = infra::pid_of(state, "nats").expect("nats pid after restart");
+    assert_eq!(stack::pid_of(state, "nats"), None);
+    stack::restart_nats(state).await?;
+    let nats_pid = stack::pid_of(state, "nats").expect("nats pid after restart");
 
     // PostgreSQL: immediate stop, start again (crash recovery).
-    infra::stop_postgres_immediate(state).await?;
+    stack::stop_postgres_immediate(state).await?;
     assert!(!alive(pg_pid));
-    assert_eq!(infra::pid_of(state, "postgres"), None);
-    infra::start_postgres(state).await?;
-    let pg_pid = infra::pid_of(state, "postgres").expect("postgres pid after restart");
-    infra::create_database(&infra.admin_database_url, &db).await?;
-    infra::drop_database(&infra.admin_database_url, &db).await?;
+    assert_eq!(stack::pid_of(state, "postgres"), None);
+    stack::start_postgres(state).await?;
+    let pg_pid = stack::pid_of(state, "postgres").expect("postgres pid after restart");
+    stack::create_database(&infra.admin_database_url, &db).await?;
+    stack::drop_database(&infra.admin_database_url, &db).await?;
 
     // A stand-in service: started detached, found running, stopped by PID.
     if let Some(fake) = write_fake_service(state.path()) {
@@ -193,8 +193,8 @@ async fn exercise(state: &StateDir, opts: &InfraOptions) -> anyhow::Result<(u32,
             services::running_services(state),
             vec![("fake-service".to_string(), pid)]
         );
-        infra::signal_named(state, "fake-service", libc::SIGSTOP)?;
-        infra::signal_process(pid, libc::SIGCONT)?;
+        stack::signal_named(state, "fake-service", libc::SIGSTOP)?;
+        stack::signal_process(pid, libc::SIGCONT)?;
         services::stop_service(state, "fake-service").await?;
         assert!(!alive(pid));
         assert!(services::running_services(state).is_empty());
@@ -218,8 +218,8 @@ async fn infra_starts_reuses_and_stops() {
     let result = exercise(&state, &opts).await;
     // Whatever happened, stop what we started before judging.
     let pids_before_stop = (
-        infra::pid_of(&state, "postgres"),
-        infra::pid_of(&state, "nats"),
+        stack::pid_of(&state, "postgres"),
+        stack::pid_of(&state, "nats"),
     );
     let stopped = services::stop_all(&state).await;
     let (pg_pid, nats_pid) = match result {
@@ -233,10 +233,10 @@ async fn infra_starts_reuses_and_stops() {
     assert_eq!(pids_before_stop, (Some(pg_pid), Some(nats_pid)));
     assert!(!alive(pg_pid), "postgres {pg_pid} still alive");
     assert!(!alive(nats_pid), "nats {nats_pid} still alive");
-    assert_eq!(infra::pid_of(&state, "postgres"), None);
-    assert_eq!(infra::pid_of(&state, "nats"), None);
+    assert_eq!(stack::pid_of(&state, "postgres"), None);
+    assert_eq!(stack::pid_of(&state, "nats"), None);
     // stopping again is a no-op
-    infra::stop_infra(&state).await.expect("second stop_infra");
+    stack::stop_infra(&state).await.expect("second stop_infra");
     if std::env::var_os("ORDERSYS_KEEP_TEST_STATE").is_none() {
         std::fs::remove_dir_all(&dir).ok();
     }

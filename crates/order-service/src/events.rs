@@ -3,37 +3,11 @@
 
 use crate::domain::{OrderStatus, Outcome};
 use crate::orders;
-use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
-use platform::events::{Event, EventType, Source};
+use platform::consumer::{EventHandler, HandlerError, Incoming};
+use platform::events::Event;
 use sqlx::{Postgres, Transaction};
 use std::collections::HashMap;
 use uuid::Uuid;
-
-/// Which publisher of the event contract this service is: the stream it creates and manages,
-/// and the only event types it may publish (`platform::contract::published_by`), whose
-/// subjects are all its NATS user may publish on.
-pub const PUBLISHES: [Source; 1] = [Source::Order];
-
-/// The durable consumers and the event types each takes (their streams and subjects are the
-/// contract's; a subscription mixing two publishers does not compile).
-pub const SUBSCRIPTIONS: [Subscription; 2] = [
-    Subscription::new(
-        "order-service-inventory",
-        &[
-            EventType::StockReserved,
-            EventType::StockRejected,
-            EventType::StockReleased,
-        ],
-    ),
-    Subscription::new(
-        "order-service-payment",
-        &[EventType::PaymentCompleted, EventType::PaymentFailed],
-    ),
-];
-
-pub fn subscriptions() -> Vec<Subscription> {
-    SUBSCRIPTIONS.to_vec()
-}
 
 pub struct OrderOutcomes;
 

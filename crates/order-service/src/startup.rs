@@ -1,24 +1,24 @@
 use crate::config::Settings;
-use crate::events::{subscriptions, OrderOutcomes};
+use crate::events::OrderOutcomes;
 use crate::fair_use::BuyerRateLimit;
 use crate::intake::{IntakeSettings, OrderIntake};
 use crate::redrive::Redrive;
 use crate::routes;
 use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::contract::ORDER_SERVICE;
 use platform::retention::RetentionRule;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let rate_limit = BuyerRateLimit::new(&settings.fair_use).map_err(StartupError::Config)?;
-    let infra = Infrastructure::connect(
-        &settings.common,
-        sqlx::migrate!(),
-        &crate::events::PUBLISHES,
-    )
-    .await?;
+    let infra =
+        Infrastructure::connect(&settings.common, sqlx::migrate!(), &[ORDER_SERVICE.source])
+            .await?;
     let handler = Arc::new(OrderOutcomes);
-    let consumers = infra.consumers(&subscriptions(), handler).await?;
+    let consumers = infra
+        .consumers(ORDER_SERVICE.subscriptions, handler)
+        .await?;
     // New orders are written by background writers, on the workers' pool: a flood of reads
     // cannot keep orders from being taken.
     let (intake, writers) = OrderIntake::new(

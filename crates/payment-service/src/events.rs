@@ -3,25 +3,10 @@
 use crate::decline::is_declined;
 use crate::ledger::{self, ChargeRequest, ChargeResult};
 use platform::broker::Topology;
-use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
-use platform::events::{Event, EventType, PaymentCompleted, PaymentFailed, Source};
+use platform::consumer::{EventHandler, HandlerError, Incoming};
+use platform::events::{Event, PaymentCompleted, PaymentFailed};
 use platform::outbox;
 use sqlx::{Postgres, Transaction};
-
-/// Which publisher of the event contract this service is: the stream it creates and manages,
-/// and the only event types it may publish (`platform::contract::published_by`), whose
-/// subjects are all its NATS user may publish on.
-pub const PUBLISHES: [Source; 1] = [Source::Payment];
-
-/// The durable consumer and the event type it takes (its stream and subject are the contract's).
-pub const SUBSCRIPTIONS: [Subscription; 1] = [Subscription::new(
-    "payment-service-reservations",
-    &[EventType::StockReserved],
-)];
-
-pub fn subscriptions() -> Vec<Subscription> {
-    SUBSCRIPTIONS.to_vec()
-}
 
 pub struct Cashier {
     pub topology: Topology,

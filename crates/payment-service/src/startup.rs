@@ -1,21 +1,24 @@
 use crate::config::Settings;
-use crate::events::{subscriptions, Cashier};
+use crate::events::Cashier;
 use crate::routes;
 use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::contract::PAYMENT_SERVICE;
 use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra = Infrastructure::connect(
         &settings.common,
         sqlx::migrate!(),
-        &crate::events::PUBLISHES,
+        &[PAYMENT_SERVICE.source],
     )
     .await?;
     let handler = Arc::new(Cashier {
         topology: infra.topology.clone(),
         decline_rate: settings.payment.decline_rate,
     });
-    let consumers = infra.consumers(&subscriptions(), handler).await?;
+    let consumers = infra
+        .consumers(PAYMENT_SERVICE.subscriptions, handler)
+        .await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
         max_deposited_cents: settings.payment.max_deposited_cents,

@@ -1,12 +1,12 @@
 //! What a service may do on NATS: publish its own events — exactly the subjects the event
 //! contract gives the types it publishes — manage its own stream, and read and acknowledge
-//! through its own durable consumers; nothing else. Derived from the contract and the
-//! subscriptions the service runs with, so the permissions cannot drift from the code.
+//! through its own durable consumers; nothing else. Derived from the service's declaration in the
+//! contract (`contract::ServiceSpec`), which it also runs with, so the permissions cannot drift
+//! from the code.
 //! Deployment tools render it into the server's configuration (one user per service).
 
 use crate::broker::{inbox_prefix, Topology};
-use crate::contract::{self, Subscription};
-use crate::events::Source;
+use crate::contract::ServiceSpec;
 
 /// Subjects a NATS user may publish to and subscribe to (everything else is denied).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,25 +16,18 @@ pub struct BrokerPermissions {
 }
 
 impl BrokerPermissions {
-    /// The permissions of user `user` of a service that publishes to the streams of
-    /// `publishes` and consumes `subscriptions`.
-    pub fn for_service(
-        topology: &Topology,
-        publishes: &[Source],
-        subscriptions: &[Subscription],
-        user: &str,
-    ) -> Self {
-        let mut publish = Vec::new();
-        for &source in publishes {
-            let stream = topology.stream_name(source);
-            publish.extend(
-                contract::published_by(source).map(|spec| topology.subject(spec.subject_suffix)),
-            );
-            for action in ["INFO", "CREATE", "UPDATE"] {
-                publish.push(format!("$JS.API.STREAM.{action}.{stream}"));
-            }
+    /// The permissions of user `user` of `service`: its own events and stream, its own durable
+    /// consumers.
+    pub fn for_service(topology: &Topology, service: &ServiceSpec, user: &str) -> Self {
+        let stream = topology.stream_name(service.source);
+        let mut publish: Vec<String> = service
+            .publishes()
+            .map(|spec| topology.subject(spec.subject_suffix))
+            .collect();
+        for action in ["INFO", "CREATE", "UPDATE"] {
+            publish.push(format!("$JS.API.STREAM.{action}.{stream}"));
         }
-        for subscription in subscriptions {
+        for subscription in service.subscriptions {
             let stream = topology.stream_name(subscription.stream());
             let durable = subscription.durable_name();
             publish.extend([
@@ -61,18 +54,10 @@ impl BrokerPermissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::EventType;
-
-    const RESERVATIONS: Subscription =
-        Subscription::new("payment-service-reservations", &[EventType::StockReserved]);
+    use crate::contract::{self, PAYMENT_SERVICE, SERVICES};
 
     fn payment() -> BrokerPermissions {
-        BrokerPermissions::for_service(
-            &Topology::new("shop"),
-            &[Source::Payment],
-            &[RESERVATIONS],
-            "shop-payment",
-        )
+        BrokerPermissions::for_service(&Topology::new("shop"), &PAYMENT_SERVICE, "shop-payment")
     }
 
     #[test]
@@ -97,8 +82,9 @@ mod tests {
     #[test]
     fn the_event_subjects_granted_are_the_contracts() {
         let topology = Topology::new("shop");
-        for source in Source::ALL {
-            let p = BrokerPermissions::for_service(&topology, &[source], &[], "u");
+        for service in SERVICES {
+            let source = service.source;
+            let p = BrokerPermissions::for_service(&topology, &service, "u");
             let mut granted: Vec<&str> = p
                 .publish
                 .iter()
@@ -106,7 +92,7 @@ mod tests {
                 .filter(|s| !s.starts_with('$'))
                 .collect();
             granted.sort();
-            let mut declared: Vec<String> = crate::contract::published_by(source)
+            let mut declared: Vec<String> = contract::published_by(source)
                 .map(|spec| topology.subject(spec.subject_suffix))
                 .collect();
             declared.sort();

@@ -174,6 +174,77 @@ impl Subscription {
     }
 }
 
+/// A service as the contract knows it: the publisher it is (so the stream it manages and the
+/// only event types it may publish) and its durable consumers. The services run with it, their
+/// NATS permissions are derived from it, and the load-test harness reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its binary's name (and, without `-service`, its NATS user's).
+    pub name: &'static str,
+    pub source: Source,
+    pub subscriptions: &'static [Subscription],
+}
+
+impl ServiceSpec {
+    /// The event types it publishes (and no other service may).
+    pub fn publishes(&self) -> impl Iterator<Item = &'static EventSpec> {
+        published_by(self.source)
+    }
+}
+
+/// The order service: answers of inventory (reserved, rejected, released) and of payment.
+pub const ORDER_SERVICE: ServiceSpec = ServiceSpec {
+    name: "order-service",
+    source: Source::Order,
+    subscriptions: &[
+        Subscription::new(
+            "order-service-inventory",
+            &[
+                EventType::StockReserved,
+                EventType::StockRejected,
+                EventType::StockReleased,
+            ],
+        ),
+        Subscription::new(
+            "order-service-payment",
+            &[EventType::PaymentCompleted, EventType::PaymentFailed],
+        ),
+    ],
+};
+
+/// Inventory: new orders reserve stock; failed payments release it.
+pub const INVENTORY_SERVICE: ServiceSpec = ServiceSpec {
+    name: "inventory-service",
+    source: Source::Inventory,
+    subscriptions: &[
+        Subscription::new("inventory-service-orders", &[EventType::OrderCreated]),
+        Subscription::new("inventory-service-payments", &[EventType::PaymentFailed]),
+    ],
+};
+
+/// Payment: a stock reservation is charged.
+pub const PAYMENT_SERVICE: ServiceSpec = ServiceSpec {
+    name: "payment-service",
+    source: Source::Payment,
+    subscriptions: &[Subscription::new(
+        "payment-service-reservations",
+        &[EventType::StockReserved],
+    )],
+};
+
+/// Every service, in [`Source::ALL`] order (`service_of` indexes it; a test checks the order).
+pub const SERVICES: [ServiceSpec; 3] = [ORDER_SERVICE, INVENTORY_SERVICE, PAYMENT_SERVICE];
+
+/// The service that publishes `source`'s events.
+pub const fn service_of(source: Source) -> &'static ServiceSpec {
+    &SERVICES[source as usize]
+}
+
+/// The service a binary name (`order-service`) names.
+pub fn service_named(name: &str) -> Option<&'static ServiceSpec> {
+    SERVICES.iter().find(|service| service.name == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +311,64 @@ mod tests {
         let mixed =
             std::panic::catch_unwind(|| Subscription::new("m", &[OrderCreated, PaymentFailed]));
         assert!(mixed.is_err(), "two publishers are refused");
+    }
+
+    #[test]
+    fn services_are_in_source_order_and_named_once() {
+        for (index, source) in Source::ALL.into_iter().enumerate() {
+            assert_eq!(SERVICES[index].source, source);
+            assert_eq!(service_of(source).source, source);
+            assert_eq!(service_named(SERVICES[index].name), Some(&SERVICES[index]));
+            assert_eq!(
+                SERVICES[index].name.strip_suffix("-service"),
+                Some(source.token())
+            );
+        }
+        assert_eq!(service_named("nats"), None);
+    }
+
+    #[test]
+    fn every_event_type_is_consumed_by_another_service() {
+        for event_type in EventType::ALL {
+            let consumers: Vec<&str> = SERVICES
+                .iter()
+                .filter(|service| service.subscriptions.iter().any(|s| s.takes(event_type)))
+                .map(|service| service.name)
+                .collect();
+            assert!(!consumers.is_empty(), "nobody consumes {event_type:?}");
+            assert!(
+                !consumers.contains(&service_of(event_type.publisher()).name),
+                "{event_type:?} is consumed by its own publisher"
+            );
+        }
+    }
+
+    #[test]
+    fn durable_names_are_unique_and_name_their_service() {
+        let mut names = HashSet::new();
+        for service in SERVICES {
+            assert!(!service.subscriptions.is_empty(), "{}", service.name);
+            for subscription in service.subscriptions {
+                assert!(
+                    names.insert(subscription.durable_name()),
+                    "{} twice",
+                    subscription.durable_name()
+                );
+                assert!(subscription
+                    .durable_name()
+                    .starts_with(&format!("{}-", service.name)));
+                // A service takes each type at most once: two durables would apply it twice.
+                assert!(!subscription.events().is_empty());
+            }
+            let mut taken: Vec<EventType> = service
+                .subscriptions
+                .iter()
+                .flat_map(|s| s.events().iter().copied())
+                .collect();
+            let count = taken.len();
+            taken.sort();
+            taken.dedup();
+            assert_eq!(taken.len(), count, "{} takes a type twice", service.name);
+        }
     }
 }

@@ -1,14 +1,18 @@
 //! A test harness that runs the three real services in-process, each on a random port with a
-//! fresh database, against a real PostgreSQL and NATS with a unique subject/stream prefix.
+//! fresh database, against a real PostgreSQL and NATS (`servers`: the ones given, else the
+//! `stack` crate's private instances) with a unique subject/stream prefix.
 //! Background work is driven by the test (`settle`) rather than left to timers.
 
 pub mod pg_proxy;
+pub mod servers;
+
+pub use servers::{admin_database_url, fresh_database, nats_url};
 
 use platform::app::Driver;
 use platform::auth::TokenKeys;
 use platform::broker::Topology;
 use platform::events::Source;
-use platform::testing::{eventually, fresh_database, nats_url, unique_token};
+use platform::testing::{eventually, unique_token};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -49,7 +53,7 @@ pub struct Options {
     /// More settings for all three services, as TOML (e.g. `[redrive]\nafter_secs = 1`).
     pub extra: &'static str,
     /// The NATS server or cluster (URLs separated by commas) instead of the tests' own
-    /// (`platform::testing::nats_url`).
+    /// ([`servers`]).
     pub nats_url: Option<String>,
 }
 
@@ -127,7 +131,10 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
 impl TestSystem {
     pub async fn start(options: Options) -> TestSystem {
         let prefix = format!("t{}", unique_token());
-        let nats = options.nats_url.clone().unwrap_or_else(nats_url);
+        let nats = match options.nats_url.clone() {
+            Some(url) => url,
+            None => nats_url().await,
+        };
         let order_db = fresh_database("orders").await;
         let inventory_db = fresh_database("inventory").await;
         let payment_db = fresh_database("payments").await;

@@ -11,12 +11,13 @@ use platform::envelope::{Envelope, TraceContext};
 use platform::events::{
     Event, FailureReason, OrderCreated, PaymentCompleted, PaymentFailed, Source,
 };
-use platform::testing::{eventually, fresh_database, nats_url, unique_token};
+use platform::testing::{eventually, unique_token};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use system_tests::{fresh_database, nats_url};
 use system_tests::{Options, Service, TestSystem, ADMIN_TOKEN};
 use uuid::Uuid;
 
@@ -556,7 +557,7 @@ async fn a_redelivered_message_does_not_park_the_same_event_twice() {
     let database = fresh_database("contract").await;
     let overrides = format!(
         "[http]\nport = 0\n[database]\nurl = \"{database}\"\n[nats]\nurl = \"{}\"\nprefix = \"{prefix}\"\nstream_max_bytes = -1\n",
-        nats_url()
+        nats_url().await
     );
     let settings: platform::config::CommonSettings =
         platform::config::load_overridden(0, "", &[&overrides]).unwrap();
@@ -576,7 +577,7 @@ async fn a_redelivered_message_does_not_park_the_same_event_twice() {
     });
     let consumer = infra
         .consumer(
-            &inventory_service::events::subscriptions()[0],
+            &platform::contract::INVENTORY_SERVICE.subscriptions[0],
             handler.clone(),
         )
         .await

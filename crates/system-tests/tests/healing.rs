@@ -125,7 +125,7 @@ async fn replicas_attaching_together_share_the_durable_consumer_they_both_create
     let handler = Arc::new(StockKeeper {
         topology: one.topology.clone(),
     });
-    let subscription = &inventory_service::events::subscriptions()[0];
+    let subscription = &platform::contract::INVENTORY_SERVICE.subscriptions[0];
     for round in 0..20 {
         // As in the chaos run: the stream went with its consumers, and its publisher (the
         // order service's relay) re-created it.

@@ -4,10 +4,11 @@
 //! through the workers' pool, and workers whose rounds fail (the intake writers, the re-drive)
 //! count as not progressing — and everything comes back once the database is writable again.
 
-use platform::testing::{admin_database_url, eventually};
+use platform::testing::eventually;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
+use system_tests::admin_database_url;
 use system_tests::{Options, Service, TestSystem};
 
 /// How long `/ready` may take to notice, or to recover (the checks are cached for about 1 s).
@@ -20,7 +21,7 @@ async fn set_read_only(service: &Service, read_only: bool) {
         .fetch_one(&service.pool)
         .await
         .expect("database name");
-    let mut admin = PgConnection::connect(&admin_database_url())
+    let mut admin = PgConnection::connect(&admin_database_url().await)
         .await
         .expect("admin connection");
     let value = if read_only { "on" } else { "off" };

@@ -9,11 +9,12 @@ use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
 use platform::dead_letters::{DeadLetterDesk, DeskError, ListFilter};
 use platform::envelope::TraceContext;
 use platform::events::{Event, EventType, OrderCreated};
-use platform::testing::{eventually, fresh_database, nats_url, unique_token};
+use platform::testing::{eventually, unique_token};
 use sqlx::{Postgres, Transaction};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use system_tests::{fresh_database, nats_url};
 use uuid::Uuid;
 
 /// Records each order it sees; panics on the orders it was told to.
@@ -60,7 +61,7 @@ async fn a_panic_is_contained_to_its_event_dead_lettered_and_replayed_once_fixed
     let database = fresh_database("supervision").await;
     let overrides = format!(
         "[http]\nport = 0\n[database]\nurl = \"{database}\"\n[nats]\nurl = \"{}\"\nprefix = \"{prefix}\"\nstream_max_bytes = -1\n[consumer]\nmax_deliveries = 3\n",
-        nats_url()
+        nats_url().await
     );
     let settings: platform::config::CommonSettings =
         platform::config::load_overridden(0, "", &[&overrides]).unwrap();

@@ -9,11 +9,12 @@
 //! (`system_tests::pg_proxy`) that loses a COMMIT's answer, or the COMMIT itself, on cue.
 
 use platform::auth::TokenKeys;
-use platform::testing::{fresh_database, nats_url, unique_token};
+use platform::testing::unique_token;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
 use system_tests::pg_proxy::PgProxy;
+use system_tests::{fresh_database, nats_url};
 use system_tests::{ADMIN_TOKEN, JWT_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -58,7 +59,7 @@ burst = 100000
 max_open_orders = 100000
 "#,
         url = proxy.url,
-        nats = nats_url(),
+        nats = nats_url().await,
     );
     let settings = order_service::config::Settings::overridden(&[&base, extra])
         .expect("order service settings");

@@ -9,9 +9,9 @@ use platform::broker::Topology;
 
 use super::inject::FaultContext;
 use super::network;
-use crate::infra::nats_cluster;
-use crate::infra::netns::HostNetwork;
 use crate::plan::network::{HostRef, NetworkEffect};
+use stack::nats_cluster;
+use stack::netns::HostNetwork;
 
 /// How long a fault waits for a stream to have a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(20);

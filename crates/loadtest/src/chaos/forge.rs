@@ -23,7 +23,6 @@ use super::forge_plan::{forge_plan, forged_event, OrderFacts};
 use super::inject::{FaultContext, Refuted};
 use crate::deploy::admin::Resolution;
 use crate::deploy::{self, Credentials};
-use crate::infra;
 
 /// The dead-letter kind a consumer gives an event that did not come from its publisher.
 pub const MISROUTED: &str = "misrouted";
@@ -60,7 +59,7 @@ async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)>
     let Some(newest) = recent.first().copied() else {
         bail!("no order of the run was accepted yet: schedule forge later in the load");
     };
-    let orders_url = infra::database_url(&context.admin_database_url, deploy::ORDERS_DB);
+    let orders_url = stack::database_url(&context.admin_database_url, deploy::ORDERS_DB);
     let mut orders = PgConnection::connect(&orders_url)
         .await
         .context("connecting to the orders database")?;

@@ -1,10 +1,11 @@
-//! What the `forge` fault forges, decided from the services' own declarations before anything
+//! What the `forge` fault forges, decided from the event contract before anything
 //! is published: which service owns each event type (publisher, stream, subject), which
 //! subjects each service's user may publish to that another service reads, and the events it
 //! claims there about real orders. Pure, so it is tested here; `forge` publishes and checks.
 
 use std::collections::BTreeMap;
 
+use platform::contract;
 use platform::events::{
     Event, FailureReason, OrderCreated, PaymentCompleted, PaymentFailed, Source, StockRejected,
     StockReleased, StockReserved,
@@ -36,29 +37,19 @@ pub struct ContractEntry {
     pub subject_suffix: &'static str,
 }
 
-/// The streams a service (binary name) publishes to, as the service itself declares them.
-fn publishes_of(service: &str) -> &'static [Source] {
-    match service {
-        "order-service" => &order_service::events::PUBLISHES,
-        "inventory-service" => &inventory_service::events::PUBLISHES,
-        "payment-service" => &payment_service::events::PUBLISHES,
-        _ => &[],
-    }
+/// The stream a service (binary name) publishes to, as the event contract declares it.
+fn publishes_of(service: &str) -> Option<Source> {
+    contract::service_named(service).map(|spec| spec.source)
 }
 
 /// Who owns every event type: read from the platform's event contract (the one declaration the
-/// services, their consumers' checks and their NATS permissions all read), with the service
-/// whose `PUBLISHES` names the publisher's stream.
+/// services, their consumers' checks and their NATS permissions all read).
 pub fn event_contract() -> Vec<ContractEntry> {
-    platform::contract::CONTRACT
+    contract::CONTRACT
         .iter()
         .map(|spec| ContractEntry {
             event_type: spec.name,
-            publisher: deploy::SERVICES
-                .iter()
-                .map(|(service, _)| *service)
-                .find(|service| publishes_of(service).contains(&spec.publisher))
-                .unwrap_or("nobody"),
+            publisher: contract::service_of(spec.publisher).name,
             stream: spec.publisher,
             subject_suffix: spec.subject_suffix,
         })
@@ -84,7 +75,7 @@ fn subjects_read_by_others(publisher: &str) -> BTreeMap<String, Vec<String>> {
     let mut subjects: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (service, _) in deploy::SERVICES.iter().filter(|(s, _)| *s != publisher) {
         for subscription in subscriptions_of(service) {
-            if !publishes_of(publisher).contains(&subscription.stream()) {
+            if publishes_of(publisher) != Some(subscription.stream()) {
                 continue;
             }
             for suffix in subscription.subject_suffixes() {
@@ -237,7 +228,7 @@ mod tests {
             assert!(entry
                 .subject_suffix
                 .starts_with(&format!("{}.", entry.stream.token())));
-            assert!(publishes_of(entry.publisher).contains(&entry.stream));
+            assert_eq!(publishes_of(entry.publisher), Some(entry.stream));
         }
     }
 

@@ -18,9 +18,9 @@ use super::slow_clients::SlowClients;
 use super::{Fault, FaultKind, Hits};
 use crate::deploy::admin::AdminClient;
 use crate::deploy::{self, services::ServiceSpec, Credentials};
-use crate::infra::{self, StateDir};
 use crate::loadgen::LoadState;
 use crate::plan::duration;
+use stack::StateDir;
 
 /// How long a killed process may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -42,7 +42,7 @@ pub struct FaultContext {
     pub inventory_db: String,
     pub hot_product: i64,
     /// The hosts topology's network (network and cluster faults).
-    pub hosts: Option<crate::infra::netns::HostNetwork>,
+    pub hosts: Option<stack::netns::HostNetwork>,
     /// PostgreSQL as its superuser (`read-only-db`, `commit-unknown`, reading orders).
     pub admin_database_url: String,
     /// Whether each service has a NATS user of its own (`forge` publishes as them).
@@ -105,7 +105,7 @@ impl Drop for FaultRun {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
         {
-            let _ = infra::signal_process(pid, libc::SIGCONT);
+            let _ = stack::signal_process(pid, libc::SIGCONT);
         }
     }
 }
@@ -232,7 +232,7 @@ fn pause(
 ) -> Result<Vec<(String, u32)>> {
     let mut paused = Vec::new();
     for instance in instances {
-        let pid = infra::signal_named(state, instance, libc::SIGSTOP)?;
+        let pid = stack::signal_named(state, instance, libc::SIGSTOP)?;
         stopped.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
         actions.push(format!("SIGSTOP {instance} (pid {pid})"));
         paused.push((instance.clone(), pid));
@@ -246,7 +246,7 @@ fn resume(
     actions: &mut Vec<String>,
 ) -> Result<()> {
     for (name, pid) in paused {
-        infra::signal_process(pid, libc::SIGCONT)
+        stack::signal_process(pid, libc::SIGCONT)
             .with_context(|| format!("SIGCONT {name} (pid {pid})"))?;
         stopped
             .lock()
@@ -268,8 +268,8 @@ async fn inject(
     match (fault.kind, &fault.hits) {
         (FaultKind::Kill, _) => {
             for instance in instances {
-                let pid = infra::signal_named(state, instance, libc::SIGKILL)?;
-                if !infra::process::wait_gone(pid, KILL_WAIT).await {
+                let pid = stack::signal_named(state, instance, libc::SIGKILL)?;
+                if !stack::process::wait_gone(pid, KILL_WAIT).await {
                     bail!("{instance} (pid {pid}) still alive {KILL_WAIT:?} after SIGKILL");
                 }
                 actions.push(format!("kill -9 {instance} (pid {pid})"));
@@ -278,21 +278,21 @@ async fn inject(
         }
         (FaultKind::Pause, _) => Ok(Lift::Continue(pause(state, instances, stopped, actions)?)),
         (FaultKind::KillNats, _) => {
-            let pid = infra::pid_of(state, "nats").context("our nats-server is not running")?;
-            infra::kill_nats(state).await?;
+            let pid = stack::pid_of(state, "nats").context("our nats-server is not running")?;
+            stack::kill_nats(state).await?;
             actions.push(format!("kill -9 nats-server (pid {pid})"));
             Ok(Lift::RestartNats)
         }
         (FaultKind::StopPostgres, _) => {
-            let pid = infra::pid_of(state, "postgres").context("our PostgreSQL is not running")?;
-            infra::stop_postgres_immediate(state).await?;
+            let pid = stack::pid_of(state, "postgres").context("our PostgreSQL is not running")?;
+            stack::stop_postgres_immediate(state).await?;
             actions.push(format!(
                 "immediate-mode stop of PostgreSQL (SIGQUIT to postmaster pid {pid})"
             ));
             Ok(Lift::StartPostgres)
         }
         (FaultKind::BrokerUnreachable, _) => {
-            let pid = infra::signal_named(state, "nats", libc::SIGSTOP)?;
+            let pid = stack::signal_named(state, "nats", libc::SIGSTOP)?;
             stopped.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
             actions.push(format!("SIGSTOP nats-server (pid {pid})"));
             Ok(Lift::Continue(vec![("nats-server".into(), pid)]))
@@ -330,7 +330,7 @@ async fn inject(
         }
         (FaultKind::KillNatsNode, Hits::NatsNode(node)) => {
             let name = cluster::node(context, node).await?;
-            let pid = infra::nats_cluster::kill_node(state, &name).await?;
+            let pid = stack::nats_cluster::kill_node(state, &name).await?;
             actions.push(format!("kill -9 {name} (pid {pid})"));
             Ok(Lift::RestartNatsNode(name))
         }
@@ -419,16 +419,16 @@ async fn lift_fault(
         Lift::Restart(instances) => restart(context, &instances, actions).await?,
         Lift::Continue(paused) => resume(paused, stopped, actions)?,
         Lift::RestartNats => {
-            infra::restart_nats(state).await?;
-            let pid = infra::pid_of(state, "nats").unwrap_or_default();
+            stack::restart_nats(state).await?;
+            let pid = stack::pid_of(state, "nats").unwrap_or_default();
             actions.push(format!(
                 "restarted nats-server on the same store as pid {pid} (ready after {:.1} s)",
                 began.elapsed().as_secs_f64()
             ));
         }
         Lift::StartPostgres => {
-            infra::start_postgres(state).await?;
-            let pid = infra::pid_of(state, "postgres").unwrap_or_default();
+            stack::start_postgres(state).await?;
+            let pid = stack::pid_of(state, "postgres").unwrap_or_default();
             actions.push(format!(
                 "started PostgreSQL again as pid {pid} (crash recovery; accepting connections after {:.1} s)",
                 began.elapsed().as_secs_f64()
@@ -439,9 +439,9 @@ async fn lift_fault(
             let deleted = heal::delete_stream(context, source, actions).await;
             let mut names = Vec::with_capacity(paused.len());
             for (name, pid) in &paused {
-                infra::signal_process(*pid, libc::SIGKILL)
+                stack::signal_process(*pid, libc::SIGKILL)
                     .with_context(|| format!("kill -9 {name} (pid {pid})"))?;
-                if !infra::process::wait_gone(*pid, KILL_WAIT).await {
+                if !stack::process::wait_gone(*pid, KILL_WAIT).await {
                     bail!("{name} (pid {pid}) still alive {KILL_WAIT:?} after SIGKILL");
                 }
                 stopped
@@ -471,7 +471,7 @@ async fn lift_fault(
         Lift::StopSlowClients(clients) => actions.push(clients.stop().await),
         Lift::CheckConsumers(altered) => altered.finish(context, actions).await?,
         Lift::RestartNatsNode(name) => {
-            let pid = infra::nats_cluster::restart_node(state, &name).await?;
+            let pid = stack::nats_cluster::restart_node(state, &name).await?;
             actions.push(format!(
                 "restarted {name} on its store as pid {pid} (ready after {:.1} s)",
                 began.elapsed().as_secs_f64()

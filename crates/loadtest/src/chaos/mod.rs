@@ -72,7 +72,7 @@ use anyhow::{bail, Result};
 
 use crate::deploy::admin::AdminClient;
 use crate::deploy::services::ServiceSpec;
-use crate::infra::{self, StateDir};
+use stack::StateDir;
 
 /// The name of the check the runner adds when a scenario has faults.
 pub const CHECK_FAULTS: &str = "faults";
@@ -105,7 +105,7 @@ pub async fn preflight(
             );
         }
         if let Some(name) = fault.kind.needs_own() {
-            if infra::pid_of(state, name).is_none() {
+            if stack::pid_of(state, name).is_none() {
                 bail!(
                     "fault {} needs our own {name} (started by this CLI), but none runs; unset ORDERSYS_DATABASE_URL / ORDERSYS_NATS_URL for chaos runs",
                     fault.kind.name()

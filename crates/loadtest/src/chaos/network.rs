@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 pub use delayer::DelaySettings;
 
-use crate::infra::netns::{self, Host, HostNetwork};
-use crate::infra::process::{self, DetachedSpec, PidFile};
-use crate::infra::StateDir;
+use stack::netns::{self, Host, HostNetwork};
+use stack::process::{self, DetachedSpec, PidFile};
+use stack::StateDir;
 
 /// Our chain in each host, jumped to from `INPUT` (partitions).
 pub const CHAIN_IN: &str = "ORDERSYS-IN";

@@ -6,7 +6,6 @@
 use crate::deploy::{
     self, Credentials, AUDIT_ROLE, INVENTORY_DB, ORDERS_DB, PAYMENTS_DB, SERVICES,
 };
-use crate::infra;
 
 /// Prints everything an operator needs to give deployment `prefix` least-privilege access.
 pub fn print(prefix: &str) {
@@ -30,7 +29,7 @@ pub fn print(prefix: &str) {
     println!("# NATS server configuration (add your own administrator user to the list)");
     print!(
         "{}",
-        infra::nats_authorization_text(prefix, &deploy::nats_users(prefix, &credentials))
+        stack::nats_authorization_text(prefix, &deploy::nats_users(prefix, &credentials))
     );
     println!("\n# Each service's environment (besides APP_DATABASE__URL's host and APP_NATS__URL)");
     for ((service, _), database) in SERVICES.iter().zip(databases) {

@@ -11,11 +11,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::audit;
 use crate::deploy::{self, services, Credentials, Deployment};
-use crate::infra::{self, StateDir};
 use crate::observe::baseline::{self, BaselineSettings};
 use crate::plan::limits::FairUseLimits;
 use crate::plan::scenario::Scenario;
 use crate::seed;
+use stack::StateDir;
 
 /// `loadtest up`: PostgreSQL, NATS and the three services with the dev credentials.
 pub async fn up(
@@ -40,7 +40,7 @@ pub async fn up(
     }
     deploy::check_binaries()?;
     let state = StateDir::locate()?;
-    let infra = infra::ensure_infra(&state).await?;
+    let infra = stack::ensure_infra(&state).await?;
     // Restart rather than reuse: running services may carry another run's prefix or credentials.
     deploy::stop_services(&state).await?;
     let credentials = Credentials::random_or_from_env();
@@ -78,11 +78,11 @@ pub async fn up(
     }
     println!(
         "postgres           {}",
-        infra::redact(&infra.admin_database_url)
+        stack::redact(&infra.admin_database_url)
     );
     println!(
         "nats               {}  (prefix {prefix})",
-        infra::redact(&infra.nats_url)
+        stack::redact(&infra.nats_url)
     );
     println!("decline rate       {decline_rate}");
     if let Some(limits) = &limits {
@@ -100,8 +100,8 @@ pub async fn up(
 pub async fn down() -> Result<()> {
     let state = StateDir::locate()?;
     let stopped_services = deploy::stop_services(&state).await;
-    let stopped_infra = infra::stop_infra(&state).await;
-    let stopped_hosts = infra::hosts::down(&infra::hosts::state_dir()?).await;
+    let stopped_infra = stack::stop_infra(&state).await;
+    let stopped_hosts = stack::hosts::down(&stack::hosts::state_dir()?).await;
     stopped_services?;
     stopped_infra?;
     stopped_hosts.context("removing a hosts topology left running")?;
@@ -112,7 +112,7 @@ pub async fn down() -> Result<()> {
 /// `loadtest infra-up`: prints export lines for the URLs.
 pub async fn infra_up() -> Result<()> {
     let state = StateDir::locate()?;
-    let infra = infra::ensure_infra(&state).await?;
+    let infra = stack::ensure_infra(&state).await?;
     println!("export ORDERSYS_DATABASE_URL={}", infra.admin_database_url);
     println!("export ORDERSYS_NATS_URL={}", infra.nats_url);
     if infra.manages_nats_users() {
@@ -120,7 +120,7 @@ pub async fn infra_up() -> Result<()> {
         // `nats.tls_ca_file`), verified against this authority.
         println!(
             "export ORDERSYS_TLS_CA={}",
-            infra::tls::ensure(&state)?.ca.display()
+            stack::tls::ensure(&state)?.ca.display()
         );
     }
     Ok(())
@@ -135,9 +135,9 @@ pub async fn infra_down() -> Result<()> {
             names(&running)
         );
     }
-    infra::stop_infra(&state).await?;
+    stack::stop_infra(&state).await?;
     // A hosts-topology run kept with --keep-running (or interrupted hard): its hosts too.
-    infra::hosts::down(&infra::hosts::state_dir()?)
+    stack::hosts::down(&stack::hosts::state_dir()?)
         .await
         .context("removing a hosts topology left running")?;
     println!("stopped PostgreSQL and NATS");
@@ -149,13 +149,13 @@ pub fn status(infra_running: bool) -> Result<()> {
     let state = StateDir::locate()?;
     if infra_running {
         let up =
-            infra::pid_of(&state, "postgres").is_some() && infra::pid_of(&state, "nats").is_some();
+            stack::pid_of(&state, "postgres").is_some() && stack::pid_of(&state, "nats").is_some();
         println!("{}", if up { "yes" } else { "no" });
         return Ok(());
     }
     println!("state directory    {}", state.path().display());
     for name in ["postgres", "nats"] {
-        match infra::pid_of(&state, name) {
+        match stack::pid_of(&state, name) {
             Some(pid) => println!("{name:<18} running (pid {pid})"),
             None => println!("{name:<18} not running (not ours)"),
         }
@@ -273,14 +273,14 @@ pub fn token(
 
 /// `loadtest baseline`: on our PostgreSQL (started if needed, stopped again if we started it).
 pub async fn baseline(settings: &BaselineSettings) -> Result<()> {
-    let _lock = infra::run_lock::acquire().await?;
+    let _lock = stack::run_lock::acquire().await?;
     let state = StateDir::locate()?;
-    let postgres_before = infra::pid_of(&state, "postgres").is_some();
-    let nats_before = infra::pid_of(&state, "nats").is_some();
-    let infra = infra::ensure_infra(&state).await?;
+    let postgres_before = stack::pid_of(&state, "postgres").is_some();
+    let nats_before = stack::pid_of(&state, "nats").is_some();
+    let infra = stack::ensure_infra(&state).await?;
     let result = baseline::measure(&infra.admin_database_url, settings).await;
     if !postgres_before && !nats_before {
-        infra::stop_infra(&state).await?;
+        stack::stop_infra(&state).await?;
     }
     print!("{}", result?.table());
     Ok(())
@@ -291,7 +291,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Ok(if path.exists() || path.is_absolute() {
         path.to_path_buf()
     } else {
-        infra::workspace_root()?.join(path)
+        stack::workspace_root()?.join(path)
     })
 }
 

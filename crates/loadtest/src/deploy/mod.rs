@@ -1,45 +1,31 @@
-//! The system as the CLI deploys it: database names, ports, credentials and the three services
-//! started against our infrastructure.
+//! The system as the CLI deploys it: the three services (replicas, instance names, ports, each
+//! one's environment) started on the stack, and their streams.
 //!
 //! Whoever starts the services (`loadtest up` or `loadtest run`) generates the deployment's
-//! credentials (`credentials.rs`): each service gets its own PostgreSQL role and NATS user.
+//! credentials (`stack::deployment::credentials`): each service gets its own PostgreSQL role and
+//! NATS user. Those names, ports and databases are the stack's, re-exported here.
 
 use anyhow::{bail, Context, Result};
 use platform::broker::Topology;
-use platform::broker_access::BrokerPermissions;
 use platform::events::Source;
+use stack::StateDir;
 
-use crate::infra::{self, StateDir};
 use services::ServiceSpec;
 
 pub mod admin;
-pub mod credentials;
 pub mod services;
 
-pub use credentials::{
-    credentials_file, database_role, nats_user, recorded_credentials, recorded_prefix, Credentials,
-    AUDIT_ROLE,
+pub use stack::deployment::{
+    base_url, credentials_file, database_role, default_admin_url, nats_user, nats_users,
+    prepare_databases, recorded_credentials, recorded_prefix, Credentials, DatabaseUrls,
+    AUDIT_ROLE, INVENTORY_DB, INVENTORY_PORT, ORDERS_DB, ORDER_PORT, PAYMENTS_DB, PAYMENT_PORT,
+    SERVICES,
 };
-
-pub const ORDERS_DB: &str = "ordersys_orders";
-pub const INVENTORY_DB: &str = "ordersys_inventory";
-pub const PAYMENTS_DB: &str = "ordersys_payments";
-
-pub const ORDER_PORT: u16 = platform::dev::ORDER_PORT;
-pub const INVENTORY_PORT: u16 = platform::dev::INVENTORY_PORT;
-pub const PAYMENT_PORT: u16 = platform::dev::PAYMENT_PORT;
 
 /// The subject and stream prefix `up` uses.
 pub const DEFAULT_PREFIX: &str = "shop";
 /// The decline rate `up` uses unless `ORDERSYS_DECLINE_RATE` says otherwise.
 pub const DEFAULT_DECLINE_RATE: f64 = 0.05;
-
-/// The three services: (instance name = binary name, port).
-pub const SERVICES: [(&str, u16); 3] = [
-    ("order-service", ORDER_PORT),
-    ("inventory-service", INVENTORY_PORT),
-    ("payment-service", PAYMENT_PORT),
-];
 
 /// An HTTP client for the services that keeps idle connections 4 s, below the services' idle
 /// connection close (their header read timeout, 10 s by default): a request sent on a pooled
@@ -48,10 +34,6 @@ pub fn http_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .pool_idle_timeout(std::time::Duration::from_secs(4))
-}
-
-pub fn base_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
 }
 
 /// The admin listener's port (`/metrics`, `/admin/*`) of the instance whose public port is
@@ -64,90 +46,6 @@ pub fn admin_port(port: u16) -> u16 {
 /// `http://127.0.0.1:<admin port>` of the instance whose public port is `port`.
 pub fn admin_url(port: u16) -> String {
     base_url(admin_port(port))
-}
-
-/// Where the three services' databases are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseUrls {
-    pub orders: String,
-    pub inventory: String,
-    pub payments: String,
-}
-
-impl DatabaseUrls {
-    /// The URLs of our three databases on the server of `admin_url` (nothing is created).
-    pub fn on(admin_url: &str) -> DatabaseUrls {
-        DatabaseUrls {
-            orders: infra::database_url(admin_url, ORDERS_DB),
-            inventory: infra::database_url(admin_url, INVENTORY_DB),
-            payments: infra::database_url(admin_url, PAYMENTS_DB),
-        }
-    }
-
-    /// The same, logging in as the read-only audit role.
-    pub fn for_audit(admin_url: &str, credentials: &Credentials) -> DatabaseUrls {
-        let url =
-            |db| infra::database_url_as(admin_url, db, AUDIT_ROLE, &credentials.audit_password);
-        DatabaseUrls {
-            orders: url(ORDERS_DB),
-            inventory: url(INVENTORY_DB),
-            payments: url(PAYMENTS_DB),
-        }
-    }
-}
-
-/// The database of each service, in [`SERVICES`] order.
-const SERVICE_DATABASES: [&str; 3] = [ORDERS_DB, INVENTORY_DB, PAYMENTS_DB];
-
-/// The admin URL of the stack's PostgreSQL without starting anything: `ORDERSYS_DATABASE_URL`,
-/// else our own instance on `ORDERSYS_PG_PORT` (default 55432).
-pub fn default_admin_url() -> String {
-    let options = infra::InfraOptions::default();
-    options
-        .database_url
-        .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:{}/postgres", options.pg_port))
-}
-
-/// Creates the three databases, each owned by its service's role (with this deployment's
-/// password), and the read-only audit role; with `fresh`, drops them first so nothing of an
-/// earlier run remains. Returns the URLs the services log in with.
-pub async fn prepare_databases(
-    admin_url: &str,
-    fresh: bool,
-    credentials: &Credentials,
-) -> Result<DatabaseUrls> {
-    let mut urls = Vec::new();
-    for ((service, _), name) in SERVICES.iter().zip(SERVICE_DATABASES) {
-        if fresh {
-            infra::drop_database(admin_url, name)
-                .await
-                .with_context(|| format!("dropping database {name}"))?;
-        }
-        let url = infra::provision_service_database(
-            admin_url,
-            name,
-            &database_role(service),
-            credentials.database_password(service),
-        )
-        .await
-        .with_context(|| format!("preparing database {name}"))?;
-        urls.push(url);
-    }
-    infra::provision_reader(
-        admin_url,
-        AUDIT_ROLE,
-        &credentials.audit_password,
-        &SERVICE_DATABASES,
-    )
-    .await?;
-    let [orders, inventory, payments]: [String; 3] = urls
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("three databases"))?;
-    Ok(DatabaseUrls {
-        orders,
-        inventory,
-        payments,
-    })
 }
 
 /// Everything the three services are started with.
@@ -164,49 +62,9 @@ pub struct Deployment {
     pub credentials: Credentials,
     pub decline_rate: f64,
     /// The hosts topology: every instance on the host named after it (else all on 127.0.0.1).
-    pub placement: Option<infra::netns::HostNetwork>,
+    pub placement: Option<stack::netns::HostNetwork>,
     /// Replicas of each stream the services create (3 on a three-node cluster).
     pub stream_replicas: u32,
-}
-
-/// What a service's NATS user may do, derived from the streams it publishes to and the
-/// subscriptions it runs with (the services' own code).
-pub fn broker_permissions(prefix: &str, service: &str) -> BrokerPermissions {
-    let topology = Topology::new(prefix);
-    let (publishes, subscriptions) = match service {
-        "order-service" => (
-            &order_service::events::PUBLISHES,
-            order_service::events::subscriptions(),
-        ),
-        "inventory-service" => (
-            &inventory_service::events::PUBLISHES,
-            inventory_service::events::subscriptions(),
-        ),
-        _ => (
-            &payment_service::events::PUBLISHES,
-            payment_service::events::subscriptions(),
-        ),
-    };
-    BrokerPermissions::for_service(
-        &topology,
-        publishes,
-        &subscriptions,
-        &nats_user(prefix, service),
-    )
-}
-
-/// The NATS users of a deployment's three services.
-pub fn nats_users(prefix: &str, credentials: &Credentials) -> Vec<infra::NatsUser> {
-    SERVICES
-        .iter()
-        .map(|(service, _)| {
-            infra::NatsUser::new(
-                &nats_user(prefix, service),
-                credentials.nats_password(service),
-                broker_permissions(prefix, service),
-            )
-        })
-        .collect()
 }
 
 /// Errors unless the three service binaries exist.
@@ -214,7 +72,7 @@ pub fn check_binaries() -> Result<()> {
     let missing: Vec<String> = SERVICES
         .iter()
         .map(|(name, _)| services::service_binary(name))
-        .filter(|path| !infra::process::is_executable(path))
+        .filter(|path| !stack::process::is_executable(path))
         .map(|path| path.display().to_string())
         .collect();
     if !missing.is_empty() {
@@ -412,7 +270,7 @@ pub async fn start_instances(
 ) -> Result<Vec<(String, u32)>> {
     check_binaries()?;
     if deployment.nats_users {
-        infra::set_nats_users(
+        stack::set_nats_users(
             state,
             &deployment.prefix,
             nats_users(&deployment.prefix, &deployment.credentials),
@@ -420,7 +278,7 @@ pub async fn start_instances(
         .await
         .context("creating the services' NATS users")?;
     }
-    credentials::write_credentials(state, deployment)?;
+    stack::deployment::write_credentials(state, &deployment.prefix, &deployment.credentials)?;
     let specs = instance_specs(deployment, replication);
     let (first, rest) = specs.split_at(SERVICES.len().min(specs.len()));
     let mut started = Vec::new();
@@ -450,14 +308,14 @@ pub async fn start_instances(
 /// Stops every service of ours and forgets the credentials they ran with.
 pub async fn stop_services(state: &StateDir) -> Result<()> {
     let result = services::stop_all_services(state).await;
-    infra::process::remove_file_if_exists(&credentials_file(state)).ok();
+    stack::process::remove_file_if_exists(&credentials_file(state)).ok();
     result
 }
 
 /// After a load-test run: stops its services and deletes its streams (a run's prefix is its
 /// own, see [`run_prefix`]; the `up` stack's streams are kept). Problems are warnings: the run's
 /// result stands.
-pub async fn finish_run(state: &StateDir, infra: &infra::Infra) {
+pub async fn finish_run(state: &StateDir, infra: &stack::Infra) {
     let prefix = recorded_prefix(state);
     if let Err(e) = stop_services(state).await {
         eprintln!("warning: stopping the services: {e:#}");
@@ -467,7 +325,7 @@ pub async fn finish_run(state: &StateDir, infra: &infra::Infra) {
             eprintln!("warning: deleting the run's streams: {e:#}");
         }
         if infra.manages_nats_users() {
-            if let Err(e) = infra::set_nats_users(state, &prefix, Vec::new()).await {
+            if let Err(e) = stack::set_nats_users(state, &prefix, Vec::new()).await {
                 eprintln!("warning: removing the run's NATS users: {e:#}");
             }
         }
@@ -546,7 +404,7 @@ pub fn stream_names(prefix: &str) -> Vec<String> {
 pub async fn remove_streams(nats_url: &str, prefix: &str) -> Result<usize> {
     let client = platform::broker::connect_url(nats_url)
         .await
-        .with_context(|| format!("connecting to NATS at {}", infra::redact(nats_url)))?;
+        .with_context(|| format!("connecting to NATS at {}", stack::redact(nats_url)))?;
     let js = async_nats::jetstream::new(client);
     let mut deleted = 0;
     for name in stream_names(prefix) {
@@ -651,7 +509,7 @@ mod tests {
     /// to the host's address, where the CLI reaches it (`ServiceSpec::admin_url`).
     #[test]
     fn on_hosts_of_their_own_both_listeners_are_on_the_hosts_address() {
-        let network = infra::netns::HostNetwork::plan(
+        let network = stack::netns::HostNetwork::plan(
             "t",
             1,
             &["order-service", "inventory-service", "payment-service"],
@@ -686,40 +544,5 @@ mod tests {
             );
             assert!(spec.admin_url().starts_with(&format!("http://{address}:")));
         }
-    }
-
-    #[test]
-    fn each_service_user_may_publish_only_its_own_events() {
-        let order = broker_permissions("shop", "order-service");
-        assert!(order.publish.contains(&"shop.order.created".to_string()));
-        assert!(
-            !order
-                .publish
-                .iter()
-                .any(|s| s.starts_with("shop.") && s.ends_with('>')),
-            "no wildcard: only the contract's subjects"
-        );
-        assert!(!order.publish.iter().any(|s| s.starts_with("shop.payment")));
-        let inventory = broker_permissions("shop", "inventory-service");
-        assert!(!inventory
-            .publish
-            .iter()
-            .any(|s| s.starts_with("shop.payment")));
-        assert!(inventory.publish.contains(
-            &"$JS.API.CONSUMER.MSG.NEXT.SHOP_PAYMENT.inventory-service-payments".to_string()
-        ));
-    }
-
-    #[test]
-    fn database_urls_share_the_server() {
-        let urls = DatabaseUrls::on("postgres://postgres@127.0.0.1:55432/postgres");
-        assert_eq!(
-            urls.orders,
-            "postgres://postgres@127.0.0.1:55432/ordersys_orders"
-        );
-        assert_eq!(
-            urls.payments,
-            "postgres://postgres@127.0.0.1:55432/ordersys_payments"
-        );
     }
 }

@@ -1,9 +1,9 @@
 //! The services as detached processes: spawn, pidfile, wait for `/ready`,
 //! stop by PID.
 
-use crate::infra::process::{self, DetachedSpec, PidFile};
-use crate::infra::{self, StateDir};
 use anyhow::{bail, Context, Result};
+use stack::process::{self, DetachedSpec, PidFile};
+use stack::StateDir;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -253,7 +253,7 @@ pub async fn stop_all_services(state: &StateDir) -> Result<()> {
 /// Stop every service we started, then our infrastructure.
 pub async fn stop_all(state: &StateDir) -> Result<()> {
     let services = stop_all_services(state).await;
-    let infra = infra::stop_infra(state).await;
+    let infra = stack::stop_infra(state).await;
     services?;
     infra
 }

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 
-use crate::infra;
 pub use crate::plan::capacity::BaselineSettings;
 
 /// The database the baseline creates (and drops first) on the stack's PostgreSQL.
@@ -114,10 +113,10 @@ pub async fn measure(admin_url: &str, settings: &BaselineSettings) -> Result<Bas
     if settings.concurrency.is_empty() || settings.concurrency.contains(&0) {
         bail!("the baseline needs concurrencies >= 1");
     }
-    infra::drop_database(admin_url, BASELINE_DB).await?;
-    let url = infra::create_database(admin_url, BASELINE_DB).await?;
+    stack::drop_database(admin_url, BASELINE_DB).await?;
+    let url = stack::create_database(admin_url, BASELINE_DB).await?;
     let result = measure_in(&url, settings).await;
-    if let Err(e) = infra::drop_database(admin_url, BASELINE_DB).await {
+    if let Err(e) = stack::drop_database(admin_url, BASELINE_DB).await {
         eprintln!("warning: dropping {BASELINE_DB}: {e:#}");
     }
     result
@@ -126,7 +125,7 @@ pub async fn measure(admin_url: &str, settings: &BaselineSettings) -> Result<Bas
 async fn measure_in(url: &str, settings: &BaselineSettings) -> Result<BaselineReport> {
     let mut admin = PgConnection::connect(url)
         .await
-        .with_context(|| format!("connecting to {}", infra::redact(url)))?;
+        .with_context(|| format!("connecting to {}", stack::redact(url)))?;
     sqlx::raw_sql(
         "CREATE TABLE products (
              id    BIGINT PRIMARY KEY,

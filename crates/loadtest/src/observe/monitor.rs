@@ -16,12 +16,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use serde::{Deserialize, Serialize};
 
-use crate::infra::{self, StateDir};
 use crate::loadgen::LoadState;
 use crate::observe::database::{self, Databases, Progress, Scope};
 use crate::observe::{procfs, SystemState};
 use crate::plan::duration;
 use crate::plan::schedule::Schedule;
+use stack::StateDir;
 
 /// How long one progress query may take before the sample is skipped.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -141,7 +141,7 @@ impl ProcessSeries {
             .tracked
             .pid_file
             .as_deref()
-            .and_then(infra::process::PidFile::read)
+            .and_then(stack::process::PidFile::read)
         else {
             return;
         };
@@ -394,7 +394,7 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
         })
         .collect();
     for (name, with_children) in [("postgres", true), ("nats", false)] {
-        if let Some(pid) = infra::pid_of(state, name) {
+        if let Some(pid) = stack::pid_of(state, name) {
             tracked.push(Tracked {
                 name: name.to_string(),
                 pid,
@@ -404,9 +404,9 @@ pub fn tracked_processes(state: &StateDir, services: &[(String, u32)]) -> Vec<Tr
         }
     }
     // The nodes of a NATS cluster (hosts topology), each under its own name.
-    if let Ok(Some(cluster)) = infra::nats_cluster::recorded(state) {
+    if let Ok(Some(cluster)) = stack::nats_cluster::recorded(state) {
         for node in &cluster.nodes {
-            if let Some(pid) = infra::nats_cluster::node_pid(state, &node.name) {
+            if let Some(pid) = stack::nats_cluster::node_pid(state, &node.name) {
                 tracked.push(Tracked {
                     name: node.name.clone(),
                     pid,

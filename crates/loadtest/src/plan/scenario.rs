@@ -88,7 +88,7 @@ pub struct DeploySettings {
     #[serde(default, with = "duration::optional_text")]
     pub redrive_after: Option<Duration>,
     /// `local` (default): every process on 127.0.0.1. `hosts`: every PostgreSQL, NATS node
-    /// and service instance on a host of its own (a network namespace, `infra::hosts`).
+    /// and service instance on a host of its own (a network namespace, `stack::hosts`).
     #[serde(default)]
     pub topology: Topology,
     /// NATS servers in the hosts topology: 3 (a cluster, streams with 3 replicas) or 1.

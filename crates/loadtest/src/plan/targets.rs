@@ -1,20 +1,16 @@
-//! What a fault's target names, as the services themselves declare it: a service by its
+//! What a fault's target names, as the event contract declares it: a service by its
 //! user-facing name, its instances (every replica or one), its durable consumers and their
 //! streams. Shared by the fault schedule (`faults`, `boundaries`) and the network faults.
 
 use platform::consumer::Subscription;
+use platform::contract;
 use platform::events::Source;
 
 use crate::deploy::{self, SERVICES};
 
-/// The durable consumers of a service (binary name), as the service itself declares them.
-pub fn subscriptions_of(service: &str) -> Vec<Subscription> {
-    match service {
-        "order-service" => order_service::events::subscriptions(),
-        "inventory-service" => inventory_service::events::subscriptions(),
-        "payment-service" => payment_service::events::subscriptions(),
-        _ => Vec::new(),
-    }
+/// The durable consumers of a service (binary name), as the event contract declares them.
+pub fn subscriptions_of(service: &str) -> &'static [Subscription] {
+    contract::service_named(service).map_or(&[], |spec| spec.subscriptions)
 }
 
 pub(super) fn source_named(name: &str) -> Option<Source> {
@@ -27,8 +23,8 @@ pub(super) fn consumers_named(target: &str) -> Result<Vec<(Source, String)>, Str
         .iter()
         .flat_map(|(service, _)| {
             subscriptions_of(service)
-                .into_iter()
-                .map(move |s| (*service, s))
+                .iter()
+                .map(move |s| (*service, *s))
         })
         .collect();
     let chosen: Vec<(Source, String)> = all

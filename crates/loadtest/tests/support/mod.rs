@@ -1,6 +1,6 @@
 //! Helpers shared by the tests that work inside the hosts' network namespaces.
 
-use loadtest::infra::netns::netns_path;
+use stack::netns::netns_path;
 use std::os::fd::AsRawFd;
 
 /// Runs `f` on a thread that has entered `netns` (setns moves only the calling thread).

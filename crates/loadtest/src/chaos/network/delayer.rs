@@ -80,7 +80,7 @@ pub fn run(settings: DelaySettings, ready_file: Option<&Path>) -> Result<()> {
         .context("setting queue length")?;
     queue.set_nonblocking(true);
     if let Some(path) = ready_file {
-        crate::infra::process::write_atomic(path, format!("queue={q}\n").as_bytes())?;
+        stack::process::write_atomic(path, format!("queue={q}\n").as_bytes())?;
     }
     println!(
         "holding packets of queue {q} for {:?} ± {:?} ({})",

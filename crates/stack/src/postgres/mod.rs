@@ -1,15 +1,19 @@
-//! Our private PostgreSQL: find (or apt-install) the server binaries, initdb a
-//! cluster of our own, run the postmaster detached as the `postgres` user when
+//! Our private PostgreSQL: find (or apt-install) the server binaries (`install`), initdb a
+//! cluster of our own (`cluster`), run the postmaster detached as the `postgres` user when
 //! we are root, wait for it, stop it by PID.
 
-use super::process::{self, DetachedSpec, PidFile};
-use super::StateDir;
+mod cluster;
+mod install;
+
+use crate::process::{self, DetachedSpec, PidFile};
+use crate::StateDir;
 use anyhow::{bail, Context, Result};
+use cluster::{choose_root, hba_text, initdb, prepare_root, write_hba, write_settings};
+use install::{check_major_version, ensure_bins, server_user};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -89,22 +93,6 @@ fn client_url(cfg: &PgConfig, password: &str) -> String {
     }
 }
 
-/// Every connection, over TCP or the socket, authenticates with a password (SCRAM): with
-/// `trust`, any local user could connect as any role, and the services' roles would guard
-/// nothing.
-const HBA_TEXT: &str = "# Written by loadtest: every role authenticates with its password.\n\
-local all all scram-sha-256\n\
-host all all 127.0.0.1/32 scram-sha-256\n\
-host all all ::1/128 scram-sha-256\n";
-
-/// [`HBA_TEXT`], plus the hosts' subnet for a server on a host.
-fn hba_text(cfg: &PgConfig) -> String {
-    match &cfg.placement {
-        Some(p) => format!("{HBA_TEXT}host all all {} scram-sha-256\n", p.clients),
-        None => HBA_TEXT.to_string(),
-    }
-}
-
 /// The superuser's password, generated once per cluster, readable by root only.
 fn superuser_password(state: &StateDir) -> Result<String> {
     let path = state.path().join("postgres-password");
@@ -153,12 +141,6 @@ async fn apply_config(
         .context("reloading the configuration")?;
     conn.close().await.ok();
     Ok(())
-}
-
-fn write_hba(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
-    let hba = cfg.data().join("pg_hba.conf");
-    fs::write(&hba, hba_text(cfg)).with_context(|| format!("writing {}", hba.display()))?;
-    chown(&hba, user)
 }
 
 /// A path that goes into a URL query as it is.
@@ -390,339 +372,9 @@ pub(super) async fn stop(state: &StateDir, mode: StopMode) -> Result<()> {
     process::remove_file_if_exists(&state.pid_file("postgres"))
 }
 
-// ---------------------------------------------------------------- binaries
-
-fn has_server_bins(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "postgres"]
-        .iter()
-        .all(|b| process::is_executable(&dir.join(b)))
-}
-
-/// "15" → [15], "9.6" → [9, 6].
-pub(super) fn parse_major_dir(name: &str) -> Option<Vec<u32>> {
-    name.split('.').map(|p| p.parse::<u32>().ok()).collect()
-}
-
-/// `ORDERSYS_PG_BIN_DIR`, else the highest `/usr/lib/postgresql/<v>/bin`, else
-/// the directory of an `initdb` on PATH (symlinks resolved).
-pub(super) fn find_bins() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("ORDERSYS_PG_BIN_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        if has_server_bins(&dir) {
-            return Some(dir);
-        }
-        tracing::warn!(dir = %dir.display(), "ORDERSYS_PG_BIN_DIR lacks initdb/pg_ctl/postgres; ignoring it");
-    }
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = parse_major_dir(&e.file_name().to_string_lossy())?;
-            let bin = e.path().join("bin");
-            has_server_bins(&bin).then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, dir)) = versions.pop() {
-        return Some(dir);
-    }
-    let initdb = fs::canonicalize(process::which("initdb")?).ok()?;
-    let dir = initdb.parent()?.to_path_buf();
-    has_server_bins(&dir).then_some(dir)
-}
-
-async fn ensure_bins() -> Result<PathBuf> {
-    if let Some(dir) = find_bins() {
-        return Ok(dir);
-    }
-    if !is_root() {
-        bail!("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found and we are not root to install them: `apt-get install postgresql`, or set ORDERSYS_DATABASE_URL to an existing server");
-    }
-    tracing::info!("PostgreSQL server binaries not found; installing Debian's postgresql package");
-    process::apt_install(&["postgresql"]).await?;
-    find_bins().context(
-        "installed the postgresql package but found no initdb/pg_ctl/postgres under /usr/lib/postgresql/*/bin",
-    )
-}
-
-async fn check_major_version(cfg: &PgConfig) -> Result<()> {
-    let data = cfg.data();
-    let cluster = fs::read_to_string(data.join("PG_VERSION"))
-        .with_context(|| format!("reading {}", data.join("PG_VERSION").display()))?;
-    let out = process::run(&cfg.postgres_bin(), &["--version"], &[], None, None).await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"
-    let server_major = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.split('.').next())
-        .unwrap_or("");
-    if !server_major.is_empty() && server_major != cluster.trim() {
-        bail!(
-            "the cluster in {} was made by PostgreSQL {} but the server binaries in {} are {}: remove that directory (it only holds load-test data) or point ORDERSYS_PG_BIN_DIR at version {}",
-            data.display(),
-            cluster.trim(),
-            cfg.bin_dir.display(),
-            server_major,
-            cluster.trim()
-        );
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------- user and directories
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both owned here and large enough
-    // (ERANGE otherwise, handled as "not found").
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        Some((pwd.pw_uid, pwd.pw_gid))
-    }
-}
-
-/// The (uid, gid) to run the server as: `postgres` when we are root (created
-/// if missing, since PostgreSQL refuses to run as root), else ourselves (None).
-async fn server_user() -> Result<Option<(u32, u32)>> {
-    if !is_root() {
-        return Ok(None);
-    }
-    if let Some(ids) = lookup_user("postgres") {
-        return Ok(Some(ids));
-    }
-    let useradd = process::which("useradd")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/useradd")).filter(|p| process::is_executable(p)))
-        .context("no `postgres` user and no useradd to create it")?;
-    tracing::info!("creating the postgres system user");
-    let args = [
-        "--system",
-        "--user-group",
-        "--home-dir",
-        "/var/lib/postgresql",
-        "--no-create-home",
-        "--shell",
-        "/bin/sh",
-        "postgres",
-    ];
-    let out = process::run(&useradd, &args, &[], None, None).await?;
-    process::require_success(&useradd, &args, out)?;
-    lookup_user("postgres")
-        .map(Some)
-        .context("created the postgres user but cannot look it up")
-}
-
-/// Can `uid` traverse every directory from / down to `dir`?
-fn traversable_by(dir: &Path, uid: u32) -> bool {
-    let Ok(dir) = fs::canonicalize(dir) else {
-        return false;
-    };
-    dir.ancestors().all(|d| match fs::metadata(d) {
-        Ok(m) => {
-            let mode = m.permissions().mode();
-            mode & 0o001 != 0 || (m.uid() == uid && mode & 0o100 != 0)
-        }
-        Err(_) => false,
-    })
-}
-
-/// 32-bit FNV-1a, hex: a short stable tag of a path.
-pub(super) fn short_hash(s: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
-
-/// `<state>/pg`, or `/tmp/ordersys-<hash>/pg` when the server user cannot
-/// reach into the state directory.
-fn choose_root(state: &StateDir, user: Option<(u32, u32)>) -> Result<PathBuf> {
-    let preferred = state.path().join("pg");
-    let Some((uid, _)) = user else {
-        return Ok(preferred);
-    };
-    if traversable_by(state.path(), uid) {
-        return Ok(preferred);
-    }
-    let outer = PathBuf::from(format!(
-        "/tmp/ordersys-{}",
-        short_hash(&state.path().to_string_lossy())
-    ));
-    fs::create_dir_all(&outer).with_context(|| format!("creating {}", outer.display()))?;
-    let meta =
-        fs::symlink_metadata(&outer).with_context(|| format!("inspecting {}", outer.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me {
-        bail!(
-            "{} is not a directory owned by us; remove it or set ORDERSYS_STATE_DIR to a directory the postgres user can reach",
-            outer.display()
-        );
-    }
-    fs::set_permissions(&outer, fs::Permissions::from_mode(0o711))
-        .with_context(|| format!("chmod {}", outer.display()))?;
-    tracing::info!(
-        state = %state.path().display(),
-        pg_root = %outer.display(),
-        "the postgres user cannot traverse into the state directory; keeping PostgreSQL data under /tmp"
-    );
-    Ok(outer.join("pg"))
-}
-
-fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<()> {
-    if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("chown {} to the postgres user", path.display()))?;
-    }
-    Ok(())
-}
-
-fn prepare_root(cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<()> {
-    for (dir, mode) in [(cfg.root.clone(), 0o700), (cfg.socket_dir(), 0o755)] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        chown(&dir, user)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("chmod {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-async fn initdb(
-    cfg: &PgConfig,
-    user: Option<(u32, u32)>,
-    log: &Path,
-    password: &str,
-) -> Result<()> {
-    let data = cfg.data().to_string_lossy().into_owned();
-    tracing::info!(data = %data, "initdb");
-    // initdb reads the superuser's password from a file (it runs as the server's user).
-    let pwfile = cfg.root.join("initdb-password");
-    process::write_private(&pwfile, password.as_bytes())?;
-    chown(&pwfile, user)?;
-    let pwfile_arg = format!("--pwfile={}", pwfile.display());
-    let out = process::run(
-        &cfg.bin_dir.join("initdb"),
-        &[
-            "-D",
-            &data,
-            "--auth=scram-sha-256",
-            &pwfile_arg,
-            "-U",
-            "postgres",
-            "--encoding=UTF8",
-            "--locale=C",
-        ],
-        &[("LC_ALL", "C")],
-        user,
-        Some(&cfg.root),
-    )
-    .await;
-    process::remove_file_if_exists(&pwfile).ok();
-    let out = out?;
-    let text = process::combined_output(&out);
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-        use std::io::Write;
-        let _ = writeln!(
-            f,
-            "===== {} initdb {data}\n{text}",
-            chrono::Utc::now().to_rfc3339()
-        );
-    }
-    if !out.status.success() {
-        bail!(
-            "initdb -D {data} failed ({}):\n{}",
-            out.status,
-            process::tail_text(&text, LOG_TAIL_LINES)
-        );
-    }
-    Ok(())
-}
-
-/// Writes `ordersys.conf` (and the server's copy of the TLS certificate and key, which must
-/// belong to the server's user); returns whether the settings changed.
-fn write_settings(state: &StateDir, cfg: &PgConfig, user: Option<(u32, u32)>) -> Result<bool> {
-    let data = cfg.data();
-    let tls = super::tls::ensure(state)?;
-    let (cert, key) = (cfg.root.join("server.pem"), cfg.root.join("server.key"));
-    fs::copy(&tls.cert, &cert).with_context(|| format!("copying {}", cert.display()))?;
-    process::write_private(&key, &fs::read(&tls.key).context("reading the TLS key")?)?;
-    for file in [&cert, &key] {
-        chown(file, user)?;
-    }
-    // A unix socket path is limited to 107 bytes; without room, TCP only.
-    let socket_dir = socket_path(cfg);
-    let conf = data.join("ordersys.conf");
-    let text = super::pg_settings::settings_text(
-        &cfg.listen(),
-        cfg.port,
-        socket_dir.as_deref(),
-        Some((&cert, &key)),
-    );
-    let changed = fs::read_to_string(&conf).map_or(true, |old| old != text);
-    fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
-    chown(&conf, user)?;
-    let main_conf = data.join("postgresql.conf");
-    let text = fs::read_to_string(&main_conf)
-        .with_context(|| format!("reading {}", main_conf.display()))?;
-    let include = "include_if_exists = 'ordersys.conf'";
-    if !text.lines().any(|l| l.trim() == include) {
-        let mut text = text;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(include);
-        text.push('\n');
-        fs::write(&main_conf, text).with_context(|| format!("writing {}", main_conf.display()))?;
-        return Ok(true);
-    }
-    Ok(changed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn major_dir_parsing_orders_numerically() {
-        assert_eq!(parse_major_dir("15"), Some(vec![15]));
-        assert_eq!(parse_major_dir("9.6"), Some(vec![9, 6]));
-        assert_eq!(parse_major_dir("bin"), None);
-        let mut v = [
-            parse_major_dir("9.6"),
-            parse_major_dir("16"),
-            parse_major_dir("10"),
-        ];
-        v.sort();
-        assert_eq!(v.last(), Some(&Some(vec![16])));
-    }
-
-    #[test]
-    fn short_hash_is_stable() {
-        assert_eq!(short_hash(""), "811c9dc5");
-        assert_eq!(short_hash("/work/main/.run"), short_hash("/work/main/.run"));
-        assert_ne!(short_hash("/a"), short_hash("/b"));
-        assert_eq!(short_hash("/a").len(), 8);
-    }
 
     #[test]
     fn admin_url_format() {
@@ -753,8 +405,8 @@ mod tests {
             client_url(&cfg, "pw"),
             "postgres://postgres:pw@10.213.1.10:55432/postgres"
         );
-        assert!(hba_text(&cfg).ends_with("host all all 10.213.1.0/24 scram-sha-256\n"));
-        assert!(hba_text(&cfg_at("/r")) == HBA_TEXT);
+        assert!(cluster::hba_text(&cfg).ends_with("host all all 10.213.1.0/24 scram-sha-256\n"));
+        assert!(cluster::hba_text(&cfg_at("/r")) == cluster::HBA_TEXT);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(super) fn settings_text(
         )
     });
     let text = format!(
-        "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
+        "# Written by loadtest (crates/stack) at every start; edits are lost.\n\
          listen_addresses = '{listen}'\n\
          port = {port}\n\
          unix_socket_directories = '{socket}'\n\

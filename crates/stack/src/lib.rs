@@ -1,6 +1,9 @@
-//! The infrastructure on this machine: install what is missing, start private PostgreSQL and
-//! NATS instances as detached background processes, and stop exactly what we started, by PID.
-//! (The services are `deploy`'s.)
+//! The stack the system runs on, brought up on this machine: install what is missing, start
+//! private PostgreSQL and NATS instances (or a NATS cluster, or hosts in network namespaces) as
+//! detached background processes, give them TLS, roles and databases, and stop exactly what we
+//! started, by PID. `deployment` holds what a deployment needs before its services start (their
+//! databases, NATS users and credentials). The load-test CLI starts the services on it
+//! (`loadtest::deploy`); the system tests find (or start) their PostgreSQL and NATS here.
 //!
 //! Layout of the state directory (default `<workspace>/.run`, overridden by
 //! `ORDERSYS_STATE_DIR`):
@@ -16,6 +19,7 @@
 //!   nats/nats.conf, nats/jetstream
 //! ```
 
+pub mod deployment;
 pub mod hosts;
 mod nats;
 pub mod nats_cluster;
@@ -217,7 +221,7 @@ pub async fn ensure_infra_with(state: &StateDir, opts: &InfraOptions) -> Result<
 }
 
 /// Stop our PostgreSQL and NATS (only those whose pidfiles we wrote). Services
-/// are left alone: see `deploy::services::stop_all`.
+/// are left alone (the load-test CLI stops them: `loadtest::deploy::services`).
 pub async fn stop_infra(state: &StateDir) -> Result<()> {
     let _lock = state.lock().await?;
     let nats = nats::stop(state).await;

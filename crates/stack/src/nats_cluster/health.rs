@@ -2,8 +2,8 @@
 //! (`/healthz`, `/jsz`) and the JetStream API.
 
 use super::{node_pid, require_record, NodeSpec, LOG_TAIL_LINES};
-use crate::infra::process;
-use crate::infra::StateDir;
+use crate::process;
+use crate::StateDir;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::net::SocketAddr;

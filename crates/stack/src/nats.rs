@@ -261,7 +261,7 @@ pub(super) fn server_text(
 ) -> String {
     let store = serde_json::to_string(&store.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
     format!(
-        "# Written by loadtest (crates/loadtest/src/stack) at every start; edits are lost.\n\
+        "# Written by loadtest (crates/stack) at every start; edits are lost.\n\
          server_name: \"{name}\"\n\
          listen: \"{host}:{port}\"\n\
          http: \"{host}:{monitor_port}\"\n\

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::{base_url, Deployment, INVENTORY_PORT, ORDER_PORT, PAYMENT_PORT, SERVICES};
-use crate::infra::{self, StateDir};
+use super::{base_url, INVENTORY_PORT, ORDER_PORT, PAYMENT_PORT, SERVICES};
+use crate::StateDir;
 
 /// The read-only PostgreSQL role the audit logs in as.
 pub const AUDIT_ROLE: &str = "ordersys_audit";
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Fresh random values for every secret (32 bytes from the OS each).
     pub fn random() -> Credentials {
-        let secret = infra::process::random_secret;
+        let secret = crate::process::random_secret;
         Credentials {
             jwt_secret: secret(),
             admin_token: secret(),
@@ -97,8 +97,10 @@ pub fn credentials_file(state: &StateDir) -> PathBuf {
     state.path().join("credentials.env")
 }
 
-pub(super) fn write_credentials(state: &StateDir, deployment: &Deployment) -> Result<()> {
-    let c = &deployment.credentials;
+/// Records the secrets `credentials` of the deployment with NATS prefix `prefix`, for the
+/// commands that act on it afterwards.
+pub fn write_credentials(state: &StateDir, prefix: &str, credentials: &Credentials) -> Result<()> {
+    let c = credentials;
     let mut text = format!(
         "# Written by `loadtest` when it started the services; source it with `set -a; . {}`.\n\
          ORDERSYS_JWT_SECRET={}\nORDERSYS_ADMIN_TOKEN={}\nORDERSYS_NATS_PREFIX={}\n\
@@ -107,7 +109,7 @@ pub(super) fn write_credentials(state: &StateDir, deployment: &Deployment) -> Re
         credentials_file(state).display(),
         c.jwt_secret,
         c.admin_token,
-        deployment.prefix,
+        prefix,
         base_url(ORDER_PORT),
         base_url(INVENTORY_PORT),
         base_url(PAYMENT_PORT),
@@ -121,7 +123,7 @@ pub(super) fn write_credentials(state: &StateDir, deployment: &Deployment) -> Re
             c.nats_password(service)
         ));
     }
-    infra::process::write_private(&credentials_file(state), text.as_bytes())
+    crate::process::write_private(&credentials_file(state), text.as_bytes())
 }
 
 fn entries(state: &StateDir) -> Result<BTreeMap<String, String>> {
@@ -192,7 +194,6 @@ pub fn recorded_prefix(state: &StateDir) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deploy::DatabaseUrls;
     use std::os::unix::fs::PermissionsExt;
 
     fn state(name: &str) -> (PathBuf, StateDir) {
@@ -212,26 +213,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no credentials recorded"));
-        let deployment = Deployment {
-            databases: DatabaseUrls::on("postgres://postgres@127.0.0.1:1/postgres"),
-            nats_url: "nats://127.0.0.1:2".into(),
-            nats_users: false,
-            prefix: "run42".into(),
-            credentials: Credentials::random(),
-            decline_rate: 0.1,
-            placement: None,
-            stream_replicas: 1,
-        };
-        write_credentials(&state, &deployment).expect("written");
+        let credentials = Credentials::random();
+        write_credentials(&state, "run42", &credentials).expect("written");
         let mode = std::fs::metadata(credentials_file(&state))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(
-            recorded_credentials(&state).unwrap(),
-            deployment.credentials
-        );
+        assert_eq!(recorded_credentials(&state).unwrap(), credentials);
         assert_eq!(recorded_prefix(&state).as_deref(), Some("run42"));
         std::fs::remove_dir_all(&dir).ok();
     }
