@@ -407,18 +407,14 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
 /// The replicas and extra environment the scenario asks for.
 pub fn replication(scenario: &Scenario) -> Replication {
     let mut extra_env = Vec::new();
-    let whole_seconds = |d: Duration| (d.as_secs_f64().ceil().max(1.0) as u64).to_string();
     let settings = [
-        (
-            "APP_CONSUMER__ACK_WAIT_SECS",
-            scenario.deploy.consumer_ack_wait,
-        ),
-        ("APP_WORKERS__STALL_AFTER_SECS", scenario.deploy.stall_after),
-        ("APP_REDRIVE__AFTER_SECS", scenario.deploy.redrive_after),
+        ("APP_CONSUMER__ACK_WAIT", scenario.deploy.consumer_ack_wait),
+        ("APP_WORKERS__STALL_AFTER", scenario.deploy.stall_after),
+        ("APP_REDRIVE__AFTER", scenario.deploy.redrive_after),
     ];
     for (name, value) in settings {
         if let Some(value) = value {
-            extra_env.push((name.to_string(), whole_seconds(value)));
+            extra_env.push((name.to_string(), duration::format(value)));
         }
     }
     Replication {
@@ -534,7 +530,7 @@ mod tests {
         assert_eq!(replication.replicas, 2);
         assert_eq!(
             replication.extra_env,
-            vec![("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string())]
+            vec![("APP_CONSUMER__ACK_WAIT".to_string(), "10s".to_string())]
         );
     }
 
@@ -554,7 +550,10 @@ mod tests {
             &deployment,
             &Replication {
                 replicas: 2,
-                extra_env: vec![("APP_CONSUMER__ACK_WAIT_SECS".into(), "10".into())],
+                extra_env: vec![
+                    ("APP_CONSUMER__ACK_WAIT".into(), "10s".into()),
+                    ("APP_REDRIVE__AFTER".into(), "2s".into()),
+                ],
             },
         );
         let names: Vec<(&str, u16)> = specs.iter().map(|s| (s.name.as_str(), s.port)).collect();
@@ -583,7 +582,12 @@ mod tests {
         assert!(specs[3].binary.ends_with("debug/order-service"));
         assert!(specs
             .iter()
-            .all(|s| env(s, "APP_CONSUMER__ACK_WAIT_SECS").as_deref() == Some("10")));
+            .all(|s| env(s, "APP_CONSUMER__ACK_WAIT").as_deref() == Some("10s")));
+        assert!(
+            specs.iter().all(|s| env(s, "APP_REDRIVE__AFTER").is_some()
+                == deploy::is_instance_of(s, "order-service")),
+            "the order service's own settings go to it alone (the others refuse them)"
+        );
         assert_eq!(
             deploy::order_urls(&specs),
             vec![
@@ -692,9 +696,9 @@ mod tests {
         assert_eq!(
             replication(&scenario).extra_env,
             vec![
-                ("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string()),
-                ("APP_WORKERS__STALL_AFTER_SECS".to_string(), "5".to_string()),
-                ("APP_REDRIVE__AFTER_SECS".to_string(), "2".to_string()),
+                ("APP_CONSUMER__ACK_WAIT".to_string(), "10s".to_string()),
+                ("APP_WORKERS__STALL_AFTER".to_string(), "5s".to_string()),
+                ("APP_REDRIVE__AFTER".to_string(), "1s500ms".to_string()),
             ]
         );
     }
