@@ -18,7 +18,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let consumers = infra.consumers(&subscriptions(), handler).await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
-        max_deposited_cents: settings.payment.max_deposited_cents,
+        caps: settings.payment.max_deposited_cents,
     };
     let background = Background {
         consumers,
