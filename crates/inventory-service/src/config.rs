@@ -1,22 +1,28 @@
-use platform::config::CommonSettings;
-use serde::Deserialize;
+//! The inventory service's settings: the platform's common sections and its own caps.
 
-const DEFAULTS: &str = r#"
-[inventory]
-max_price_cents = 100000000
-max_units = 1000000000
-"#;
+use platform::config::{CommonSettings, ServiceSettings};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct Settings {
     #[serde(flatten)]
     pub common: CommonSettings,
     pub inventory: InventorySettings,
 }
 
+impl ServiceSettings for Settings {
+    const PORT: u16 = platform::dev::INVENTORY_PORT;
+
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+}
+
 /// Caps on what an admin may enter: with them, price × quantity and every stock sum fit in the
 /// database's 64-bit integers by a wide margin.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(default)]
 pub struct InventorySettings {
     /// Highest price of one unit ($1,000,000.00 by default).
     pub max_price_cents: i64,
@@ -24,13 +30,11 @@ pub struct InventorySettings {
     pub max_units: i64,
 }
 
-impl Settings {
-    pub fn load() -> Result<Self, config::ConfigError> {
-        platform::config::load(platform::dev::INVENTORY_PORT, DEFAULTS)
-    }
-
-    /// The defaults with these TOML documents on top (no file, no environment): for tests.
-    pub fn overridden(overrides: &[&str]) -> Result<Self, config::ConfigError> {
-        platform::config::load_overridden(platform::dev::INVENTORY_PORT, DEFAULTS, overrides)
+impl Default for InventorySettings {
+    fn default() -> Self {
+        InventorySettings {
+            max_price_cents: 100_000_000,
+            max_units: 1_000_000_000,
+        }
     }
 }

@@ -1,5 +1,6 @@
 use inventory_service::config::Settings;
 use inventory_service::startup::build;
+use platform::config::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,11 +1,11 @@
 use crate::config::InventorySettings;
 use crate::error::InventoryError;
 use crate::stock::{self, Product, Restocked};
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminState, AdminToken, JsonBody, PathParam, PositiveId};
+use platform::http::{Admin, JsonBody, PathParam, PositiveId};
 use platform::openapi::{set_range, Document, Shared};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -35,17 +35,8 @@ pub fn document(caps: &InventorySettings) -> Document {
     Document::new(&openapi)
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    pub admin: AdminState,
-    pub caps: InventorySettings,
-}
-
-impl FromRef<AppState> for AdminToken {
-    fn from_ref(state: &AppState) -> Self {
-        state.admin.admin.clone()
-    }
-}
+/// The admin's pool and token, and the caps on prices and units.
+pub type AppState = platform::records::RecordsState<InventorySettings>;
 
 pub fn router(state: AppState) -> Router {
     let document = document(&state.caps);
@@ -107,13 +98,13 @@ async fn create_product(
     JsonBody(new): JsonBody<NewProduct>,
 ) -> Result<(StatusCode, Json<Product>), InventoryError> {
     if new.id <= 0 || new.price_cents < 0 || new.stock < 0 || !valid_name(&new.name) {
-        return Err(InventoryError::Invalid(format!(
+        return Err(InventoryError::invalid(format!(
             "id must be positive, name 1 to {MAX_NAME_CHARS} characters (not only white space, \
              no control characters), price_cents and stock non-negative"
         )));
     }
     if new.price_cents > state.caps.max_price_cents || new.stock > state.caps.max_units {
-        return Err(InventoryError::Invalid(format!(
+        return Err(InventoryError::invalid(format!(
             "price_cents may be at most {} and stock at most {}",
             state.caps.max_price_cents, state.caps.max_units
         )));
@@ -154,7 +145,7 @@ async fn get_product(
     stock::find_product(&mut conn, id)
         .await?
         .map(Json)
-        .ok_or(InventoryError::NotFound)
+        .ok_or_else(InventoryError::not_found)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -189,15 +180,15 @@ async fn restock(
 ) -> Result<Json<Product>, InventoryError> {
     let max = state.caps.max_units;
     if body.units <= 0 || body.units > max {
-        return Err(InventoryError::Invalid(format!(
+        return Err(InventoryError::invalid(format!(
             "units must be between 1 and {max}"
         )));
     }
     let mut conn = state.admin.pool.acquire().await?;
     match stock::restock(&mut conn, id, body.units, max).await? {
         Restocked::Done(product) => Ok(Json(product)),
-        Restocked::NotFound => Err(InventoryError::NotFound),
-        Restocked::OverCap => Err(InventoryError::OverCap(format!(
+        Restocked::NotFound => Err(InventoryError::not_found()),
+        Restocked::OverCap => Err(InventoryError::over_cap(format!(
             "a product may receive at most {max} units in all"
         ))),
     }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 /// The re-drive switched off: an open order would be asked about again only after a day (the
 /// pause is the smaller of the two).
-const REDRIVE_OFF: &str = "[redrive]\nafter_secs = 86400\nmax_pause_secs = 86400\n";
+const REDRIVE_OFF: &str = "[redrive]\nafter = \"1d\"\nmax_pause = \"1d\"\n";
 /// Inventory's durable consumer of the order service's stream.
 const INVENTORY_ON_ORDERS: &str = "inventory-service-orders";
 const USER: i64 = 7;

@@ -300,11 +300,11 @@ async fn nats_refuses_anonymous_clients_and_foreign_publishes_and_lets_each_serv
     // consume through its durable consumer.
     let payment = deploy::nats_user(&prefix, "payment-service");
     let settings = |user: &str, service: &str| platform::config::NatsSettings {
-        url: nats_url_as(None),
+        url: nats_url_as(None).into(),
         user: user.to_string(),
-        password: credentials.nats_password(service).to_string(),
+        password: credentials.nats_password(service).into(),
         prefix: prefix.clone(),
-        stream_max_age_secs: 60,
+        stream_max_age: Duration::from_secs(60),
         stream_max_bytes: -1,
         stream_replicas: 1,
         tls_ca_file: String::new(),
@@ -422,13 +422,13 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
         .await
         .expect("database");
     let settings = platform::config::DatabaseSettings {
-        url: format!("{}?sslmode=verify-full&sslrootcert={ca}", over_tcp(&url)),
+        url: format!("{}?sslmode=verify-full&sslrootcert={ca}", over_tcp(&url)).into(),
         http_connections: 1,
         worker_connections: 2,
-        acquire_timeout_ms: 5_000,
-        statement_timeout_ms: 5_000,
-        lock_timeout_ms: 1_000,
-        idle_in_transaction_timeout_ms: 5_000,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+        lock_timeout: Duration::from_secs(1),
+        idle_in_transaction_timeout: Duration::from_secs(5),
     };
     let pools = platform::db::connect(&settings).await.expect("pools");
     let (ssl, version): (bool, Option<String>) =
@@ -460,11 +460,11 @@ async fn the_services_can_reach_postgres_and_nats_over_tls_verified_against_the_
 
     // NATS, through the services' own connect code.
     let settings = platform::config::NatsSettings {
-        url: nats_admin_url(),
+        url: nats_admin_url().into(),
         user: String::new(),
-        password: String::new(),
+        password: "".into(),
         prefix: "unused".into(),
-        stream_max_age_secs: 60,
+        stream_max_age: Duration::from_secs(60),
         stream_max_bytes: -1,
         stream_replicas: 1,
         tls_ca_file: ca,

@@ -85,12 +85,12 @@ async fn start_cluster(tag: &str) -> (ClusterGuard, Cluster) {
 
 fn nats_settings(cluster: &Cluster, prefix: &str, replicas: usize) -> NatsSettings {
     NatsSettings {
-        url: cluster.admin_url.clone(),
+        url: cluster.admin_url.clone().into(),
         user: String::new(),
-        password: String::new(),
+        password: "".into(),
         tls_ca_file: String::new(),
         prefix: prefix.to_string(),
-        stream_max_age_secs: 600,
+        stream_max_age: Duration::from_secs(600),
         stream_max_bytes: -1,
         stream_replicas: replicas,
     }

@@ -1,5 +1,6 @@
 use order_service::config::Settings;
 use order_service::startup::build;
+use platform::config::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -60,8 +60,8 @@ impl Redrive {
         let mut tx = self.pool.begin().await?;
         let stalled = orders::claim_stalled(
             &mut tx,
-            Duration::from_secs(self.settings.after_secs),
-            Duration::from_secs(self.settings.max_pause_secs),
+            self.settings.after,
+            self.settings.max_pause,
             self.settings.batch_size,
         )
         .await?;
@@ -96,8 +96,7 @@ impl Redrive {
     }
 
     async fn run(&self) -> Result<(), WorkerError> {
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(self.settings.interval_ms.max(1)));
+        let mut tick = tokio::time::interval(self.settings.interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

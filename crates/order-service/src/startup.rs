@@ -8,7 +8,6 @@ use platform::app::{Application, Background, Infrastructure, StartupError};
 use platform::contract::ORDER_SERVICE;
 use platform::retention::RetentionRule;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let rate_limit = BuyerRateLimit::new(&settings.fair_use).map_err(StartupError::Config)?;
@@ -28,9 +27,9 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         IntakeSettings {
             writers: settings.orders.writers,
             max_batch: settings.orders.max_batch,
-            commit_deadline: Duration::from_millis(settings.orders.commit_deadline_ms),
+            commit_deadline: settings.orders.commit_deadline,
             max_open_orders: settings.fair_use.max_open_orders,
-            round_interval: Duration::from_millis(settings.orders.round_interval_ms),
+            round_interval: settings.orders.round_interval,
         },
     );
     let redrive = Arc::new(Redrive::new(
@@ -49,7 +48,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
             table: "idempotency_keys",
             column: "created_at",
             condition: "true",
-            max_age: Duration::from_secs(settings.orders.idempotency_key_retention_secs),
+            max_age: settings.orders.idempotency_key_retention,
         }],
     };
     Application::new(&infra, routes, background).await

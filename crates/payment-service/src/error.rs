@@ -1,59 +1,20 @@
-//! The payment service's errors and their one mapping to problem+json responses.
+//! The payment service's errors: its record routes' failures, answered by the platform
+//! (`platform::records`) with the account's names and constraints.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use platform::http::{on_constraint, Problem};
+use crate::ledger::Account;
+use platform::records::{Record, RecordError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PaymentError {
-    #[error("{0}")]
-    Invalid(String),
-    /// Valid on its own, but past a cap on the total (which depends on what came before).
-    #[error("{0}")]
-    OverCap(String),
-    #[error("account not found")]
-    NotFound,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
+pub type PaymentError = RecordError<Account>;
 
-impl IntoResponse for PaymentError {
-    fn into_response(self) -> Response {
-        let problem = match &self {
-            PaymentError::Invalid(detail) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-account",
-                "The account is not valid",
-            )
-            .with_detail(detail),
-            PaymentError::OverCap(detail) => Problem::new(
-                StatusCode::CONFLICT,
-                "over-cap",
-                "An account may be paid at most the cap in all",
-            )
-            .with_detail(detail),
-            PaymentError::NotFound => Problem::new(
-                StatusCode::NOT_FOUND,
-                "account-not-found",
-                "No such account",
-            ),
-            PaymentError::Database(error) => on_constraint(error, |name| match name {
-                "accounts_pkey" => Some(Problem::new(
-                    StatusCode::CONFLICT,
-                    "account-exists",
-                    "An account for this user already exists",
-                )),
-                "accounts_balance_cents_check" | "accounts_deposited_cents_check" => Some(
-                    Problem::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid-account",
-                        "The account is not valid",
-                    )
-                    .with_detail(format!("violates {name}")),
-                ),
-                _ => None,
-            }),
-        };
-        problem.into_response()
-    }
+impl Record for Account {
+    const NAME: &'static str = "account";
+    const INVALID: &'static str = "The account is not valid";
+    const NOT_FOUND: &'static str = "No such account";
+    const EXISTS: &'static str = "An account for this user already exists";
+    const OVER_CAP: &'static str = "An account may be paid at most the cap in all";
+    const PRIMARY_KEY: &'static str = "accounts_pkey";
+    const CHECKS: &'static [&'static str] = &[
+        "accounts_balance_cents_check",
+        "accounts_deposited_cents_check",
+    ];
 }

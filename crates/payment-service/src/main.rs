@@ -1,5 +1,6 @@
 use payment_service::config::Settings;
 use payment_service::startup::build;
+use platform::config::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,10 +1,10 @@
 use crate::error::PaymentError;
 use crate::ledger::{self, Account, Deposited};
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use platform::http::{Admin, AdminState, AdminToken, JsonBody, PathParam, PositiveId};
+use platform::http::{Admin, JsonBody, PathParam, PositiveId};
 use platform::openapi::{set_range, Document, Shared};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -33,21 +33,11 @@ pub fn document(max_deposited_cents: i64) -> Document {
     Document::new(&openapi)
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    pub admin: AdminState,
-    /// Most money one account may ever be paid in.
-    pub max_deposited_cents: i64,
-}
-
-impl FromRef<AppState> for AdminToken {
-    fn from_ref(state: &AppState) -> Self {
-        state.admin.admin.clone()
-    }
-}
+/// The admin's pool and token, and the most money one account may ever be paid in.
+pub type AppState = platform::records::RecordsState<i64>;
 
 pub fn router(state: AppState) -> Router {
-    let document = document(state.max_deposited_cents);
+    let document = document(state.caps);
     Router::new()
         .route("/openapi.json", get(move || async move { document }))
         .route("/accounts", post(open_account))
@@ -87,14 +77,14 @@ async fn open_account(
     JsonBody(new): JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<Account>), PaymentError> {
     if new.user_id <= 0 || new.balance_cents < 0 {
-        return Err(PaymentError::Invalid(
-            "user_id must be positive and balance_cents non-negative".into(),
+        return Err(PaymentError::invalid(
+            "user_id must be positive and balance_cents non-negative",
         ));
     }
-    if new.balance_cents > state.max_deposited_cents {
-        return Err(PaymentError::Invalid(format!(
+    if new.balance_cents > state.caps {
+        return Err(PaymentError::invalid(format!(
             "balance_cents may be at most {}",
-            state.max_deposited_cents
+            state.caps
         )));
     }
     let mut conn = state.admin.pool.acquire().await?;
@@ -123,7 +113,7 @@ async fn get_account(
     ledger::find_account(&mut conn, user_id)
         .await?
         .map(Json)
-        .ok_or(PaymentError::NotFound)
+        .ok_or_else(PaymentError::not_found)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -155,17 +145,17 @@ async fn deposit(
     PathParam(PositiveId(user_id)): PathParam<PositiveId>,
     JsonBody(body): JsonBody<Deposit>,
 ) -> Result<Json<Account>, PaymentError> {
-    let max = state.max_deposited_cents;
+    let max = state.caps;
     if body.cents <= 0 || body.cents > max {
-        return Err(PaymentError::Invalid(format!(
+        return Err(PaymentError::invalid(format!(
             "cents must be between 1 and {max}"
         )));
     }
     let mut conn = state.admin.pool.acquire().await?;
     match ledger::deposit(&mut conn, user_id, body.cents, max).await? {
         Deposited::Done(account) => Ok(Json(account)),
-        Deposited::NotFound => Err(PaymentError::NotFound),
-        Deposited::OverCap => Err(PaymentError::OverCap(format!(
+        Deposited::NotFound => Err(PaymentError::not_found()),
+        Deposited::OverCap => Err(PaymentError::over_cap(format!(
             "an account may be paid at most {max} cents in all"
         ))),
     }

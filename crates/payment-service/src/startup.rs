@@ -21,7 +21,7 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         .await?;
     let state = routes::AppState {
         admin: infra.admin_state(),
-        max_deposited_cents: settings.payment.max_deposited_cents,
+        caps: settings.payment.max_deposited_cents,
     };
     let background = Background {
         consumers,

@@ -17,6 +17,7 @@ use crate::supervisor::{RestartPolicy, Supervisor, Worker, WorkerError, WorkerSt
 use async_nats::jetstream;
 use axum::Router;
 use futures::future::BoxFuture;
+use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,7 +114,7 @@ impl Infrastructure {
     }
 
     fn admin_token(&self) -> http::AdminToken {
-        http::AdminToken(Arc::from(self.settings.auth.admin_token.as_str()))
+        http::AdminToken(Arc::from(self.settings.auth.admin_token.expose_secret()))
     }
 
     pub fn relay(&self) -> OutboxRelay {
@@ -256,7 +257,7 @@ impl Application {
             infra.pools.workers.clone(),
             infra.nats.clone(),
             statuses,
-            settings.workers.stall_after(),
+            settings.workers.stall_after,
         );
         let desk = DeadLetterDesk::new(
             infra.pools.workers.clone(),

@@ -1,6 +1,7 @@
 //! Buyer identity (HS256 JWT, `sub` = user id) and the admin credential for setup operations.
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,7 +77,11 @@ impl TokenKeys {
     }
 
     pub fn from_settings(auth: &crate::config::AuthSettings) -> Self {
-        TokenKeys::new(&auth.jwt_secret, &auth.jwt_issuer, &auth.jwt_audience)
+        TokenKeys::new(
+            auth.jwt_secret.expose_secret(),
+            &auth.jwt_issuer,
+            &auth.jwt_audience,
+        )
     }
 
     /// A token for a user, valid for `ttl` from now.

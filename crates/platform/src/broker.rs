@@ -4,6 +4,7 @@ use crate::config::NatsSettings;
 use crate::contract::{EventType, Subscription};
 use crate::events::{Event, Source};
 use async_nats::jetstream::{self, context::CreateStreamErrorKind, stream};
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 /// Names of subjects and streams under a deployment prefix, and how long streams keep messages.
@@ -33,7 +34,7 @@ impl Topology {
     pub fn from_settings(settings: &NatsSettings) -> Self {
         Topology {
             prefix: settings.prefix.clone(),
-            max_age: Duration::from_secs(settings.stream_max_age_secs),
+            max_age: settings.stream_max_age,
             max_bytes: settings.stream_max_bytes,
             replicas: settings.stream_replicas.max(1),
             publishes: Source::ALL.to_vec(),
@@ -132,9 +133,12 @@ pub enum BrokerError {
 /// (`nats://user:password@host:port`), else anonymously; with `nats.tls_ca_file`, over TLS.
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, BrokerError> {
     let (user, password) = if settings.user.is_empty() {
-        url_credentials(&settings.url)
+        url_credentials(settings.url.expose_secret())
     } else {
-        Some((settings.user.clone(), settings.password.clone()))
+        Some((
+            settings.user.clone(),
+            settings.password.expose_secret().to_owned(),
+        ))
     }
     .unzip();
     let mut options = client_options(user, password);
@@ -150,10 +154,10 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Brok
         // A server that stops answering without closing the connection (paused, or cut off by
         // the network) is left after three unanswered pings: ~30 s, not the default ~3 min.
         .ping_interval(Duration::from_secs(10))
-        .connect(server_urls(&settings.url))
+        .connect(server_urls(settings.url.expose_secret()))
         .await
         .map_err(|source| BrokerError::Connect {
-            url: crate::config::redact_url(&settings.url),
+            url: crate::config::redact_url(settings.url.expose_secret()),
             source,
         })
 }

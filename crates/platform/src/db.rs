@@ -1,6 +1,7 @@
 //! Connection pools and migrations, and the proof that a connection can write.
 
 use crate::config::DatabaseSettings;
+use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -30,18 +31,20 @@ pub struct Pools {
 /// (an idle transaction of a paused process is ended by the server, releasing its row locks),
 /// and the server probes the connection so that a peer that vanished is noticed.
 fn session_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
-    let ms = |value: u64| format!("{value}ms");
-    Ok(PgConnectOptions::from_str(&settings.url)?.options([
-        ("statement_timeout", ms(settings.statement_timeout_ms)),
-        ("lock_timeout", ms(settings.lock_timeout_ms)),
-        (
-            "idle_in_transaction_session_timeout",
-            ms(settings.idle_in_transaction_timeout_ms),
-        ),
-        ("tcp_keepalives_idle", "10".to_owned()),
-        ("tcp_keepalives_interval", "5".to_owned()),
-        ("tcp_keepalives_count", "3".to_owned()),
-    ]))
+    let ms = |value: Duration| format!("{}ms", value.as_millis());
+    Ok(
+        PgConnectOptions::from_str(settings.url.expose_secret())?.options([
+            ("statement_timeout", ms(settings.statement_timeout)),
+            ("lock_timeout", ms(settings.lock_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(settings.idle_in_transaction_timeout),
+            ),
+            ("tcp_keepalives_idle", "10".to_owned()),
+            ("tcp_keepalives_interval", "5".to_owned()),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]),
+    )
 }
 
 pub async fn connect(settings: &DatabaseSettings) -> Result<Pools, sqlx::Error> {
@@ -49,7 +52,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Pools, sqlx::Error> 
     let pool = |size: u32| {
         PgPoolOptions::new()
             .max_connections(size)
-            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options.clone())
     };
     let pools = Pools {
@@ -81,7 +84,9 @@ pub async fn migrate(
     settings: &DatabaseSettings,
     mut service: Migrator,
 ) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut conn = PgConnectOptions::from_str(&settings.url)?.connect().await?;
+    let mut conn = PgConnectOptions::from_str(settings.url.expose_secret())?
+        .connect()
+        .await?;
     let mut messaging = sqlx::migrate!("./migrations");
     messaging.set_ignore_missing(true);
     messaging.run(&mut conn).await?;

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod pacing;
 pub mod readiness;
+pub mod records;
 pub mod retention;
 pub mod server;
 pub mod supervisor;

@@ -127,8 +127,8 @@ impl OutboxRelay {
             signal,
             batch_size: settings.batch_size,
             events_per_message: settings.events_per_message.max(1),
-            poll_interval: settings.poll_interval(),
-            round_interval: Duration::from_millis(settings.round_interval_ms),
+            poll_interval: settings.poll_interval,
+            round_interval: settings.round_interval,
             status: WorkerStatus::new("outbox-relay"),
         }
     }

@@ -29,13 +29,13 @@ impl RetentionRule {
                 table: "inbox",
                 column: "processed_at",
                 condition: "true",
-                max_age: Duration::from_secs(settings.inbox_secs),
+                max_age: settings.inbox_max_age,
             },
             RetentionRule {
                 table: "dead_letters",
                 column: "resolved_at",
                 condition: "status <> 'open'",
-                max_age: Duration::from_secs(settings.resolved_dead_letters_secs),
+                max_age: settings.resolved_dead_letters_max_age,
             },
         ]
     }
@@ -67,7 +67,7 @@ impl Retention {
         Retention {
             pool,
             rules,
-            interval: Duration::from_secs(settings.interval_secs.max(1)),
+            interval: settings.interval.max(Duration::from_secs(1)),
             batch_size: settings.batch_size.max(1),
             status: WorkerStatus::new("retention"),
         }

@@ -292,9 +292,9 @@ pub struct RestartPolicy {
 impl RestartPolicy {
     pub fn from_settings(settings: &WorkerSettings) -> Self {
         RestartPolicy {
-            first_backoff: Duration::from_millis(settings.restart_backoff_ms),
-            max_backoff: Duration::from_millis(settings.max_restart_backoff_ms),
-            hang_after: Duration::from_secs(settings.hang_after_secs),
+            first_backoff: settings.restart_backoff,
+            max_backoff: settings.max_restart_backoff,
+            hang_after: settings.hang_after,
         }
     }
 

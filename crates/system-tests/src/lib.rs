@@ -11,6 +11,7 @@ pub use servers::{admin_database_url, fresh_database, nats_url};
 use platform::app::Driver;
 use platform::auth::TokenKeys;
 use platform::broker::Topology;
+use platform::config::ServiceSettings;
 use platform::events::Source;
 use platform::testing::{eventually, unique_token};
 use serde_json::{json, Value};
@@ -50,7 +51,9 @@ pub struct Options {
     pub max_quantity: i32,
     /// Run the real supervised workers instead of driving them from the test with `settle`.
     pub workers: bool,
-    /// More settings for all three services, as TOML (e.g. `[redrive]\nafter_secs = 1`).
+    /// More settings, as TOML (e.g. `[redrive]\nafter = "1s"`): each service takes the sections
+    /// it has (every service refuses keys it does not have), and every section must be some
+    /// service's.
     pub extra: &'static str,
     /// The NATS server or cluster (URLs separated by commas) instead of the tests' own
     /// ([`servers`]).
@@ -78,7 +81,7 @@ fn test_settings(database_url: &str, prefix: &str, nats: &str, options: &Options
 port = 0
 [database]
 url = "{database_url}"
-acquire_timeout_ms = 5000
+acquire_timeout = "5s"
 [nats]
 url = "{nats}"
 prefix = "{prefix}"
@@ -90,8 +93,8 @@ jwt_secret = "{JWT_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
 [workers]
 enabled = {workers}
-restart_backoff_ms = 100
-max_restart_backoff_ms = 1000
+restart_backoff = "100ms"
+max_restart_backoff = "1s"
 [orders]
 max_quantity = {max_quantity}
 writers = 2
@@ -108,6 +111,48 @@ decline_rate = {decline_rate}
         max_quantity = options.max_quantity,
         decline_rate = options.decline_rate,
     )
+}
+
+/// One service's settings from the documents meant for all three: the sections it has.
+fn settings_for<S: ServiceSettings>(base: &str, extra: &str) -> S {
+    let known = platform::config::known_keys(&S::default());
+    let has_section = |section: &str| {
+        known
+            .iter()
+            .any(|key| key == section || key.starts_with(&format!("{section}.")))
+    };
+    let documents: Vec<String> = [base, extra]
+        .iter()
+        .map(|document| {
+            let mut table: toml::Table = document.parse().expect("test settings are TOML");
+            table.retain(|section, _| has_section(section));
+            table.to_string()
+        })
+        .collect();
+    let documents: Vec<&str> = documents.iter().map(String::as_str).collect();
+    S::overridden(&documents).expect("the test's settings load")
+}
+
+/// Every section of a test's settings is some service's: a misspelt one is refused like in a
+/// deployment, not dropped by [`settings_for`].
+fn check_sections(extra: &str) {
+    let table: toml::Table = extra.parse().expect("test settings are TOML");
+    let known: Vec<_> = [
+        platform::config::known_keys(&order_service::config::Settings::default()),
+        platform::config::known_keys(&inventory_service::config::Settings::default()),
+        platform::config::known_keys(&payment_service::config::Settings::default()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for section in table.keys() {
+        assert!(
+            known
+                .iter()
+                .any(|key| key == section || key.starts_with(&format!("{section}."))),
+            "`{section}` is no service's section"
+        );
+    }
 }
 
 async fn launch(app: platform::app::Application, database_url: &str) -> Service {
@@ -135,25 +180,23 @@ impl TestSystem {
             Some(url) => url,
             None => nats_url().await,
         };
+        check_sections(options.extra);
         let order_db = fresh_database("orders").await;
         let inventory_db = fresh_database("inventory").await;
         let payment_db = fresh_database("payments").await;
 
-        let settings = |db: &str| test_settings(db, &prefix, &nats, &options);
-        let (order_base, inventory_base, payment_base) = (
-            settings(&order_db),
-            settings(&inventory_db),
-            settings(&payment_db),
+        let order_settings: order_service::config::Settings = settings_for(
+            &test_settings(&order_db, &prefix, &nats, &options),
+            options.extra,
         );
-        let order_settings =
-            order_service::config::Settings::overridden(&[&order_base, options.extra])
-                .expect("order settings");
-        let inventory_settings =
-            inventory_service::config::Settings::overridden(&[&inventory_base, options.extra])
-                .expect("inventory settings");
-        let payment_settings =
-            payment_service::config::Settings::overridden(&[&payment_base, options.extra])
-                .expect("payment settings");
+        let inventory_settings: inventory_service::config::Settings = settings_for(
+            &test_settings(&inventory_db, &prefix, &nats, &options),
+            options.extra,
+        );
+        let payment_settings: payment_service::config::Settings = settings_for(
+            &test_settings(&payment_db, &prefix, &nats, &options),
+            options.extra,
+        );
         let order = order_service::startup::build(&order_settings)
             .await
             .expect("order service starts");

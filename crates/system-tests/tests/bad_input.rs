@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Short read timeouts, so that the slow-client tests end quickly.
-const SHORT_TIMEOUTS: &str = "[http]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n";
+const SHORT_TIMEOUTS: &str =
+    "[http]\nheader_read_timeout = \"300ms\"\nbody_read_timeout = \"300ms\"\n";
 /// How long a slow client may stay connected before the test fails (the timeouts are 300 ms).
 const DEADLINE: Duration = Duration::from_secs(5);
 

@@ -1,6 +1,6 @@
 //! Connections are a budget: a listener holds at most `http.max_connections` connections (one
 //! more is refused at once, with a `503` problem, while the open ones keep working), a request
-//! must arrive whole — head and body — within `http.request_read_timeout_ms` however steadily
+//! must arrive whole — head and body — within `http.request_read_timeout` however steadily
 //! it trickles, and `http_connections_open` says how many are open.
 
 use platform::testing::eventually;
@@ -144,7 +144,7 @@ async fn beyond_the_cap_a_connection_is_refused_at_once_and_freed_slots_serve_ag
 async fn a_body_trickling_under_the_piece_timeout_is_cut_off_at_the_request_deadline() {
     let _serial = SERIAL.lock().await;
     let system = TestSystem::start(Options {
-        extra: "[http]\nrequest_read_timeout_ms = 2000\nbody_read_timeout_ms = 1000\n",
+        extra: "[http]\nrequest_read_timeout = \"2s\"\nbody_read_timeout = \"1s\"\n",
         ..Options::default()
     })
     .await;

@@ -463,7 +463,7 @@ async fn a_durable_consumer_whose_filter_was_changed_is_restored_and_misses_noth
 async fn the_running_consumer_restores_its_durable_consumer_within_seconds() {
     let system = TestSystem::start(Options {
         workers: true,
-        extra: "[redrive]\nafter_secs = 3600\n",
+        extra: "[redrive]\nafter = \"1h\"\n",
         ..Options::default()
     })
     .await;
@@ -560,7 +560,7 @@ async fn a_redelivered_message_does_not_park_the_same_event_twice() {
         nats_url().await
     );
     let settings: platform::config::CommonSettings =
-        platform::config::load_overridden(0, "", &[&overrides]).unwrap();
+        platform::config::load_overridden(0, &[&overrides]).unwrap();
     let infra = Infrastructure::connect(&settings, sqlx::migrate::Migrator::DEFAULT, &Source::ALL)
         .await
         .unwrap();

@@ -233,7 +233,7 @@ async fn an_idle_publisher_re_creates_its_deleted_stream_and_its_consumers_attac
 #[tokio::test]
 async fn an_order_lost_with_its_stream_is_redriven_to_completion() {
     let system = TestSystem::start(Options {
-        extra: "[redrive]\nafter_secs = 0\n",
+        extra: "[redrive]\nafter = \"0s\"\n",
         ..Options::default()
     })
     .await;
@@ -273,7 +273,7 @@ async fn an_order_lost_with_its_stream_is_redriven_to_completion() {
 async fn a_lost_compensation_is_redriven_and_the_stock_comes_back_once() {
     let system = TestSystem::start(Options {
         decline_rate: 1.0,
-        extra: "[redrive]\nafter_secs = 0\n",
+        extra: "[redrive]\nafter = \"0s\"\n",
         ..Options::default()
     })
     .await;

@@ -132,7 +132,7 @@ async fn a_read_only_orders_database_is_unavailable_not_an_error_and_ready_says_
 #[tokio::test]
 async fn intake_writers_whose_batches_fail_are_not_progressing_and_heal_without_traffic() {
     let system = TestSystem::start(Options {
-        extra: "[workers]\nstall_after_secs = 1\n",
+        extra: "[workers]\nstall_after = \"1s\"\n",
         ..Options::default()
     })
     .await;
@@ -180,7 +180,7 @@ async fn intake_writers_whose_batches_fail_are_not_progressing_and_heal_without_
 async fn the_redrive_reports_its_failing_rounds_in_ready() {
     let system = TestSystem::start(Options {
         workers: true,
-        extra: "[workers]\nstall_after_secs = 1\n[redrive]\ninterval_ms = 100\n",
+        extra: "[workers]\nstall_after = \"1s\"\n[redrive]\ninterval = \"100ms\"\n",
         ..Options::default()
     })
     .await;

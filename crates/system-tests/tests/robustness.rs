@@ -75,7 +75,7 @@ async fn a_claim_with_the_same_ends_but_another_middle_event_is_still_delivered(
 async fn a_held_row_lock_stalls_one_product_not_the_consumer_and_dead_letters_nothing() {
     let system = TestSystem::start(Options {
         workers: true,
-        extra: "[database]\nlock_timeout_ms = 300\n[consumer]\nmax_deliveries = 2\n[workers]\nstall_after_secs = 2\n",
+        extra: "[database]\nlock_timeout = \"300ms\"\n[consumer]\nmax_deliveries = 2\n[workers]\nstall_after = \"2s\"\n",
         ..Options::default()
     })
     .await;
@@ -151,7 +151,7 @@ async fn consumer_redeliveries(system: &TestSystem) -> u64 {
 async fn a_transaction_left_idle_by_a_paused_process_is_ended_and_its_locks_released() {
     let system = TestSystem::start(Options {
         workers: true,
-        extra: "[database]\nidle_in_transaction_timeout_ms = 500\nlock_timeout_ms = 300\n",
+        extra: "[database]\nidle_in_transaction_timeout = \"500ms\"\nlock_timeout = \"300ms\"\n",
         ..Options::default()
     })
     .await;
@@ -174,7 +174,7 @@ async fn a_transaction_left_idle_by_a_paused_process_is_ended_and_its_locks_rele
 #[tokio::test]
 async fn a_flood_of_reads_cannot_starve_the_workers_or_the_intake() {
     let system = TestSystem::start(Options {
-        extra: "[database]\nhttp_connections = 2\nacquire_timeout_ms = 300\n",
+        extra: "[database]\nhttp_connections = 2\nacquire_timeout = \"300ms\"\n",
         ..Options::default()
     })
     .await;
@@ -228,7 +228,7 @@ async fn twenty_orders_while_the_orders_table_is_locked(
 #[tokio::test]
 async fn orders_that_cannot_be_committed_in_time_are_shed_and_never_written() {
     let system = TestSystem::start(Options {
-        extra: "[orders]\ncommit_deadline_ms = 300\nmax_batch = 1\n[database]\nlock_timeout_ms = 1500\n",
+        extra: "[orders]\ncommit_deadline = \"300ms\"\nmax_batch = 1\n[database]\nlock_timeout = \"1500ms\"\n",
         ..Options::default()
     })
     .await;
@@ -272,7 +272,7 @@ async fn orders_that_cannot_be_committed_in_time_are_shed_and_never_written() {
 #[tokio::test]
 async fn requests_queued_behind_an_unavailable_database_are_refused_at_once() {
     let system = TestSystem::start(Options {
-        extra: "[orders]\ncommit_deadline_ms = 10000\nmax_batch = 1\nwriters = 1\n[database]\nlock_timeout_ms = 500\n",
+        extra: "[orders]\ncommit_deadline = \"10s\"\nmax_batch = 1\nwriters = 1\n[database]\nlock_timeout = \"500ms\"\n",
         ..Options::default()
     })
     .await;

@@ -20,7 +20,7 @@ async fn redrive_count(system: &TestSystem, order_id: &str) -> i64 {
 }
 
 /// The broker is away (here: the order service's relay is simply not driven), so an order's
-/// `OrderCreated` waits in the outbox while the order stalls past `redrive.after_secs`. Asking
+/// `OrderCreated` waits in the outbox while the order stalls past `redrive.after`. Asking
 /// again adds nothing the waiting event will not deliver: however many re-drive rounds pass,
 /// the outbox holds one row for the order, not one per round (a long outage would end in a storm
 /// of copies). Once the event is published and the order still waits, a round asks again —
@@ -29,7 +29,7 @@ async fn redrive_count(system: &TestSystem, order_id: &str) -> i64 {
 async fn an_order_whose_event_waits_in_the_outbox_is_not_redriven() {
     let system = TestSystem::start(Options {
         // Due at once, and again at every round: the pause never grows.
-        extra: "[redrive]\nafter_secs = 0\nmax_pause_secs = 0\n",
+        extra: "[redrive]\nafter = \"0s\"\nmax_pause = \"0s\"\n",
         ..Options::default()
     })
     .await;

@@ -64,7 +64,7 @@ async fn a_panic_is_contained_to_its_event_dead_lettered_and_replayed_once_fixed
         nats_url().await
     );
     let settings: platform::config::CommonSettings =
-        platform::config::load_overridden(0, "", &[&overrides]).unwrap();
+        platform::config::load_overridden(0, &[&overrides]).unwrap();
     let infra = Infrastructure::connect(
         &settings,
         sqlx::migrate::Migrator::DEFAULT,

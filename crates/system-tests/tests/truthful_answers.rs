@@ -39,7 +39,7 @@ async fn start(extra: &str) -> OrderService {
 port = 0
 [database]
 url = "{url}"
-acquire_timeout_ms = 5000
+acquire_timeout = "5s"
 [nats]
 url = "{nats}"
 prefix = "{prefix}"
@@ -52,7 +52,7 @@ enabled = false
 [orders]
 writers = 2
 max_batch = 64
-commit_deadline_ms = 1500
+commit_deadline = "1500ms"
 [fair_use]
 orders_per_second = 100000
 burst = 100000
@@ -61,7 +61,10 @@ max_open_orders = 100000
         url = proxy.url,
         nats = nats_url().await,
     );
-    let settings = order_service::config::Settings::overridden(&[&base, extra])
+    let settings =
+        <order_service::config::Settings as platform::config::ServiceSettings>::overridden(&[
+            &base, extra,
+        ])
         .expect("order service settings");
     let app = order_service::startup::build(&settings)
         .await
@@ -373,10 +376,9 @@ async fn keyed_orders_replay_refuse_reuse_and_wait_their_turn_in_the_group_commi
 /// head announces 16 KiB and no body follows, and the body timeout is far away.
 #[tokio::test]
 async fn a_rate_limited_buyer_is_refused_before_the_body_is_read() {
-    let service = start(
-        "[fair_use]\norders_per_second = 1\nburst = 1\n[http]\nbody_read_timeout_ms = 120000",
-    )
-    .await;
+    let service =
+        start("[fair_use]\norders_per_second = 1\nburst = 1\n[http]\nbody_read_timeout = \"120s\"")
+            .await;
     let first = answer(service.place(7, None, 1).await).await;
     assert_eq!(first.status, 202, "{first:?}");
 

@@ -97,7 +97,9 @@ pub async fn start_services(
 /// The most instances of one service a run may start (ports `base + 10 × (replica − 1)`).
 pub const MAX_REPLICAS: u32 = 8;
 
-/// How many instances of each service to run, and extra environment for all of them.
+/// How many instances of each service to run, and extra environment for all of them (but the
+/// order service's own sections, [`ORDER_SECTIONS`], for it alone: a service refuses a
+/// setting it does not have).
 ///
 /// With one replica the instances are named after their service (`order-service`) on the base
 /// ports; with more, `order-service-1`, `order-service-2`, … on ports base, base + 10, … (order
@@ -108,6 +110,9 @@ pub struct Replication {
     pub replicas: u32,
     pub extra_env: Vec<(String, String)>,
 }
+
+/// The variables of the order service's own settings sections.
+pub const ORDER_SECTIONS: [&str; 3] = ["APP_ORDERS__", "APP_FAIR_USE__", "APP_REDRIVE__"];
 
 impl Default for Replication {
     fn default() -> Self {
@@ -246,7 +251,16 @@ pub fn instance_specs(deployment: &Deployment, replication: &Replication) -> Vec
                 env.push(("APP_HTTP__HOST".to_string(), address.clone()));
                 env.push(("APP_HTTP__ADMIN_HOST".to_string(), address.clone()));
             }
-            env.extend(replication.extra_env.iter().cloned());
+            env.extend(
+                replication
+                    .extra_env
+                    .iter()
+                    .filter(|(variable, _)| {
+                        name == "order-service"
+                            || !ORDER_SECTIONS.iter().any(|s| variable.starts_with(s))
+                    })
+                    .cloned(),
+            );
             ServiceSpec {
                 name: instance,
                 binary: services::service_binary(name),

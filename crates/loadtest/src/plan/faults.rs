@@ -244,18 +244,14 @@ pub fn problems(scenario: &Scenario) -> Vec<String> {
 /// The replicas and extra environment the scenario asks for.
 pub fn replication(scenario: &Scenario) -> Replication {
     let mut extra_env = Vec::new();
-    let whole_seconds = |d: Duration| (d.as_secs_f64().ceil().max(1.0) as u64).to_string();
     let settings = [
-        (
-            "APP_CONSUMER__ACK_WAIT_SECS",
-            scenario.deploy.consumer_ack_wait,
-        ),
-        ("APP_WORKERS__STALL_AFTER_SECS", scenario.deploy.stall_after),
-        ("APP_REDRIVE__AFTER_SECS", scenario.deploy.redrive_after),
+        ("APP_CONSUMER__ACK_WAIT", scenario.deploy.consumer_ack_wait),
+        ("APP_WORKERS__STALL_AFTER", scenario.deploy.stall_after),
+        ("APP_REDRIVE__AFTER", scenario.deploy.redrive_after),
     ];
     for (name, value) in settings {
         if let Some(value) = value {
-            extra_env.push((name.to_string(), whole_seconds(value)));
+            extra_env.push((name.to_string(), duration::format(value)));
         }
     }
     Replication {

@@ -75,16 +75,16 @@ pub struct DeploySettings {
     /// the load is spread over the order-service instances.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// The services' JetStream consumer ack wait (`APP_CONSUMER__ACK_WAIT_SECS`, whole
-    /// seconds); unset: the services' default (30 s).
+    /// The services' JetStream consumer ack wait (`APP_CONSUMER__ACK_WAIT`); unset: the
+    /// services' default (30 s).
     #[serde(default, with = "duration::optional_text")]
     pub consumer_ack_wait: Option<Duration>,
     /// How long a worker may have work waiting without progress before `/ready` says 503
-    /// (`APP_WORKERS__STALL_AFTER_SECS`); unset: the services' default (30 s).
+    /// (`APP_WORKERS__STALL_AFTER`); unset: the services' default (30 s).
     #[serde(default, with = "duration::optional_text")]
     pub stall_after: Option<Duration>,
     /// How long an open order waits before the order service re-drives it
-    /// (`APP_REDRIVE__AFTER_SECS`); unset: the services' default (20 s).
+    /// (`APP_REDRIVE__AFTER`); unset: the services' default (20 s).
     #[serde(default, with = "duration::optional_text")]
     pub redrive_after: Option<Duration>,
     /// `local` (default): every process on 127.0.0.1. `hosts`: every PostgreSQL, NATS node

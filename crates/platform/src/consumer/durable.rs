@@ -108,7 +108,7 @@ impl<H: EventHandler> EventConsumer<H> {
             durable_name: Some(self.subscription.durable_name().to_owned()),
             filter_subjects: self.topology.filter_subjects(&self.subscription),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
+            ack_wait: self.settings.ack_wait,
             max_ack_pending: self.settings.max_ack_pending,
             ..Default::default()
         }
@@ -165,10 +165,12 @@ impl<H: EventHandler> EventConsumer<H> {
 
     /// Where a durable consumer created without a known safe position starts.
     fn replay_start(&self) -> DeliverPolicy {
-        let replay = chrono::Duration::seconds(self.settings.replay_window_secs as i64);
-        DeliverPolicy::ByStartTime {
-            start_time: chrono::Utc::now() - replay,
-        }
+        // A window past chrono's range (centuries) starts at the stream's beginning anyway.
+        let start_time = chrono::Duration::from_std(self.settings.replay_window)
+            .ok()
+            .and_then(|replay| chrono::Utc::now().checked_sub_signed(replay))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        DeliverPolicy::ByStartTime { start_time }
     }
 
     /// Restores the durable consumer's settings if `info` (sampled just now) shows they

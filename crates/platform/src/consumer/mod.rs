@@ -352,7 +352,7 @@ impl<H: EventHandler> EventConsumer<H> {
             Err(error) => return (format!("cannot open message stream: {error}"), false),
         };
         let mut chunks = stream.ready_chunks(self.settings.batch_size);
-        let mut pacer = RoundPacer::new(Duration::from_millis(self.settings.round_interval_ms));
+        let mut pacer = RoundPacer::new(self.settings.round_interval);
         let mut lag = tokio::time::interval(Duration::from_secs(1));
         lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut worked = false;

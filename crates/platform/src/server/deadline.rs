@@ -128,7 +128,7 @@ impl AsyncWrite for ClockedStream {
     }
 }
 
-/// The request did not arrive whole (head and body) within `http.request_read_timeout_ms`.
+/// The request did not arrive whole (head and body) within `http.request_read_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the request did not arrive whole within its deadline")]
 pub struct RequestDeadlineExceeded;

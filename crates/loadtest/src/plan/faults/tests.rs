@@ -105,7 +105,7 @@ fn replication_carries_replicas_and_ack_wait() {
     assert_eq!(replication.replicas, 2);
     assert_eq!(
         replication.extra_env,
-        vec![("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string())]
+        vec![("APP_CONSUMER__ACK_WAIT".to_string(), "10s".to_string())]
     );
 }
 
@@ -125,7 +125,10 @@ fn instances_get_their_own_names_and_ports_and_share_the_rest() {
         &deployment,
         &Replication {
             replicas: 2,
-            extra_env: vec![("APP_CONSUMER__ACK_WAIT_SECS".into(), "10".into())],
+            extra_env: vec![
+                ("APP_CONSUMER__ACK_WAIT".into(), "10s".into()),
+                ("APP_REDRIVE__AFTER".into(), "2s".into()),
+            ],
         },
     );
     let names: Vec<(&str, u16)> = specs.iter().map(|s| (s.name.as_str(), s.port)).collect();
@@ -154,7 +157,12 @@ fn instances_get_their_own_names_and_ports_and_share_the_rest() {
     assert!(specs[3].binary.ends_with("debug/order-service"));
     assert!(specs
         .iter()
-        .all(|s| env(s, "APP_CONSUMER__ACK_WAIT_SECS").as_deref() == Some("10")));
+        .all(|s| env(s, "APP_CONSUMER__ACK_WAIT").as_deref() == Some("10s")));
+    assert!(
+        specs.iter().all(|s| env(s, "APP_REDRIVE__AFTER").is_some()
+            == deploy::is_instance_of(s, "order-service")),
+        "the order service's own settings go to it alone (the others refuse them)"
+    );
     assert_eq!(
         deploy::order_urls(&specs),
         vec![
@@ -263,9 +271,9 @@ fn deploy_settings_become_service_environment() {
     assert_eq!(
         replication(&scenario).extra_env,
         vec![
-            ("APP_CONSUMER__ACK_WAIT_SECS".to_string(), "10".to_string()),
-            ("APP_WORKERS__STALL_AFTER_SECS".to_string(), "5".to_string()),
-            ("APP_REDRIVE__AFTER_SECS".to_string(), "2".to_string()),
+            ("APP_CONSUMER__ACK_WAIT".to_string(), "10s".to_string()),
+            ("APP_WORKERS__STALL_AFTER".to_string(), "5s".to_string()),
+            ("APP_REDRIVE__AFTER".to_string(), "1s500ms".to_string()),
         ]
     );
 }
