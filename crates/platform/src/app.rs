@@ -8,7 +8,7 @@ use crate::consumer::{
     BackgroundConsumer, ConsumerError, ConsumerParts, EventConsumer, EventHandler, Subscription,
 };
 use crate::db::{self, Pools};
-use crate::dead_letters::{self, DeadLetterDesk};
+use crate::desk::{self, DeadLetterDesk};
 use crate::events::Source;
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
@@ -263,9 +263,9 @@ impl Application {
             background.consumers.clone(),
             infra.outbox_signal.clone(),
         );
-        let admin_routes = dead_letters::routes(desk, infra.admin_token());
+        let admin_routes = desk::routes(desk, infra.admin_token());
         #[cfg(feature = "fault-injection")]
-        let admin_routes = admin_routes.merge(crate::fault_hooks::routes(infra.admin_token()));
+        let admin_routes = admin_routes.merge(http::fault_hooks::routes(infra.admin_token()));
         let max_body = settings.http.max_body_bytes;
         let router = http::service_router(routes, readiness.clone(), max_body);
         let admin_router = http::admin_router(admin_routes, readiness, max_body);
@@ -351,7 +351,7 @@ async fn serve(
     router: Router,
     limits: crate::server::ListenerLimits,
 ) -> Result<(), std::io::Error> {
-    crate::server::serve(listener, name, router, limits, http::shutdown_signal()).await
+    crate::server::serve(listener, name, router, limits, shutdown_signal()).await
 }
 
 /// The listeners' connection caps: the configured ones, lowered if the file descriptor limit
@@ -378,4 +378,23 @@ fn connection_caps(settings: &CommonSettings) -> (usize, usize) {
         );
     }
     fitted
+}
+
+/// Resolves on Ctrl-C or SIGTERM: what a service's `main` stops on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
 }

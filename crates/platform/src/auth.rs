@@ -75,10 +75,6 @@ impl TokenKeys {
         TokenKeys::new(secret, DEFAULT_ISSUER, DEFAULT_AUDIENCE)
     }
 
-    pub fn from_settings(auth: &crate::config::AuthSettings) -> Self {
-        TokenKeys::new(&auth.jwt_secret, &auth.jwt_issuer, &auth.jwt_audience)
-    }
-
     /// A token for a user, valid for `ttl` from now.
     pub fn mint(&self, user_id: i64, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
         self.mint_at(user_id, ttl, 0)

@@ -378,6 +378,14 @@ pub struct AuthSettings {
     pub jwt_audience: String,
 }
 
+impl AuthSettings {
+    /// The keys that sign and check buyer tokens (the settings are read here, so `auth` needs
+    /// no configuration types).
+    pub fn token_keys(&self) -> crate::auth::TokenKeys {
+        crate::auth::TokenKeys::new(&self.jwt_secret, &self.jwt_issuer, &self.jwt_audience)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
     /// Rows claimed per relay round.

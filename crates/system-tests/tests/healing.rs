@@ -134,8 +134,7 @@ async fn replicas_attaching_together_share_the_durable_consumer_they_both_create
             .await
             .expect("stream re-created");
         let attach = |infra: &Infrastructure| {
-            let (infra, handler, subscription) =
-                (infra.clone(), handler.clone(), *subscription);
+            let (infra, handler, subscription) = (infra.clone(), handler.clone(), *subscription);
             tokio::spawn(async move {
                 let consumer = infra.consumer(&subscription, handler).await?;
                 // Attached at creation, not left for its worker to retry.

@@ -15,7 +15,7 @@
 //!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
 //!   panic message;
 //! - the database is away or unavailable (read-only, out of disk, memory or connections: see
-//!   `crate::db_errors`), a deadlock, a lock or statement timeout: the events are redelivered
+//!   `crate::db::errors`), a deadlock, a lock or statement timeout: the events are redelivered
 //!   later, without limit and never dead-lettered;
 //! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
 
@@ -152,7 +152,7 @@ impl HandlerError {
 /// connection that cannot be had will do better later; everything else is retried, so that only
 /// a failure known to be permanent ever becomes a dead letter.
 fn database_failure(error: &sqlx::Error) -> Failure {
-    if crate::db_errors::is_unavailable(error) {
+    if crate::db::errors::is_unavailable(error) {
         return Failure::Unavailable;
     }
     match error.as_database_error().and_then(|d| d.code()) {
