@@ -13,14 +13,14 @@ use crate::events::Source;
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
 use crate::retention::{Retention, RetentionRule};
-use crate::supervisor::{RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus};
+use crate::supervisor::{
+    run_until_idle, RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus,
+};
 use async_nats::jetstream;
 use axum::Router;
-use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,20 +127,16 @@ impl Infrastructure {
     }
 }
 
-/// Work a test can drive by hand, one round at a time (a service's own background workers,
-/// e.g. the order service's re-drive).
-pub trait DrivenStep: Send + Sync {
-    /// Does what is due now; returns how much was done (0 = nothing).
-    fn step(&self) -> BoxFuture<'_, Result<usize, WorkerError>>;
-}
-
-/// Lets a test run a service's background work step by step: publish the outbox, then let each
-/// consumer take what is waiting.
+/// Lets a test run a service's background work by the same rounds production runs: the relay
+/// publishes, each consumer takes what is waiting, the service's own workers do what is due,
+/// each until a round finds nothing to do.
 #[derive(Clone)]
 pub struct Driver {
     pub relay: OutboxRelay,
     pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
-    pub steps: Vec<Arc<dyn DrivenStep>>,
+    /// The service's own background workers (e.g. the order service's re-drive).
+    pub workers: Vec<Arc<dyn Worker>>,
+    /// Not driven by [`Driver::step`] (it deletes by age); tests prune by hand.
     pub retention: Arc<Retention>,
 }
 
@@ -148,40 +144,35 @@ pub struct Driver {
 pub enum DriveError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error(transparent)]
-    Consumer(#[from] ConsumerError),
     #[error("{0}")]
-    Step(WorkerError),
+    Worker(WorkerError),
 }
 
 impl Driver {
-    /// One round: publish all pending events, process everything waiting for each consumer,
-    /// run the service's own steps. Returns how much work was done (0 = quiet).
+    /// Every worker's rounds until each finds nothing to do, then the relay's again (for what
+    /// the others wrote). Returns how much work was done (0 = quiet).
     pub async fn step(&self) -> Result<usize, DriveError> {
-        // As the running relay's periodic check does: a deleted stream comes back.
+        // As the running relay's periodic check does, at once: a deleted stream comes back.
         self.relay.ensure_streams().await?;
         let mut work = self.relay.publish_all_pending().await?;
-        for consumer in &self.consumers {
-            work += consumer.process_available().await?;
-        }
-        for step in &self.steps {
-            work += step.step().await.map_err(DriveError::Step)?;
+        let consumers = self.consumers.iter().map(|c| c.clone() as Arc<dyn Worker>);
+        for worker in consumers.chain(self.workers.iter().cloned()) {
+            work += run_until_idle(&*worker).await.map_err(DriveError::Worker)?;
         }
         work += self.relay.publish_all_pending().await?;
         Ok(work)
     }
 }
 
-/// What a service runs besides its HTTP routes.
+/// What a service runs besides its HTTP routes; each worker is named once.
 #[derive(Default)]
 pub struct Background {
     pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
-    /// The service's own background workers (they stop when workers are disabled for tests).
+    /// The service's own background workers (they stop when workers are disabled for tests,
+    /// which then drive them through [`Driver`]).
     pub workers: Vec<Arc<dyn Worker>>,
     /// Workers that serve requests (e.g. group-commit writers): they always run.
     pub serving: Vec<Arc<dyn Worker>>,
-    /// The same service's workers as steps a test can drive.
-    pub steps: Vec<Arc<dyn DrivenStep>>,
     /// Retention of the service's own tables, besides the messaging tables every service has.
     pub retention: Vec<RetentionRule>,
 }
@@ -237,7 +228,7 @@ impl Application {
                 .iter()
                 .map(|c| c.clone() as Arc<dyn Worker>),
         );
-        workers.extend(background.workers);
+        workers.extend(background.workers.iter().cloned());
 
         let enabled = settings.workers.enabled;
         let mut statuses: Vec<(WorkerStatus, bool)> = workers
@@ -279,7 +270,7 @@ impl Application {
             driver: Driver {
                 relay,
                 consumers: background.consumers,
-                steps: background.steps,
+                workers: background.workers,
                 retention,
             },
             background: workers,
@@ -338,7 +329,7 @@ impl Application {
         );
         // In-flight consumer transactions roll back when their tasks are dropped; unacked
         // messages are redelivered. Give the relay a moment to finish a batch in progress.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(supervisor);
         served.and(admin_served)
     }
