@@ -19,9 +19,11 @@ use crate::supervisor::{
 use async_nats::jetstream;
 use axum::Router;
 use sqlx::migrate::Migrator;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -307,8 +309,14 @@ impl Application {
     }
 
     /// Serves both listeners and runs the workers under supervision (the background ones unless
-    /// disabled), until SIGTERM/Ctrl-C.
-    pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
+    /// disabled) until `shutdown` resolves (a service's `main` passes [`shutdown_signal`]).
+    /// Then it stops accepting connections, lets the requests in flight finish (the intake's
+    /// writers still run for them), lets every worker finish the round it is in — its
+    /// transaction committed and its acks sent, or not begun — and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), std::io::Error> {
         let mut supervisor = Supervisor::new(self.policy);
         for worker in self.serving {
             supervisor.spawn(worker);
@@ -318,31 +326,32 @@ impl Application {
                 supervisor.spawn(worker);
             }
         }
-        let (served, admin_served) = tokio::join!(
-            serve(self.listener, "public", self.router, self.limits),
-            serve(
+        let stop = CancellationToken::new();
+        let (served, admin_served, ()) = tokio::join!(
+            crate::server::serve(
+                self.listener,
+                "public",
+                self.router,
+                self.limits,
+                stop.cancelled()
+            ),
+            crate::server::serve(
                 self.admin_listener,
                 "admin",
                 self.admin_router,
-                self.admin_limits
+                self.admin_limits,
+                stop.cancelled()
             ),
+            async {
+                shutdown.await;
+                tracing::info!("shutting down: draining requests, then workers");
+                stop.cancel();
+            },
         );
-        // In-flight consumer transactions roll back when their tasks are dropped; unacked
-        // messages are redelivered. Give the relay a moment to finish a batch in progress.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        drop(supervisor);
+        supervisor.shutdown().await;
+        tracing::info!("stopped");
         served.and(admin_served)
     }
-}
-
-/// One listener until SIGTERM/Ctrl-C: the public and the admin listener are served alike.
-async fn serve(
-    listener: TcpListener,
-    name: &'static str,
-    router: Router,
-    limits: crate::server::ListenerLimits,
-) -> Result<(), std::io::Error> {
-    crate::server::serve(listener, name, router, limits, shutdown_signal()).await
 }
 
 /// The listeners' connection caps: the configured ones, lowered if the file descriptor limit

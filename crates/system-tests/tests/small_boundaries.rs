@@ -95,7 +95,7 @@ async fn the_admin_listener_stays_on_loopback_unless_its_host_is_set() {
         "admin listener on {admin}, beyond loopback"
     );
     let (port, admin_port) = (app.port(), app.admin_port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run(std::future::pending()));
     let metrics = system
         .http
         .get(format!("http://127.0.0.1:{admin_port}/metrics"))
