@@ -8,6 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let app = build(&settings).await?;
     tracing::info!(port = app.port(), "inventory service listening");
-    app.run_until_stopped().await?;
+    app.run(platform::app::shutdown_signal()).await?;
     Ok(())
 }

@@ -13,12 +13,11 @@
 use crate::config::RedriveSettings;
 use crate::orders;
 use futures::future::BoxFuture;
-use platform::app::DrivenStep;
 use platform::broker::Topology;
 use platform::envelope::TraceContext;
 use platform::events::Event;
 use platform::outbox::{self, OutboxError, OutboxSignal};
-use platform::supervisor::{Worker, WorkerError, WorkerStatus};
+use platform::supervisor::{Round, Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -94,35 +93,29 @@ impl Redrive {
         );
         Ok(stalled.len())
     }
-
-    async fn run(&self) -> Result<(), WorkerError> {
-        let mut tick = tokio::time::interval(self.settings.interval.max(Duration::from_millis(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match self.redrive_due().await {
-                Ok(_) => self.status.progress(),
-                Err(error) => {
-                    tracing::warn!(%error, "re-drive failed; will retry");
-                    self.status.report_error(error.to_string());
-                }
-            }
-        }
-    }
 }
 
+/// A round re-drives one batch of the orders that are due; between rounds the re-drive waits its
+/// interval, also after a full batch: the rate is bounded (`RedriveSettings::batch_size`).
 impl Worker for Redrive {
     fn status(&self) -> &WorkerStatus {
         &self.status
     }
 
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
-        Box::pin(Redrive::run(self))
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+        Box::pin(async move {
+            let redriven = self.redrive_due().await?;
+            self.status.progress();
+            Ok(Round {
+                done: redriven,
+                more: false,
+            })
+        })
     }
-}
 
-impl DrivenStep for Redrive {
-    fn step(&self) -> BoxFuture<'_, Result<usize, WorkerError>> {
-        Box::pin(async move { Ok(self.redrive_due().await?) })
+    fn idle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(
+            self.settings.interval.max(Duration::from_millis(1)),
+        ))
     }
 }

@@ -41,9 +41,8 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let routes = routes::router(routes::AppState::new(&infra, settings, intake, rate_limit));
     let background = Background {
         consumers,
-        workers: vec![redrive.clone()],
+        workers: vec![redrive],
         serving: writers,
-        steps: vec![redrive],
         retention: vec![RetentionRule {
             table: "idempotency_keys",
             column: "created_at",

@@ -8,21 +8,23 @@ use crate::consumer::{
     BackgroundConsumer, ConsumerError, ConsumerParts, EventConsumer, EventHandler, Subscription,
 };
 use crate::db::{self, Pools};
-use crate::dead_letters::{self, DeadLetterDesk};
+use crate::desk::{self, DeadLetterDesk};
 use crate::events::Source;
 use crate::http::{self, Readiness};
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
 use crate::retention::{Retention, RetentionRule};
-use crate::supervisor::{RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus};
+use crate::supervisor::{
+    run_until_idle, RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus,
+};
 use async_nats::jetstream;
 use axum::Router;
-use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -128,20 +130,16 @@ impl Infrastructure {
     }
 }
 
-/// Work a test can drive by hand, one round at a time (a service's own background workers,
-/// e.g. the order service's re-drive).
-pub trait DrivenStep: Send + Sync {
-    /// Does what is due now; returns how much was done (0 = nothing).
-    fn step(&self) -> BoxFuture<'_, Result<usize, WorkerError>>;
-}
-
-/// Lets a test run a service's background work step by step: publish the outbox, then let each
-/// consumer take what is waiting.
+/// Lets a test run a service's background work by the same rounds production runs: the relay
+/// publishes, each consumer takes what is waiting, the service's own workers do what is due,
+/// each until a round finds nothing to do.
 #[derive(Clone)]
 pub struct Driver {
     pub relay: OutboxRelay,
     pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
-    pub steps: Vec<Arc<dyn DrivenStep>>,
+    /// The service's own background workers (e.g. the order service's re-drive).
+    pub workers: Vec<Arc<dyn Worker>>,
+    /// Not driven by [`Driver::step`] (it deletes by age); tests prune by hand.
     pub retention: Arc<Retention>,
 }
 
@@ -149,40 +147,35 @@ pub struct Driver {
 pub enum DriveError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error(transparent)]
-    Consumer(#[from] ConsumerError),
     #[error("{0}")]
-    Step(WorkerError),
+    Worker(WorkerError),
 }
 
 impl Driver {
-    /// One round: publish all pending events, process everything waiting for each consumer,
-    /// run the service's own steps. Returns how much work was done (0 = quiet).
+    /// Every worker's rounds until each finds nothing to do, then the relay's again (for what
+    /// the others wrote). Returns how much work was done (0 = quiet).
     pub async fn step(&self) -> Result<usize, DriveError> {
-        // As the running relay's periodic check does: a deleted stream comes back.
+        // As the running relay's periodic check does, at once: a deleted stream comes back.
         self.relay.ensure_streams().await?;
         let mut work = self.relay.publish_all_pending().await?;
-        for consumer in &self.consumers {
-            work += consumer.process_available().await?;
-        }
-        for step in &self.steps {
-            work += step.step().await.map_err(DriveError::Step)?;
+        let consumers = self.consumers.iter().map(|c| c.clone() as Arc<dyn Worker>);
+        for worker in consumers.chain(self.workers.iter().cloned()) {
+            work += run_until_idle(&*worker).await.map_err(DriveError::Worker)?;
         }
         work += self.relay.publish_all_pending().await?;
         Ok(work)
     }
 }
 
-/// What a service runs besides its HTTP routes.
+/// What a service runs besides its HTTP routes; each worker is named once.
 #[derive(Default)]
 pub struct Background {
     pub consumers: Vec<Arc<dyn BackgroundConsumer>>,
-    /// The service's own background workers (they stop when workers are disabled for tests).
+    /// The service's own background workers (they stop when workers are disabled for tests,
+    /// which then drive them through [`Driver`]).
     pub workers: Vec<Arc<dyn Worker>>,
     /// Workers that serve requests (e.g. group-commit writers): they always run.
     pub serving: Vec<Arc<dyn Worker>>,
-    /// The same service's workers as steps a test can drive.
-    pub steps: Vec<Arc<dyn DrivenStep>>,
     /// Retention of the service's own tables, besides the messaging tables every service has.
     pub retention: Vec<RetentionRule>,
 }
@@ -238,7 +231,7 @@ impl Application {
                 .iter()
                 .map(|c| c.clone() as Arc<dyn Worker>),
         );
-        workers.extend(background.workers);
+        workers.extend(background.workers.iter().cloned());
 
         let enabled = settings.workers.enabled;
         let mut statuses: Vec<(WorkerStatus, bool)> = workers
@@ -264,9 +257,9 @@ impl Application {
             background.consumers.clone(),
             infra.outbox_signal.clone(),
         );
-        let admin_routes = dead_letters::routes(desk, infra.admin_token());
+        let admin_routes = desk::routes(desk, infra.admin_token());
         #[cfg(feature = "fault-injection")]
-        let admin_routes = admin_routes.merge(crate::fault_hooks::routes(infra.admin_token()));
+        let admin_routes = admin_routes.merge(http::fault_hooks::routes(infra.admin_token()));
         let max_body = settings.http.max_body_bytes;
         let router = http::service_router(routes, readiness.clone(), max_body);
         let admin_router = http::admin_router(admin_routes, readiness, max_body);
@@ -280,7 +273,7 @@ impl Application {
             driver: Driver {
                 relay,
                 consumers: background.consumers,
-                steps: background.steps,
+                workers: background.workers,
                 retention,
             },
             background: workers,
@@ -317,8 +310,14 @@ impl Application {
     }
 
     /// Serves both listeners and runs the workers under supervision (the background ones unless
-    /// disabled), until SIGTERM/Ctrl-C.
-    pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
+    /// disabled) until `shutdown` resolves (a service's `main` passes [`shutdown_signal`]).
+    /// Then it stops accepting connections, lets the requests in flight finish (the intake's
+    /// writers still run for them), lets every worker finish the round it is in — its
+    /// transaction committed and its acks sent, or not begun — and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), std::io::Error> {
         let mut supervisor = Supervisor::new(self.policy);
         for worker in self.serving {
             supervisor.spawn(worker);
@@ -328,31 +327,32 @@ impl Application {
                 supervisor.spawn(worker);
             }
         }
-        let (served, admin_served) = tokio::join!(
-            serve(self.listener, "public", self.router, self.limits),
-            serve(
+        let stop = CancellationToken::new();
+        let (served, admin_served, ()) = tokio::join!(
+            crate::server::serve(
+                self.listener,
+                "public",
+                self.router,
+                self.limits,
+                stop.cancelled()
+            ),
+            crate::server::serve(
                 self.admin_listener,
                 "admin",
                 self.admin_router,
-                self.admin_limits
+                self.admin_limits,
+                stop.cancelled()
             ),
+            async {
+                shutdown.await;
+                tracing::info!("shutting down: draining requests, then workers");
+                stop.cancel();
+            },
         );
-        // In-flight consumer transactions roll back when their tasks are dropped; unacked
-        // messages are redelivered. Give the relay a moment to finish a batch in progress.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(supervisor);
+        supervisor.shutdown().await;
+        tracing::info!("stopped");
         served.and(admin_served)
     }
-}
-
-/// One listener until SIGTERM/Ctrl-C: the public and the admin listener are served alike.
-async fn serve(
-    listener: TcpListener,
-    name: &'static str,
-    router: Router,
-    limits: crate::server::ListenerLimits,
-) -> Result<(), std::io::Error> {
-    crate::server::serve(listener, name, router, limits, http::shutdown_signal()).await
 }
 
 /// The listeners' connection caps: the configured ones, lowered if the file descriptor limit
@@ -379,4 +379,23 @@ fn connection_caps(settings: &CommonSettings) -> (usize, usize) {
         );
     }
     fitted
+}
+
+/// Resolves on Ctrl-C or SIGTERM: what a service's `main` stops on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
 }

@@ -1,7 +1,6 @@
 //! Buyer identity (HS256 JWT, `sub` = user id) and the admin credential for setup operations.
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,14 +73,6 @@ impl TokenKeys {
     /// Keys with the default issuer and audience.
     pub fn with_secret(secret: &str) -> Self {
         TokenKeys::new(secret, DEFAULT_ISSUER, DEFAULT_AUDIENCE)
-    }
-
-    pub fn from_settings(auth: &crate::config::AuthSettings) -> Self {
-        TokenKeys::new(
-            auth.jwt_secret.expose_secret(),
-            &auth.jwt_issuer,
-            &auth.jwt_audience,
-        )
     }
 
     /// A token for a user, valid for `ttl` from now.

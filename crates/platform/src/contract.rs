@@ -4,7 +4,25 @@
 //! subjects, the check every consumer makes on receipt, and each service's NATS permissions — so
 //! that none of them can disagree with another.
 
-use crate::events::Source;
+/// The service whose outbox publishes an event; each has its own stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Order,
+    Inventory,
+    Payment,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Order, Source::Inventory, Source::Payment];
+
+    pub const fn token(self) -> &'static str {
+        match self {
+            Source::Order => "order",
+            Source::Inventory => "inventory",
+            Source::Payment => "payment",
+        }
+    }
+}
 
 /// Every kind of event the services exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

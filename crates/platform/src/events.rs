@@ -1,7 +1,7 @@
 //! The events the services exchange: every event's payload, and its envelope. Who publishes each
 //! type and on which subject is declared once, in `crate::contract`.
 
-pub use crate::contract::EventType;
+pub use crate::contract::{EventType, Source};
 use crate::envelope::{Envelope, EnvelopeError, TraceContext};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -91,26 +91,6 @@ pub struct PaymentFailed {
     pub user_id: i64,
     pub amount_cents: i64,
     pub reason: FailureReason,
-}
-
-/// The service whose outbox publishes an event; each has its own stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Order,
-    Inventory,
-    Payment,
-}
-
-impl Source {
-    pub const ALL: [Source; 3] = [Source::Order, Source::Inventory, Source::Payment];
-
-    pub const fn token(self) -> &'static str {
-        match self {
-            Source::Order => "order",
-            Source::Inventory => "inventory",
-            Source::Payment => "payment",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,7 @@ use crate::broker::{self, Topology};
 use crate::config::OutboxSettings;
 use crate::envelope::{EnvelopeError, TraceContext};
 use crate::events::Event;
-use crate::pacing::RoundPacer;
-use crate::supervisor::{Worker, WorkerError, WorkerStatus};
+use crate::supervisor::{Round, Worker, WorkerError, WorkerStatus};
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::future::{try_join_all, BoxFuture};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -110,6 +109,16 @@ pub struct OutboxRelay {
     poll_interval: Duration,
     round_interval: Duration,
     status: WorkerStatus,
+    /// When the streams and the backlog were last looked at (shared by the relay's clones).
+    checks: Arc<std::sync::Mutex<Checks>>,
+}
+
+/// The relay's periodic looks beside its rounds.
+#[derive(Default)]
+struct Checks {
+    /// When the streams were last ensured; `None`: not yet, or a publish failed since.
+    streams: Option<tokio::time::Instant>,
+    backlog: Option<tokio::time::Instant>,
 }
 
 impl OutboxRelay {
@@ -130,6 +139,7 @@ impl OutboxRelay {
             poll_interval: settings.poll_interval,
             round_interval: settings.round_interval,
             status: WorkerStatus::new("outbox-relay"),
+            checks: Arc::default(),
         }
     }
 
@@ -182,14 +192,14 @@ impl OutboxRelay {
         Ok(rows.len())
     }
 
-    /// Publishes until the outbox is empty (tests drive the relay with this instead of sleeping).
+    /// Publishes until the outbox is empty: the relay's rounds until one finds nothing (tests
+    /// drive the relay with this instead of sleeping).
     pub async fn publish_all_pending(&self) -> Result<usize, OutboxError> {
         let mut total = 0;
         loop {
-            let n = self.publish_batch().await?;
-            self.status.progress();
-            total += n;
-            if n == 0 {
+            let round = self.publish_round().await?;
+            total += round.done;
+            if round.done == 0 {
                 return Ok(total);
             }
         }
@@ -218,73 +228,77 @@ impl OutboxRelay {
             .map_err(|error| OutboxError::Publish(error.to_string()))
     }
 
-    /// Publishes while there is work, sleeps until signalled or the poll interval passes (rows
-    /// written by other instances), paces its rounds (`crate::pacing`: once signalled, a round
-    /// starts no sooner than the round interval after the previous one, so the commits meanwhile
-    /// share one claim, one publish and one delete), backs off while failing.
-    /// After a publish failure, and every [`STREAM_CHECK_INTERVAL`] even when idle, the streams
-    /// are ensured again: a stream deleted or lost with the broker's store is re-created, so its
-    /// consumers (which may not create it) attach again although nothing is being published.
-    async fn run(&self) -> Result<(), WorkerError> {
-        broker::ensure_streams(&self.jetstream, &self.topology).await?;
-        let mut backoff = Duration::from_millis(100);
-        let mut last_gauge: Option<tokio::time::Instant> = None;
-        let mut streams_checked = tokio::time::Instant::now();
-        let mut pacer = RoundPacer::new(self.round_interval);
-        loop {
-            if streams_checked.elapsed() >= STREAM_CHECK_INTERVAL {
-                if let Err(error) = broker::ensure_streams(&self.jetstream, &self.topology).await {
-                    tracing::debug!(%error, "cannot ensure streams yet");
-                }
-                streams_checked = tokio::time::Instant::now();
+    /// One round: the streams ensured when due (at the first round, after a failed publish, and
+    /// every [`STREAM_CHECK_INTERVAL`] even when idle: a stream deleted or lost with the broker's
+    /// store is re-created, so its consumers, which may not create it, attach again although
+    /// nothing is being published), the backlog gauged once a second, and one batch published.
+    async fn publish_round(&self) -> Result<Round, OutboxError> {
+        let (streams_due, backlog_due) = {
+            let checks = self.checks();
+            let due = |at: Option<tokio::time::Instant>, every: Duration| {
+                at.is_none_or(|at| at.elapsed() >= every)
+            };
+            (
+                due(checks.streams, STREAM_CHECK_INTERVAL),
+                due(checks.backlog, Duration::from_secs(1)),
+            )
+        };
+        if streams_due {
+            if let Err(error) = self.ensure_streams().await {
+                tracing::debug!(%error, "cannot ensure streams yet");
             }
-            if last_gauge.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                if let Ok((rows, oldest)) = self.backlog().await {
-                    self.status.set_backlog(rows.max(0) as u64);
-                    metrics::gauge!("outbox_backlog").set(rows as f64);
-                    metrics::gauge!("outbox_oldest_age_seconds").set(oldest);
-                }
-                last_gauge = Some(tokio::time::Instant::now());
+            self.checks().streams = Some(tokio::time::Instant::now());
+        }
+        if backlog_due {
+            if let Ok((rows, oldest)) = self.backlog().await {
+                self.status.set_backlog(rows.max(0) as u64);
+                metrics::gauge!("outbox_backlog").set(rows as f64);
+                metrics::gauge!("outbox_oldest_age_seconds").set(oldest);
             }
-            match self.publish_batch().await {
-                Ok(n) => {
-                    backoff = Duration::from_millis(100);
-                    self.status.progress();
-                    if (n as i64) < self.batch_size {
-                        // Signalled or not (rows of other instances), the next round goes.
-                        let _ =
-                            tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
-                        pacer.start_round().await;
-                    } else {
-                        pacer.start_round_now();
-                    }
+            self.checks().backlog = Some(tokio::time::Instant::now());
+        }
+        match self.publish_batch().await {
+            Ok(n) => {
+                self.status.progress();
+                Ok(Round::of(n, self.batch_size.max(1) as usize))
+            }
+            Err(error) => {
+                metrics::counter!("outbox_publish_failures_total").increment(1);
+                if matches!(error, OutboxError::Publish(_)) {
+                    self.checks().streams = None;
                 }
-                Err(error) => {
-                    metrics::counter!("outbox_publish_failures_total").increment(1);
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed; will retry");
-                    self.status.report_error(error.to_string());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if matches!(error, OutboxError::Publish(_)) {
-                        if let Err(error) =
-                            broker::ensure_streams(&self.jetstream, &self.topology).await
-                        {
-                            tracing::debug!(%error, "cannot ensure streams yet");
-                        }
-                    }
-                }
+                Err(error)
             }
         }
     }
+
+    fn checks(&self) -> std::sync::MutexGuard<'_, Checks> {
+        // Two instants: a panic while holding the lock cannot leave them inconsistent.
+        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
+/// The relay's rounds publish; between them it waits until signalled (a commit wrote rows) or
+/// the poll interval passes (rows written by other instances), and paces its rounds
+/// (`crate::pacing`: once signalled, a round starts no sooner than the round interval after the
+/// previous one, so the commits meanwhile share one claim, one publish and one delete).
 impl Worker for OutboxRelay {
     fn status(&self) -> &WorkerStatus {
         &self.status
     }
 
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
-        Box::pin(OutboxRelay::run(self))
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+        Box::pin(async move { Ok(self.publish_round().await?) })
+    }
+
+    fn idle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(self.poll_interval, self.signal.notified()).await;
+        })
+    }
+
+    fn round_interval(&self) -> Duration {
+        self.round_interval
     }
 }
 

@@ -3,7 +3,7 @@
 //! a consumer's transaction. Why each window is safe: docs/architecture.md, "Retention".
 
 use crate::config::RetentionSettings;
-use crate::supervisor::{Worker, WorkerError, WorkerStatus};
+use crate::supervisor::{Round, Worker, WorkerError, WorkerStatus};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -108,38 +108,37 @@ impl Retention {
         }
         Ok(pruned)
     }
-
-    /// Prunes at once, then every interval. A failed round is tried again sooner (1 s, doubling
-    /// up to the interval): its failure counts against `/ready` only while it lasts, so a blip
-    /// must be seen to have passed before the next full interval.
-    async fn run(&self) -> Result<(), WorkerError> {
-        let mut retry = FIRST_RETRY;
-        loop {
-            let pause = match self.prune().await {
-                Ok(_) => {
-                    self.status.progress();
-                    retry = FIRST_RETRY;
-                    self.interval
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "retention pruning failed; will retry");
-                    self.status.report_error(error.to_string());
-                    let pause = retry.min(self.interval);
-                    retry = (retry * 2).min(self.interval);
-                    pause
-                }
-            };
-            tokio::time::sleep(pause).await;
-        }
-    }
 }
 
+/// Prunes at once, then every interval. A failed round is tried again sooner (1 s, doubling up to
+/// the interval): its failure counts against `/ready` only while it lasts, so a blip must be seen
+/// to have passed before the next full interval.
 impl Worker for Retention {
     fn status(&self) -> &WorkerStatus {
         &self.status
     }
 
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
-        Box::pin(Retention::run(self))
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+        Box::pin(async move {
+            let pruned = self.prune().await.inspect_err(|error| {
+                tracing::warn!(%error, "retention pruning failed; will retry");
+            })?;
+            self.status.progress();
+            let rows: u64 = pruned.iter().map(|(_, rows)| rows).sum();
+            // Every table pruned down to its window: nothing more is waiting until time passes.
+            Ok(Round {
+                done: rows as usize,
+                more: false,
+            })
+        })
+    }
+
+    fn idle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(self.interval))
+    }
+
+    fn retry_after(&self, failures: u32) -> Duration {
+        let exponent = failures.clamp(1, 20) - 1;
+        FIRST_RETRY.saturating_mul(1 << exponent).min(self.interval)
     }
 }

@@ -1,14 +1,21 @@
 //! Supervision of background workers (relay, consumers, re-drive, retention, intake writers).
 //!
-//! A worker is a loop that runs until it fails. The supervisor runs each one in its own task,
-//! catches its errors and panics, restarts it with a growing backoff, and aborts and restarts a
-//! worker that has been busy with one unit of work for longer than the hang limit (a query or a
-//! broker request that never returns). Every worker reports its health through a
-//! [`WorkerStatus`], which `/ready` and the metrics read: a worker that is not running, whose
-//! rounds have all failed for a while, or that has work waiting and has made no progress for a
-//! while, makes the service not ready.
+//! A worker is one thing: a *round* — the work waiting now, at most a batch of it — and a way to
+//! wait for the next one ([`Worker::idle`]). Production runs rounds under the supervisor: paced
+//! (`crate::pacing`), one after another while more is waiting, with a wait between them when
+//! nothing is, and a growing pause after a failed round. Tests run the very same rounds until one
+//! finds nothing to do ([`run_until_idle`]). The supervisor runs each worker in its own task,
+//! catches its panics, restarts it with a growing backoff, and aborts and restarts a worker that
+//! has been busy with one unit of work for longer than the hang limit (a query or a broker
+//! request that never returns). At shutdown each worker finishes the round it is in — its
+//! transaction committed and its acks sent, or the round not begun — and stops.
+//!
+//! Every worker reports its health through a [`WorkerStatus`], which `/ready` and the metrics
+//! read: a worker that is not running, whose rounds have all failed for a while, or that has
+//! work waiting and has made no progress for a while, makes the service not ready.
 
 use crate::config::WorkerSettings;
+use crate::pacing::RoundPacer;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -16,17 +23,73 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A background loop of a service.
+/// A background worker of a service, seen as its rounds.
 pub trait Worker: Send + Sync + 'static {
     fn status(&self) -> &WorkerStatus;
-    /// Runs until it fails or its work is over. An error (or a panic, or a hang) ends this
-    /// life of the worker and the supervisor starts the next one after a backoff; `Ok` means
-    /// there is nothing left to do (the queue it serves closed at shutdown) and it stays
-    /// stopped.
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>>;
+
+    /// One round: does the work waiting now (at most one batch of it) and says how much it did
+    /// and whether more is waiting. It never waits for work to arrive. A failed round is retried
+    /// after [`Worker::retry_after`]; a panic restarts the worker.
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>>;
+
+    /// After a round that left nothing waiting: resolves when the next round is due (a wake-up,
+    /// a poll interval, a message arriving). Dropped at shutdown, so what it has taken by then it
+    /// keeps for the next round.
+    fn idle(&self) -> BoxFuture<'_, ()>;
+
+    /// The least time between the starts of two rounds (`crate::pacing`); a round that follows
+    /// a full one goes at once.
+    fn round_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// How long to wait before the next try after `failures` failed rounds in a row: 100 ms,
+    /// doubling up to 5 s.
+    fn retry_after(&self, failures: u32) -> Duration {
+        let exponent = failures.clamp(1, 7) - 1;
+        (Duration::from_millis(100) * (1 << exponent)).min(Duration::from_secs(5))
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Round {
+    /// Units of work done (events published or handled, orders written, rows pruned); 0 when
+    /// nothing was waiting.
+    pub done: usize,
+    /// More is known to be waiting (the batch was full): the next round starts at once.
+    pub more: bool,
+}
+
+impl Round {
+    /// `done` units of work, out of a batch that holds `batch`: a full batch means more waits.
+    pub fn of(done: usize, batch: usize) -> Self {
+        Round {
+            done,
+            more: done > 0 && done >= batch,
+        }
+    }
+}
+
+/// Runs the worker's rounds until one finds nothing to do: how tests drive background work, by
+/// the same rounds production runs. Returns the work done; a failed round is reported on the
+/// worker's status, as under the supervisor, and returned.
+pub async fn run_until_idle<W: Worker + ?Sized>(worker: &W) -> Result<usize, WorkerError> {
+    let mut total = 0;
+    loop {
+        match worker.round().await {
+            Ok(round) if round.done == 0 => return Ok(total),
+            Ok(round) => total += round.done,
+            Err(error) => {
+                worker.status().report_error(error.to_string());
+                return Err(error);
+            }
+        }
+    }
 }
 
 /// What a worker reports about itself; cheap to clone and to update once per unit of work.
@@ -192,6 +255,15 @@ impl WorkerStatus {
         metrics::counter!("worker_restarts_total", "worker" => self.0.name.clone()).increment(1);
     }
 
+    /// Stopped at shutdown, after its last round.
+    fn retired(&self) {
+        let mut state = self.state();
+        state.running = false;
+        state.busy_since = None;
+        drop(state);
+        self.0.up_gauge.set(0.0);
+    }
+
     fn busy_for(&self) -> Option<Duration> {
         self.state().busy_since.map(|since| since.elapsed())
     }
@@ -274,11 +346,13 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-/// Runs workers, restarting each after it fails, panics or hangs; aborts them all when dropped.
+/// Runs workers' rounds, restarting a worker after it panics or hangs. [`Supervisor::shutdown`]
+/// lets each finish its round in progress; dropping the supervisor aborts them.
 pub struct Supervisor {
     tasks: JoinSet<()>,
     statuses: Vec<WorkerStatus>,
     policy: RestartPolicy,
+    stop: CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -310,47 +384,55 @@ impl Supervisor {
             tasks: JoinSet::new(),
             statuses: Vec::new(),
             policy,
+            stop: CancellationToken::new(),
         }
     }
 
     pub fn spawn(&mut self, worker: Arc<dyn Worker>) {
         self.statuses.push(worker.status().clone());
         let policy = self.policy;
+        let stop = self.stop.clone();
         self.tasks
-            .spawn(async move { supervise(&*worker, policy).await });
+            .spawn(async move { supervise(&*worker, policy, &stop).await });
     }
 
     pub fn statuses(&self) -> &[WorkerStatus] {
         &self.statuses
     }
+
+    /// Stops every worker once the round it is in is over (its transaction committed and its
+    /// acks sent, or not begun), and returns when all have stopped.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 enum End {
-    Returned(Result<(), WorkerError>),
+    Stopped,
     Panicked(String),
     Hung(Duration),
 }
 
-async fn supervise(worker: &dyn Worker, policy: RestartPolicy) {
+async fn supervise(worker: &dyn Worker, policy: RestartPolicy, stop: &CancellationToken) {
     let status = worker.status();
     let mut backoff = policy.first_backoff;
     loop {
         status.started();
         let began = Instant::now();
         let end = tokio::select! {
-            result = AssertUnwindSafe(worker.run()).catch_unwind() => match result {
-                Ok(returned) => End::Returned(returned),
+            result = AssertUnwindSafe(run_rounds(worker, stop)).catch_unwind() => match result {
+                Ok(()) => End::Stopped,
                 Err(panic) => End::Panicked(panic_message(panic.as_ref())),
             },
             busy = hang_watch(status, policy.hang_after) => End::Hung(busy),
         };
         let reason = match end {
-            End::Returned(Ok(())) => {
-                tracing::info!(worker = status.name(), "worker finished");
-                status.stopped("finished".to_owned());
+            End::Stopped => {
+                tracing::info!(worker = status.name(), "worker stopped");
+                status.retired();
                 return;
             }
-            End::Returned(Err(error)) => error.to_string(),
             End::Panicked(message) => format!("panicked: {message}"),
             End::Hung(busy) => format!(
                 "hung: one unit of work took longer than {:.0} s; aborted",
@@ -362,8 +444,56 @@ async fn supervise(worker: &dyn Worker, policy: RestartPolicy) {
         }
         tracing::error!(worker = status.name(), %reason, restart_in_ms = backoff.as_millis() as u64, "worker stopped; restarting");
         status.stopped(reason);
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return,
+        }
         backoff = (backoff * 2).min(policy.max_backoff);
+    }
+}
+
+/// The production loop of one worker: its rounds, paced, one after another while more is
+/// waiting, then [`Worker::idle`] until the next is due; after a failed round, a pause. Returns
+/// when asked to stop — between rounds, never inside one.
+async fn run_rounds(worker: &dyn Worker, stop: &CancellationToken) {
+    let status = worker.status();
+    let mut pacer = RoundPacer::new(worker.round_interval());
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        let pause = match worker.round().await {
+            Ok(round) if round.more => {
+                failures = 0;
+                pacer.start_round_now();
+                continue;
+            }
+            Ok(_) => {
+                failures = 0;
+                None
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let pause = worker.retry_after(failures);
+                tracing::warn!(worker = status.name(), %error, retry_in_ms = pause.as_millis() as u64, "round failed; will retry");
+                status.report_error(error.to_string());
+                Some(pause)
+            }
+        };
+        let wait = async {
+            match pause {
+                None => {
+                    worker.idle().await;
+                    pacer.start_round().await;
+                }
+                Some(pause) => {
+                    tokio::time::sleep(pause).await;
+                    pacer.start_round_now();
+                }
+            }
+        };
+        tokio::select! {
+            () = wait => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -396,7 +526,7 @@ mod tests {
 
     struct Flaky {
         status: WorkerStatus,
-        lives: AtomicU32,
+        rounds: AtomicU32,
     }
 
     impl Worker for Flaky {
@@ -404,31 +534,35 @@ mod tests {
             &self.status
         }
 
-        fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
+        fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
             Box::pin(async move {
-                match self.lives.fetch_add(1, Ordering::SeqCst) {
-                    0 => panic!("first life panics"),
-                    1 => Err("second life fails".into()),
+                match self.rounds.fetch_add(1, Ordering::SeqCst) {
+                    0 => panic!("first round panics"),
+                    1 => Err("second round fails".into()),
                     2 => {
-                        // Third life hangs inside one unit of work.
+                        // The third hangs inside one unit of work.
                         let _busy = self.status.busy();
                         std::future::pending::<()>().await;
-                        Ok(())
+                        Ok(Round::default())
                     }
                     _ => {
                         self.status.progress();
-                        std::future::pending().await
+                        Ok(Round::default())
                     }
                 }
             })
         }
+
+        fn idle(&self) -> BoxFuture<'_, ()> {
+            Box::pin(tokio::time::sleep(Duration::from_secs(1)))
+        }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_worker_is_restarted_after_a_panic_an_error_and_a_hang() {
+    async fn a_worker_is_restarted_after_a_panic_and_a_hang_and_retries_a_failed_round() {
         let worker = Arc::new(Flaky {
             status: WorkerStatus::new("flaky"),
-            lives: AtomicU32::new(0),
+            rounds: AtomicU32::new(0),
         });
         let mut supervisor = Supervisor::new(RestartPolicy {
             first_backoff: Duration::from_millis(100),
@@ -437,9 +571,97 @@ mod tests {
         });
         supervisor.spawn(worker.clone());
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(worker.lives.load(Ordering::SeqCst), 4);
-        assert_eq!(worker.status.restarts(), 3);
+        // Rounds 4.. go on, one a second after their idle wait.
+        assert!(worker.rounds.load(Ordering::SeqCst) > 10);
+        assert_eq!(worker.status.restarts(), 2, "the panic and the hang");
         assert_eq!(worker.status.unhealthy(Duration::from_secs(10), true), None);
+        supervisor.shutdown().await;
+        let rounds = worker.rounds.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(worker.rounds.load(Ordering::SeqCst), rounds, "stopped");
+        assert!(
+            worker
+                .status
+                .unhealthy(Duration::from_secs(10), true)
+                .is_some(),
+            "not running"
+        );
+    }
+
+    /// A round that is under way when shutdown is asked for runs to its end.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_the_round_in_progress() {
+        struct Slow {
+            status: WorkerStatus,
+            finished: AtomicU32,
+        }
+        impl Worker for Slow {
+            fn status(&self) -> &WorkerStatus {
+                &self.status
+            }
+            fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    self.finished.fetch_add(1, Ordering::SeqCst);
+                    Ok(Round {
+                        done: 1,
+                        more: true,
+                    })
+                })
+            }
+            fn idle(&self) -> BoxFuture<'_, ()> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let worker = Arc::new(Slow {
+            status: WorkerStatus::new("slow"),
+            finished: AtomicU32::new(0),
+        });
+        let mut supervisor = Supervisor::new(RestartPolicy {
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            hang_after: Duration::from_secs(60),
+        });
+        supervisor.spawn(worker.clone());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let before = Instant::now();
+        supervisor.shutdown().await;
+        assert_eq!(
+            worker.finished.load(Ordering::SeqCst),
+            2,
+            "the second round ran to its end"
+        );
+        assert_eq!(Instant::now() - before, Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn driving_runs_rounds_until_one_finds_nothing() {
+        struct Queue {
+            status: WorkerStatus,
+            waiting: AtomicU32,
+        }
+        impl Worker for Queue {
+            fn status(&self) -> &WorkerStatus {
+                &self.status
+            }
+            fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+                Box::pin(async move {
+                    let waiting = self.waiting.load(Ordering::SeqCst) as usize;
+                    let done = waiting.min(2);
+                    self.waiting.fetch_sub(done as u32, Ordering::SeqCst);
+                    Ok(Round::of(done, 2))
+                })
+            }
+            fn idle(&self) -> BoxFuture<'_, ()> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let queue = Queue {
+            status: WorkerStatus::new("queue"),
+            waiting: AtomicU32::new(5),
+        };
+        assert_eq!(run_until_idle(&queue).await.unwrap(), 5);
+        assert_eq!(run_until_idle(&queue).await.unwrap(), 0);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use platform::testing::{eventually, unique_token};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub const JWT_SECRET: &str = "test-secret";
 pub const ADMIN_TOKEN: &str = "test-admin";
@@ -31,6 +33,23 @@ pub struct Service {
     pub pool: PgPool,
     /// The service's own pools.
     pub pools: platform::db::Pools,
+    /// What stops it, as SIGTERM stops a deployed service.
+    shutdown: CancellationToken,
+    running: Option<JoinHandle<Result<(), std::io::Error>>>,
+}
+
+impl Service {
+    /// Stops the service through its shutdown signal and returns once it has stopped: requests
+    /// in flight answered, every worker's round in progress finished.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the service's task")
+                .expect("the service stops cleanly");
+        }
+    }
 }
 
 pub struct TestSystem {
@@ -39,6 +58,9 @@ pub struct TestSystem {
     pub nats_url: String,
     /// For starting more inventory instances on the same database and stream prefix.
     pub inventory_settings: inventory_service::config::Settings,
+    /// For starting the order service again (`TestSystem::restart_order`).
+    order_settings: order_service::config::Settings,
+    order_database: String,
     pub order: Service,
     pub inventory: Service,
     pub payment: Service,
@@ -160,7 +182,8 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
     let admin_url = format!("http://127.0.0.1:{}", app.admin_port());
     let driver = app.driver();
     let pools = app.pools();
-    tokio::spawn(app.run_until_stopped());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone().cancelled_owned()));
     let pool = PgPool::connect(database_url)
         .await
         .expect("connect to service database");
@@ -170,6 +193,8 @@ async fn launch(app: platform::app::Application, database_url: &str) -> Service 
         driver,
         pool,
         pools,
+        shutdown,
+        running: Some(running),
     }
 }
 
@@ -210,7 +235,9 @@ impl TestSystem {
             prefix,
             nats_url: nats,
             inventory_settings,
+            order_settings,
             order: launch(order, &order_db).await,
+            order_database: order_db,
             inventory: launch(inventory, &inventory_db).await,
             payment: launch(payment, &payment_db).await,
             http: reqwest::Client::new(),
@@ -222,6 +249,16 @@ impl TestSystem {
             system.settle().await;
         }
         system
+    }
+
+    /// Stops the order service through its shutdown signal and starts it again on the same
+    /// database and streams (on new ports).
+    pub async fn restart_order(&mut self) {
+        self.order.stop().await;
+        let app = order_service::startup::build(&self.order_settings)
+            .await
+            .expect("order service starts again");
+        self.order = launch(app, &self.order_database).await;
     }
 
     fn drivers(&self) -> [&Driver; 3] {

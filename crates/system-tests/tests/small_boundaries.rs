@@ -36,13 +36,13 @@ async fn an_order_whose_event_waits_in_the_outbox_is_not_redriven() {
     system.create_product(1, 1_000, 10).await;
     system.open_account(7, 100_000).await;
     let id = system.accepted_order(7, 1, 2).await;
-    let [redrive] = &system.order.driver.steps[..] else {
-        panic!("the order service drives one step of its own: the re-drive");
+    let [redrive] = &system.order.driver.workers[..] else {
+        panic!("the order service has one background worker of its own: the re-drive");
     };
     assert_eq!(outbox_rows(&system).await, 1, "the order's OrderCreated");
 
     for round in 1..=3 {
-        redrive.step().await.expect("re-drive round");
+        redrive.round().await.expect("re-drive round");
         assert_eq!(
             outbox_rows(&system).await,
             1,
@@ -61,7 +61,7 @@ async fn an_order_whose_event_waits_in_the_outbox_is_not_redriven() {
         .expect("publish");
     assert_eq!(outbox_rows(&system).await, 0);
     for _ in 0..2 {
-        redrive.step().await.expect("re-drive round");
+        redrive.round().await.expect("re-drive round");
     }
     assert_eq!(outbox_rows(&system).await, 1, "one copy asked again");
     assert_eq!(redrive_count(&system, &id).await, 1);
@@ -95,7 +95,7 @@ async fn the_admin_listener_stays_on_loopback_unless_its_host_is_set() {
         "admin listener on {admin}, beyond loopback"
     );
     let (port, admin_port) = (app.port(), app.admin_port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run(std::future::pending()));
     let metrics = system
         .http
         .get(format!("http://127.0.0.1:{admin_port}/metrics"))

@@ -6,7 +6,8 @@
 use async_nats::jetstream::message::PublishMessage;
 use platform::app::Infrastructure;
 use platform::consumer::{EventHandler, HandlerError, Incoming, Subscription};
-use platform::dead_letters::{DeadLetterDesk, DeskError, ListFilter};
+use platform::dead_letters::ListFilter;
+use platform::desk::{DeadLetterDesk, DeskError};
 use platform::envelope::TraceContext;
 use platform::events::{Event, EventType, OrderCreated};
 use platform::testing::{eventually, unique_token};

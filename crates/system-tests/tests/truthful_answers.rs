@@ -70,7 +70,7 @@ max_open_orders = 100000
         .await
         .expect("order service starts");
     let base_url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run(std::future::pending()));
     let pool = PgPool::connect(&database).await.expect("connect to orders");
     OrderService {
         base_url,

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use platform::dead_letters::{BulkOutcome, DeadLetter};
+use platform::dead_letters::DeadLetter;
+use platform::desk::BulkOutcome;
 use reqwest::Method;
 use serde_json::{json, Value};
 

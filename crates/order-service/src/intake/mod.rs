@@ -31,13 +31,12 @@ use outcome::CommitOutcome;
 use platform::broker::Topology;
 use platform::envelope::TraceContext;
 use platform::outbox::OutboxSignal;
-use platform::pacing::RoundPacer;
-use platform::supervisor::{Worker, WorkerError, WorkerStatus};
+use platform::supervisor::{Round, Worker, WorkerError, WorkerStatus};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -86,6 +85,9 @@ pub struct IntakeSettings {
     pub round_interval: Duration,
 }
 
+/// A request taken from the queue, and the queue, held until the writer's round is due.
+type Held = (Request, OwnedMutexGuard<mpsc::Receiver<Request>>);
+
 struct Writer {
     pool: PgPool,
     topology: Topology,
@@ -94,6 +96,8 @@ struct Writer {
     max_open_orders: u32,
     round_interval: Duration,
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+    /// The request [`Worker::idle`] received, for the next round, and the queue held till then.
+    first: std::sync::Mutex<Option<Held>>,
     status: WorkerStatus,
 }
 
@@ -120,6 +124,7 @@ impl OrderIntake {
                     max_open_orders: settings.max_open_orders,
                     round_interval: settings.round_interval,
                     receiver: receiver.clone(),
+                    first: std::sync::Mutex::default(),
                     status: WorkerStatus::new(format!("intake-writer-{n}")),
                 }) as Arc<dyn Worker>
             })
@@ -205,47 +210,70 @@ fn shed() -> OrderError {
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 impl Writer {
-    async fn run(&self) -> Result<(), WorkerError> {
-        let mut pacer = RoundPacer::new(self.round_interval);
-        loop {
-            let batch = {
-                let mut receiver = self.receiver.lock().await;
-                let first = if self.status.is_failing() {
-                    match tokio::time::timeout(IDLE_CHECK_AFTER, receiver.recv()).await {
-                        Ok(first) => first,
-                        Err(_) => {
-                            drop(receiver);
-                            self.check_database().await;
-                            continue;
-                        }
-                    }
-                } else {
-                    receiver.recv().await
-                };
-                let Some(first) = first else {
-                    // Every sender is gone: the service is shutting down.
-                    return Ok(());
-                };
-                // The requests that arrive until this writer's round is due join the batch.
-                pacer.start_round().await;
-                let mut batch = Vec::with_capacity(self.max_batch);
+    /// One round: the request [`Worker::idle`] received and those queued behind it, up to a
+    /// batch, written in one transaction; with none, and the last batch failed, a check whether
+    /// the database takes a write again.
+    async fn write_round(&self) -> Round {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let held = self.first().take();
+        // Without a request of its own, the writer takes the queue only if no other writer
+        // holds it: one that does is waiting for a request (none queued) or collecting its batch.
+        let receiver = match held {
+            Some((first, receiver)) => {
                 take(&mut batch, first);
-                while batch.len() < self.max_batch {
-                    match receiver.try_recv() {
-                        Ok(request) => take(&mut batch, request),
-                        Err(_) => break,
-                    }
-                }
-                batch
-            };
-            // A batch whose requests were all given up on is neither progress nor failure.
-            if !batch.is_empty() {
-                match self.write(batch).await {
-                    Ok(()) => self.status.progress(),
-                    Err(error) => self.status.report_error(error),
+                Some(receiver)
+            }
+            None => self.receiver.clone().try_lock_owned().ok(),
+        };
+        if let Some(mut receiver) = receiver {
+            while batch.len() < self.max_batch {
+                match receiver.try_recv() {
+                    Ok(request) => take(&mut batch, request),
+                    Err(_) => break,
                 }
             }
         }
+        if batch.is_empty() {
+            if self.status.is_failing() {
+                self.check_database().await;
+            }
+            return Round::default();
+        }
+        let taken = batch.len();
+        // A failed batch is a failed round for `/ready`, but its requests are answered: the
+        // writer goes on with the next.
+        match self.write(batch).await {
+            Ok(()) => self.status.progress(),
+            Err(error) => self.status.report_error(error),
+        }
+        Round::of(taken, self.max_batch)
+    }
+
+    /// Waits for the next request (after a failed batch, at most [`IDLE_CHECK_AFTER`]: the next
+    /// round then checks the database by itself) and keeps it for the next round, with the
+    /// queue: the requests that arrive until the round is due (paced) are this writer's batch.
+    async fn wait_for_request(&self) {
+        let mut receiver = self.receiver.clone().lock_owned().await;
+        let next = if self.status.is_failing() {
+            match tokio::time::timeout(IDLE_CHECK_AFTER, receiver.recv()).await {
+                Ok(next) => next,
+                Err(_) => return,
+            }
+        } else {
+            receiver.recv().await
+        };
+        match next {
+            Some(request) => *self.first() = Some((request, receiver)),
+            // Every sender is gone: the service is shutting down.
+            None => {
+                drop(receiver);
+                std::future::pending::<()>().await
+            }
+        }
+    }
+
+    fn first(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// While idle after a failed batch: whether the database takes a write again.
@@ -371,12 +399,23 @@ impl Writer {
     }
 }
 
+/// Several writers share one queue: while one commits, the next collects the requests that
+/// arrive meanwhile (`crate::intake`'s doc); the requests that arrive until a writer's round is
+/// due join its batch.
 impl Worker for Writer {
     fn status(&self) -> &WorkerStatus {
         &self.status
     }
 
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
-        Box::pin(Writer::run(self))
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+        Box::pin(async move { Ok(self.write_round().await) })
+    }
+
+    fn idle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.wait_for_request())
+    }
+
+    fn round_interval(&self) -> Duration {
+        self.round_interval
     }
 }

@@ -35,7 +35,7 @@ impl AppState {
     ) -> Self {
         AppState {
             pool: infra.pools.http.clone(),
-            tokens: TokenKeys::from_settings(&settings.common.auth),
+            tokens: settings.common.auth.token_keys(),
             max_quantity: settings.orders.max_quantity,
             intake,
             rate_limit: Arc::new(rate_limit),

@@ -5,7 +5,7 @@
 //! `Debug` prints no value, and they are exposed only where they are used.
 
 use super::hidden;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -193,6 +193,18 @@ pub struct AuthSettings {
     /// `iss` and `aud` every buyer token must carry.
     pub jwt_issuer: String,
     pub jwt_audience: String,
+}
+
+impl AuthSettings {
+    /// The keys that sign and check buyer tokens (the settings are read here, so `auth` needs
+    /// no configuration types).
+    pub fn token_keys(&self) -> crate::auth::TokenKeys {
+        crate::auth::TokenKeys::new(
+            self.jwt_secret.expose_secret(),
+            &self.jwt_issuer,
+            &self.jwt_audience,
+        )
+    }
 }
 
 impl Default for AuthSettings {

@@ -301,7 +301,7 @@ impl<H: EventHandler> EventConsumer<H> {
         let span = tracing::info_span!("events", consumer = self.name(), batch = incoming.len());
         let handled = async {
             #[cfg(feature = "fault-injection")]
-            crate::fault_hooks::before_handle(&incoming);
+            crate::fault_hooks::before_handle(incoming.iter().map(|i| &i.event));
             self.handler.handle_batch(tx, &incoming).await
         };
         match AssertUnwindSafe(handled.instrument(span))

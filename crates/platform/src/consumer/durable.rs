@@ -32,12 +32,9 @@ use std::time::Duration;
 /// `verified_floor` before any sample with the right settings.
 pub(super) const NO_FLOOR: u64 = u64::MAX;
 
-/// A durable consumer whose settings were put back.
+/// A durable consumer whose settings were put back (in place, or deleted and created again).
 pub(super) struct Restored {
     pub(super) consumer: PullConsumer,
-    /// Deleted and created again (a change that may have lost events): a message stream opened
-    /// on the old one has ended.
-    pub(super) recreated: bool,
 }
 
 /// How the durable consumer on the broker differs from the configured one.
@@ -154,7 +151,7 @@ impl<H: EventHandler> EventConsumer<H> {
             Err(error) => return Err(jetstream_error(error)),
         };
         match self.drift(&info.config) {
-            Some(drift) => Ok(self.restore(&stream, &info.config, &drift).await?.0),
+            Some(drift) => self.restore(&stream, &info.config, &drift).await,
             None => Ok(PullConsumer::new(
                 self.config(),
                 info,
@@ -190,11 +187,8 @@ impl<H: EventHandler> EventConsumer<H> {
             .get_stream_no_info(&info.stream_name)
             .await
             .map_err(jetstream_error)?;
-        let (consumer, recreated) = self.restore(&stream, &info.config, &drift).await?;
-        Ok(Some(Restored {
-            consumer,
-            recreated,
-        }))
+        let consumer = self.restore(&stream, &info.config, &drift).await?;
+        Ok(Some(Restored { consumer }))
     }
 
     /// Forgets the last verified position (the consumer is detached: the stream it was a
@@ -204,14 +198,13 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     /// Puts the configured settings back: in place when the change lost nothing, else by
-    /// creating the consumer again (see the module's doc). Returns the consumer and whether it
-    /// is a new one.
+    /// creating the consumer again (see the module's doc).
     async fn restore(
         &self,
         stream: &jetstream::stream::Stream<()>,
         found: &consumer::Config,
         drift: &Drift,
-    ) -> Result<(PullConsumer, bool), ConsumerError> {
+    ) -> Result<PullConsumer, ConsumerError> {
         metrics::counter!("consumer_drift_total", "consumer" => self.name().to_owned())
             .increment(1);
         tracing::warn!(
@@ -226,7 +219,7 @@ impl<H: EventHandler> EventConsumer<H> {
                 .update_consumer(desired)
                 .await
                 .map_err(jetstream_error)?;
-            return Ok((updated, false));
+            return Ok(updated);
         }
         let start = match self.verified_floor.load(Ordering::Relaxed) {
             NO_FLOOR => self.replay_start(),
@@ -246,7 +239,7 @@ impl<H: EventHandler> EventConsumer<H> {
             .create_durable(stream, start, "had settings that may have lost events")
             .await?;
         self.forget_position();
-        Ok((created, true))
+        Ok(created)
     }
 
     /// Creates the durable consumer with the configured settings, starting at `start`. When

@@ -1,11 +1,12 @@
-//! The consumer loop: durable JetStream pull consumers, inbox-deduplicated handling in one
-//! database transaction per batch, acks only after commit, dead letters for messages that can
-//! never succeed.
+//! The consumer: durable JetStream pull consumers, inbox-deduplicated handling in one database
+//! transaction per batch, acks only after commit, dead letters for messages that can never
+//! succeed. It is a worker (`crate::supervisor`): a round takes what is waiting, up to a batch,
+//! and processes it; between rounds it waits on a pull request for the next message.
 //!
 //! What stops a consumer, and what brings it back:
-//! - its durable consumer or stream is deleted (or lost with the broker's store): the message
-//!   stream ends or the once-a-second lag sample says "not found"; the consumer reports itself
-//!   down and creates both again with their configured settings;
+//! - its durable consumer or stream is deleted (or lost with the broker's store): a fetch fails
+//!   or the once-a-second sample says "not found"; the consumer reports itself down and attaches
+//!   again at its next round, creating the durable consumer with its configured settings;
 //! - its durable consumer's settings are changed (a filter that matches nothing reads nothing
 //!   and reports no lag): the once-a-second sample finds it and restores them (`durable.rs`);
 //! - an event that did not come the way the contract says it travels (a forged type on a
@@ -15,7 +16,7 @@
 //!   panicking event stands alone, and an event that keeps panicking is dead-lettered with the
 //!   panic message;
 //! - the database is away or unavailable (read-only, out of disk, memory or connections: see
-//!   `crate::db_errors`), a deadlock, a lock or statement timeout: the events are redelivered
+//!   `crate::db::errors`), a deadlock, a lock or statement timeout: the events are redelivered
 //!   later, without limit and never dead-lettered;
 //! - anything else that makes the task end or hang is the supervisor's (`supervisor.rs`).
 
@@ -24,20 +25,16 @@ use crate::config::ConsumerSettings;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::events::Event;
 use crate::outbox::{OutboxError, OutboxSignal};
-use crate::pacing::RoundPacer;
-use crate::supervisor::{Worker, WorkerError, WorkerStatus};
-use async_nats::jetstream::{
-    self,
-    consumer::{pull, PullConsumer},
-    context::ConsumerInfoErrorKind,
-};
+use crate::supervisor::{run_until_idle, Round, Worker, WorkerError, WorkerStatus};
+use async_nats::jetstream::{self, consumer::PullConsumer, context::ConsumerInfoErrorKind};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 mod batch;
 mod durable;
@@ -152,7 +149,7 @@ impl HandlerError {
 /// connection that cannot be had will do better later; everything else is retried, so that only
 /// a failure known to be permanent ever becomes a dead letter.
 fn database_failure(error: &sqlx::Error) -> Failure {
-    if crate::db_errors::is_unavailable(error) {
+    if crate::db::errors::is_unavailable(error) {
         return Failure::Unavailable;
     }
     match error.as_database_error().and_then(|d| d.code()) {
@@ -188,6 +185,11 @@ pub struct EventConsumer<H> {
     /// The stream sequence up to which the durable consumer had acknowledged everything when it
     /// was last seen with the right settings (`durable::NO_FLOOR`: not seen since attaching).
     verified_floor: AtomicU64,
+    /// What [`Worker::idle`] received, for the next round.
+    stash: std::sync::Mutex<Vec<jetstream::Message>>,
+    /// When the durable consumer was last sampled, and whether the last round found nothing.
+    sampled_at: std::sync::Mutex<Option<Instant>>,
+    quiet: AtomicBool,
 }
 
 /// Everything a consumer is built from.
@@ -218,6 +220,9 @@ impl<H: EventHandler> EventConsumer<H> {
             settings: parts.settings,
             attached: tokio::sync::Mutex::new(None),
             verified_floor: AtomicU64::new(durable::NO_FLOOR),
+            stash: std::sync::Mutex::default(),
+            sampled_at: std::sync::Mutex::default(),
+            quiet: AtomicBool::new(false),
         };
         // Not attached yet (the stream's publisher has not created it, or the broker is away):
         // the consumer reports down, `/ready` says so, and its worker keeps attaching.
@@ -258,187 +263,141 @@ impl<H: EventHandler> EventConsumer<H> {
         self.status.report_down(reason);
     }
 
-    /// Processes whatever is waiting now and returns how many messages it took (tests drive
-    /// consumers with this instead of sleeping). Checks the durable consumer's settings first,
-    /// as the running consumer does once a second.
-    pub async fn process_available(&self) -> Result<usize, ConsumerError> {
+    /// One round, the same in production and in tests: attaches if detached; samples the
+    /// durable consumer's settings and lag when due; takes what is waiting — what
+    /// [`Worker::idle`] received, then as much more as one batch holds, without waiting — and
+    /// processes it as one batch.
+    pub async fn round(&self) -> Result<Round, ConsumerError> {
         let mut consumer = self.attached_consumer().await?;
-        let checked = match consumer.get_info().await {
-            Ok(info) => self.restore_if_drifted(&info).await,
-            Err(error) => Err(jetstream_error(error)),
+        if self.sample_due() {
+            consumer = self.sample(consumer).await?;
+        }
+        let mut messages = std::mem::take(&mut *self.stash());
+        let batch_size = self.settings.batch_size;
+        if messages.len() < batch_size {
+            if let Err(error) = self.fetch_into(&consumer, batch_size, &mut messages).await {
+                self.detach(format!("fetch failed: {error}")).await;
+                if messages.is_empty() {
+                    return Err(error);
+                }
+            }
+        }
+        if messages.is_empty() {
+            self.quiet.store(true, Ordering::Relaxed);
+            self.status.progress();
+            return Ok(Round::default());
+        }
+        let taken = messages.len();
+        self.process_batch(messages).await;
+        Ok(Round::of(taken, batch_size))
+    }
+
+    /// Adds what is waiting now, up to `batch_size` messages in all.
+    async fn fetch_into(
+        &self,
+        consumer: &PullConsumer,
+        batch_size: usize,
+        messages: &mut Vec<jetstream::Message>,
+    ) -> Result<(), ConsumerError> {
+        let mut fetched = consumer
+            .fetch()
+            .max_messages(batch_size - messages.len())
+            .messages()
+            .await
+            .map_err(jetstream_error)?;
+        while let Some(message) = fetched.next().await {
+            messages.push(message.map_err(jetstream_error)?);
+        }
+        Ok(())
+    }
+
+    /// A sample of the durable consumer is due a second after the last one, and at the first
+    /// round after a quiet one (so every round a test drives after the system settled checks).
+    fn sample_due(&self) -> bool {
+        let quiet = self.quiet.swap(false, Ordering::Relaxed);
+        let mut sampled = self.sampled_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = quiet || sampled.is_none_or(|at| at.elapsed() >= SAMPLE_EVERY);
+        if due {
+            *sampled = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Samples the durable consumer: restores its settings if they drifted (a consumer created
+    /// again replaces the one in hand), reports its lag, and notices it gone.
+    async fn sample(&self, consumer: PullConsumer) -> Result<PullConsumer, ConsumerError> {
+        let info = match tokio::time::timeout(SAMPLE_WAIT, consumer.get_info()).await {
+            Ok(Ok(info)) => info,
+            Ok(Err(error)) => {
+                let gone = matches!(
+                    error.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                );
+                let reason = if gone {
+                    format!("durable consumer is gone: {error}")
+                } else {
+                    format!("cannot check its durable consumer: {error}")
+                };
+                self.detach(reason).await;
+                return Err(jetstream_error(error));
+            }
+            // The broker is slow: the fetch decides.
+            Err(_) => return Ok(consumer),
         };
-        match checked {
-            Ok(None) => {}
+        let consumer = match self.restore_if_drifted(&info).await {
+            Ok(None) => consumer,
             Ok(Some(restored)) => {
                 *self.attached.lock().await = Some(restored.consumer.clone());
-                consumer = restored.consumer;
+                restored.consumer
             }
             Err(error) => {
-                self.detach(format!("cannot check its durable consumer: {error}"))
+                self.detach(format!("cannot restore its durable consumer: {error}"))
                     .await;
                 return Err(error);
             }
+        };
+        let backlog = info.num_pending + info.num_ack_pending as u64;
+        self.status.set_backlog(backlog);
+        metrics::gauge!("consumer_lag", "consumer" => self.name().to_owned()).set(backlog as f64);
+        if backlog == 0 {
+            self.status.progress();
         }
-        let mut total = 0;
-        loop {
-            let fetched = consumer
-                .fetch()
-                .max_messages(self.settings.batch_size)
-                .messages()
-                .await;
-            let mut batch = match fetched {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.detach(format!("fetch failed: {error}")).await;
-                    return Err(jetstream_error(error));
-                }
-            };
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => messages.push(message),
-                    Err(error) => {
-                        self.detach(format!("fetch failed: {error}")).await;
-                        return Err(jetstream_error(error));
-                    }
-                }
-            }
-            if messages.is_empty() {
-                self.status.progress();
-                return Ok(total);
-            }
-            total += messages.len();
-            self.process_batch(messages).await;
-        }
+        Ok(consumer)
     }
 
-    /// Runs until the task is dropped. Whenever the message stream breaks (broker restart,
-    /// durable consumer or stream deleted) the consumer attaches again after a pause.
-    async fn run(&self) -> Result<(), WorkerError> {
-        let mut pause = Duration::from_millis(200);
-        loop {
-            let reason = match self.attached_consumer().await {
-                Ok(consumer) => {
-                    let (reason, worked) = self.consume(&consumer).await;
-                    if worked {
-                        pause = Duration::from_millis(200);
-                    }
-                    self.detach(reason.clone()).await;
-                    reason
-                }
-                Err(error) => error.to_string(),
-            };
-            tracing::debug!(consumer = self.name(), %reason, pause_ms = pause.as_millis() as u64, "consumer pausing before it attaches again");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Takes messages until the stream breaks; samples the consumer's lag and settings once a
-    /// second (which also notices a deleted durable consumer, and restores changed settings).
-    /// Returns why it stopped, and whether it processed anything.
-    async fn consume(&self, consumer: &PullConsumer) -> (String, bool) {
-        let stream = consumer
-            .stream()
-            .max_messages_per_batch(self.settings.batch_size * 2)
-            // A short heartbeat: after a broker restart the stream breaks as soon as a
-            // heartbeat is missed, so consumers resume within seconds.
-            .heartbeat(Duration::from_secs(2))
-            .expires(Duration::from_secs(30))
+    /// Between rounds: waits up to [`IDLE_WAIT`] for the next message (one pull request for
+    /// one message, answered as soon as one arrives) and keeps it for the next round. Dropped
+    /// at shutdown before a message came, nothing is lost: the pull request expires.
+    async fn idle(&self) {
+        let Ok(consumer) = self.attached_consumer().await else {
+            return;
+        };
+        let waiting = consumer
+            .batch()
+            .max_messages(1)
+            .expires(IDLE_WAIT)
             .messages()
             .await;
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(error) => return (format!("cannot open message stream: {error}"), false),
+        let Ok(mut waiting) = waiting else {
+            return;
         };
-        let mut chunks = stream.ready_chunks(self.settings.batch_size);
-        let mut pacer = RoundPacer::new(self.settings.round_interval);
-        let mut lag = tokio::time::interval(Duration::from_secs(1));
-        lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut worked = false;
-        loop {
-            tokio::select! {
-                chunk = chunks.next() => {
-                    let Some(mut chunk) = chunk else {
-                        return ("message stream ended".into(), worked);
-                    };
-                    let ended = self.pace_round(&mut chunks, &mut chunk, &mut pacer).await;
-                    let mut messages = Vec::with_capacity(chunk.len());
-                    let mut broken = None;
-                    for item in chunk {
-                        match item {
-                            Ok(message) => messages.push(message),
-                            Err(error) => broken = Some(format!("message stream error: {error}")),
-                        }
-                    }
-                    if !messages.is_empty() {
-                        worked = true;
-                        self.process_batch(messages).await;
-                    }
-                    if let Some(reason) = broken {
-                        return (reason, worked);
-                    }
-                    if ended {
-                        return ("message stream ended".into(), worked);
-                    }
-                }
-                _ = lag.tick() => {
-                    match tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await {
-                        Ok(Ok(info)) => {
-                            match self.restore_if_drifted(&info).await {
-                                // Restored in place: the pull in progress goes on.
-                                Ok(None | Some(durable::Restored { recreated: false, .. })) => {}
-                                Ok(Some(durable::Restored { recreated: true, .. })) => {
-                                    return ("durable consumer created again after a change that may have lost events".into(), worked);
-                                }
-                                Err(error) => {
-                                    return (format!("cannot restore its durable consumer: {error}"), worked);
-                                }
-                            }
-                            let backlog = info.num_pending + info.num_ack_pending as u64;
-                            self.status.set_backlog(backlog);
-                            metrics::gauge!("consumer_lag", "consumer" => self.name().to_owned()).set(backlog as f64);
-                            if backlog == 0 {
-                                self.status.progress();
-                            }
-                        }
-                        Ok(Err(error)) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound) => {
-                            return (format!("durable consumer is gone: {error}"), worked);
-                        }
-                        // The broker is slow or away: the message stream's heartbeat decides.
-                        _ => {}
-                    }
-                }
-            }
+        if let Some(Ok(message)) = waiting.next().await {
+            self.stash().push(message);
         }
     }
 
-    /// Starts a round for this chunk: a full chunk goes at once; one that is not waits for the
-    /// pacer (the round interval since the previous round's start) and is topped up with what
-    /// arrived meanwhile, so that events of a steady stream share one transaction. Returns
-    /// whether the stream ended meanwhile.
-    async fn pace_round<S>(&self, chunks: &mut S, chunk: &mut Chunk, pacer: &mut RoundPacer) -> bool
-    where
-        S: futures::Stream<Item = Chunk> + Unpin,
-    {
-        if chunk.len() >= self.settings.batch_size {
-            pacer.start_round_now();
-            return false;
-        }
-        pacer.start_round().await;
-        while chunk.len() < self.settings.batch_size {
-            match chunks.next().now_or_never() {
-                Some(Some(more)) => chunk.extend(more),
-                Some(None) => return true,
-                None => return false,
-            }
-        }
-        false
+    fn stash(&self) -> std::sync::MutexGuard<'_, Vec<jetstream::Message>> {
+        self.stash.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// A chunk of the message stream: messages, or the errors that break it.
-type Chunk = Vec<Result<jetstream::Message, pull::MessagesError>>;
+/// How often a running consumer samples its durable consumer's settings and lag.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How long a sample may take before the round goes on without it.
+const SAMPLE_WAIT: Duration = Duration::from_secs(2);
+/// How long an idle consumer's pull request waits for a message: also how soon an idle consumer
+/// samples again.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 type Undecodable = (Vec<u8>, EnvelopeError);
 
@@ -474,7 +433,13 @@ pub fn retry_delay(deliveries: i64) -> Duration {
 /// can drive them, and operators can replay dead letters through them.
 pub trait BackgroundConsumer: Worker {
     fn name(&self) -> &str;
-    fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>>;
+
+    /// Processes whatever is waiting now: the consumer's rounds until one finds nothing, as
+    /// tests drive it. Returns how many messages it took.
+    fn process_available(&self) -> BoxFuture<'_, Result<usize, WorkerError>> {
+        Box::pin(run_until_idle(self))
+    }
+
     /// Applies a dead letter recorded on `subject` again, in the caller's transaction.
     fn replay<'a>(
         &'a self,
@@ -489,18 +454,22 @@ impl<H: EventHandler> Worker for EventConsumer<H> {
         &self.status
     }
 
-    fn run(&self) -> BoxFuture<'_, Result<(), WorkerError>> {
-        Box::pin(EventConsumer::run(self))
+    fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
+        Box::pin(async move { Ok(EventConsumer::round(self).await?) })
+    }
+
+    fn idle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(EventConsumer::idle(self))
+    }
+
+    fn round_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.round_interval_ms)
     }
 }
 
 impl<H: EventHandler> BackgroundConsumer for EventConsumer<H> {
     fn name(&self) -> &str {
         EventConsumer::name(self)
-    }
-
-    fn process_available(&self) -> BoxFuture<'_, Result<usize, ConsumerError>> {
-        Box::pin(EventConsumer::process_available(self))
     }
 
     fn replay<'a>(

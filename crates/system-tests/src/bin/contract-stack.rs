@@ -28,5 +28,5 @@ async fn main() {
     // Buyer 7, valid for the run.
     println!("BUYER_TOKEN={}", system.token(7));
     println!("READY");
-    platform::http::shutdown_signal().await;
+    platform::app::shutdown_signal().await;
 }

@@ -4,8 +4,8 @@
 //! takes a *write* through the workers' pool (not just a `SELECT 1`: a read-only or full
 //! database answers reads and refuses every order), and the broker connection is up.
 
-use crate::db_errors;
-use crate::http::Problem;
+use super::Problem;
+use crate::db::errors as db_errors;
 use crate::supervisor::{Unhealthy, WorkerStatus};
 use axum::extract::State;
 use axum::http::{header, HeaderValue};

@@ -1,4 +1,7 @@
-//! Connection pools and migrations, and the proof that a connection can write.
+//! Connection pools and migrations, the proof that a connection can write, and what a database
+//! error means (`errors`).
+
+pub mod errors;
 
 use crate::config::DatabaseSettings;
 use secrecy::ExposeSecret;

@@ -1,9 +1,12 @@
 //! The dead-letter desk over HTTP (admin listener) and its OpenAPI document, written once for
 //! the three services.
 
-use super::{Action, BulkFailure, BulkOutcome, DeadLetter, DeadLetterDesk, DeskError, ListFilter};
+use super::{Action, BulkFailure, BulkOutcome, DeadLetterDesk, DeskError};
 use super::{HandlerError, Resolution};
-use crate::http::{Admin, AdminToken, JsonBody, PathParam, PositiveId, Problem, QueryParams};
+use crate::dead_letters::{DeadLetter, ListFilter};
+use crate::http::{
+    database_problem, Admin, AdminToken, JsonBody, PathParam, PositiveId, Problem, QueryParams,
+};
 use crate::openapi::{Document, Shared};
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -122,7 +125,7 @@ impl From<DeskError> for Problem {
                 "A misrouted event is never applied",
             )
             .with_detail(format!("{reason}; discard the dead letter")),
-            DeskError::Database(error) => crate::http::database_problem(&error),
+            DeskError::Database(error) => database_problem(&error),
         }
     }
 }
@@ -198,10 +201,10 @@ async fn list_letters(
         reason: Some(reason),
         limit: Some(check_limit(query.limit)?),
     };
-    super::list(&state.desk.pool, &filter)
+    crate::dead_letters::list(&state.desk.pool, &filter)
         .await
         .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
+        .map_err(|e| database_problem(&e))
 }
 
 /// The new status of a dead letter an operator replayed or discarded.
@@ -304,7 +307,7 @@ async fn resolve_matching(
         .resolve_matching(&matching.reason, &actor, how)
         .await
         .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
+        .map_err(|e| database_problem(&e))
 }
 
 /// Replay every open dead letter whose reason contains the text, oldest first.
@@ -374,7 +377,7 @@ async fn list_actions(
         .actions(limit)
         .await
         .map(Json)
-        .map_err(|e| crate::http::database_problem(&e))
+        .map_err(|e| database_problem(&e))
 }
 
 async fn serve_document(State(state): State<DeskState>) -> Document {
