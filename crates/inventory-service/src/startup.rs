@@ -1,30 +1,26 @@
+//! The inventory service as a process: its consumers (the contract's subscriptions, one handler)
+//! and its admin routes, wired by the platform.
+
 use crate::config::Settings;
 use crate::events::StockKeeper;
 use crate::routes;
-use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::app::{Application, StartupError};
 use platform::contract::INVENTORY_SERVICE;
-use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-    let infra = Infrastructure::connect(
+    Application::consuming(
         &settings.common,
         sqlx::migrate!(),
-        &[INVENTORY_SERVICE.source],
+        &INVENTORY_SERVICE,
+        |infra| StockKeeper {
+            topology: infra.topology.clone(),
+        },
+        |admin| {
+            routes::router(routes::AppState {
+                admin,
+                caps: settings.inventory,
+            })
+        },
     )
-    .await?;
-    let handler = Arc::new(StockKeeper {
-        topology: infra.topology.clone(),
-    });
-    let consumers = infra
-        .consumers(INVENTORY_SERVICE.subscriptions, handler)
-        .await?;
-    let state = routes::AppState {
-        admin: infra.admin_state(),
-        caps: settings.inventory,
-    };
-    let background = Background {
-        consumers,
-        ..Background::default()
-    };
-    Application::new(&infra, routes::router(state), background).await
+    .await
 }

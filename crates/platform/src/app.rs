@@ -7,6 +7,7 @@ use crate::config::CommonSettings;
 use crate::consumer::{
     BackgroundConsumer, ConsumerError, ConsumerParts, EventConsumer, EventHandler, Subscription,
 };
+use crate::contract::ServiceSpec;
 use crate::db::{self, Pools};
 use crate::desk::{self, DeadLetterDesk};
 use crate::events::Source;
@@ -199,6 +200,26 @@ pub struct Application {
 }
 
 impl Application {
+    /// A service whose only background work is its consumers (inventory, payment): connected
+    /// as the contract's `service` (its stream, its durable consumers, all handled by one
+    /// handler), serving the routes made from its admin state.
+    pub async fn consuming<H: EventHandler>(
+        settings: &CommonSettings,
+        migrator: Migrator,
+        service: &ServiceSpec,
+        handler: impl FnOnce(&Infrastructure) -> H,
+        routes: impl FnOnce(http::AdminState) -> Router,
+    ) -> Result<Self, StartupError> {
+        let infra = Infrastructure::connect(settings, migrator, &[service.source]).await?;
+        let handler = Arc::new(handler(&infra));
+        let consumers = infra.consumers(service.subscriptions, handler).await?;
+        let background = Background {
+            consumers,
+            ..Background::default()
+        };
+        Application::new(&infra, routes(infra.admin_state()), background).await
+    }
+
     pub async fn new(
         infra: &Infrastructure,
         routes: Router,

@@ -77,6 +77,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "broker",
             "config",
             "consumer",
+            "contract",
             "db",
             "desk",
             "events",

@@ -12,14 +12,12 @@
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::process;
 
-/// Where `ip netns add` puts a namespace's handle.
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new("/run/netns").join(name)
-}
+/// Where `ip netns add` puts a namespace's handle (the process starter opens it).
+pub use super::process::netns_path;
 
 /// One host of the network.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,17 +1,9 @@
 //! Databases on a PostgreSQL server by its admin URL: create, drop, and the quoting of names
 //! and values in the statements that cannot take parameters.
 
-use super::postgres::connect;
+use super::postgres::{connect, quote_ident};
 use anyhow::{bail, Context, Result};
 use sqlx::Connection;
-
-pub(super) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub(super) fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
 
 fn check_db_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 63 || name.contains('\0') {

@@ -2,8 +2,8 @@
 //! database (and so whatever its migrations create there) and cannot connect to the others; the
 //! audit logs in as a role that can read the three databases and change nothing.
 
-use super::pg_databases::{quote_ident, quote_literal};
 use super::postgres::connect;
+use super::postgres::{quote_ident, quote_literal};
 use anyhow::{bail, Context, Result};
 use sqlx::PgConnection;
 

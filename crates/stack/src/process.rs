@@ -319,7 +319,7 @@ pub fn spawn_detached(spec: &DetachedSpec<'_>) -> Result<Child> {
     let netns = spec
         .netns
         .map(|name| {
-            let path = super::netns::netns_path(name);
+            let path = netns_path(name);
             File::open(&path)
                 .with_context(|| format!("opening network namespace {}", path.display()))
         })
@@ -557,6 +557,11 @@ pub async fn port_open(port: u16) -> bool {
         .await,
         Ok(Ok(_))
     )
+}
+
+/// Where `ip netns add` puts a namespace's handle.
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(name)
 }
 
 #[cfg(test)]

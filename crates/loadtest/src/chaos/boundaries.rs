@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::inject::{FaultContext, Refuted};
+use super::context::{FaultContext, Refuted};
 use crate::deploy;
 
 /// How often the `commit-unknown` loop looks for a COMMIT in flight: often enough to catch

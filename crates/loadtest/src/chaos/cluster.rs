@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use platform::broker::Topology;
 
-use super::inject::FaultContext;
+use super::context::FaultContext;
 use super::network;
 use crate::plan::network::{HostRef, NetworkEffect};
 use stack::nats_cluster;

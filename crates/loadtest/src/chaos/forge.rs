@@ -19,8 +19,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::context::{FaultContext, Refuted};
 use super::forge_plan::{forge_plan, forged_event, OrderFacts};
-use super::inject::{FaultContext, Refuted};
 use crate::deploy::admin::Resolution;
 use crate::deploy::{self, Credentials};
 

@@ -16,7 +16,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::inject::FaultContext;
+use super::context::FaultContext;
 use crate::deploy;
 use crate::deploy::admin::Resolution;
 use crate::loadgen::answers::{FinalAnswer, RequestLog, RequestRecord};

@@ -6,75 +6,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::boundaries::{self, AlteredConsumers, CommitKiller};
 use super::cluster;
+use super::context::{FaultContext, InjectedFault, Refuted};
 use super::forge::{self, Published};
 use super::heal::{self, Flood};
 use super::slow_clients::SlowClients;
 use super::{Fault, FaultKind, Hits};
-use crate::deploy::admin::AdminClient;
-use crate::deploy::{self, services::ServiceSpec, Credentials};
-use crate::loadgen::LoadState;
+use crate::deploy;
 use crate::plan::duration;
 use stack::StateDir;
 
 /// How long a killed process may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// What the fault task needs.
-pub struct FaultContext {
-    pub state: StateDir,
-    /// Every service instance as it was started (restarts use the same spec).
-    pub specs: Vec<ServiceSpec>,
-    /// The run's t = 0.
-    pub start: Instant,
-    pub load: Arc<LoadState>,
-    /// The deployment's admin API credentials, and a buyer's token.
-    pub admin: AdminClient,
-    pub buyer_token: String,
-    pub nats_url: String,
-    pub prefix: String,
-    /// The inventory database (for `lock-hold`) and the product the load buys.
-    pub inventory_db: String,
-    pub hot_product: i64,
-    /// The hosts topology's network (network and cluster faults).
-    pub hosts: Option<stack::netns::HostNetwork>,
-    /// PostgreSQL as its superuser (`read-only-db`, `commit-unknown`, reading orders).
-    pub admin_database_url: String,
-    /// Whether each service has a NATS user of its own (`forge` publishes as them).
-    pub nats_users: bool,
-    /// The deployment's secrets: the services' NATS passwords, the JWT secret.
-    pub credentials: Credentials,
-}
-
-/// A fault that was executed and lifted, but whose demand on the system was not met (a forged
-/// event not dead-lettered as misrouted, an altered consumer not restored): the fault fails,
-/// and its recovery is still measured from the lift.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refuted(pub String);
-
-/// One fault as it was executed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InjectedFault {
-    pub kind: FaultKind,
-    pub target: String,
-    pub planned_at_s: f64,
-    pub planned_duration_s: f64,
-    /// When it was injected, seconds after t = 0.
-    pub injected_s: f64,
-    /// When it was lifted (restarted and ready, or continued); `None`: lifting failed.
-    pub lifted_s: Option<f64>,
-    /// What was done, in order.
-    pub actions: Vec<String>,
-    pub error: Option<String>,
-    /// Requests refused by a dead replica and sent to another one while the fault lasted.
-    pub failovers: u64,
-}
 
 /// The running fault schedule. Dropping it stops the schedule and continues whatever it had
 /// stopped with `SIGSTOP`.

@@ -50,6 +50,7 @@
 
 mod boundaries;
 mod cluster;
+mod context;
 mod forge;
 mod forge_plan;
 mod heal;
@@ -61,7 +62,8 @@ mod verdict;
 
 pub use crate::plan::fault_kind::{FaultKind, Hits};
 pub use crate::plan::faults::Fault;
-pub use inject::{spawn, FaultContext, FaultRun, InjectedFault};
+pub use context::{FaultContext, InjectedFault};
+pub use inject::{spawn, FaultRun};
 pub use probe::{
     probe_time_needed, spawn_probe, write_timeline, Health, HealthSample, ProbeTargets,
 };

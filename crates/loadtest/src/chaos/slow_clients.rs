@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::inject::{FaultContext, InjectedFault};
+use super::context::{FaultContext, InjectedFault};
 use crate::loadgen::stats::RunStats;
 
 /// The buyer the slow clients act as: outside any scenario's users (1..=users).

@@ -463,7 +463,7 @@ impl<H: EventHandler> Worker for EventConsumer<H> {
     }
 
     fn round_interval(&self) -> Duration {
-        Duration::from_millis(self.settings.round_interval_ms)
+        self.settings.round_interval
     }
 }
 

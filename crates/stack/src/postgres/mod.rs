@@ -124,10 +124,7 @@ async fn apply_config(
     }
     let mut conn = connect(&client_url(cfg, password)).await?;
     if !hba_is_ours {
-        let sql = format!(
-            "ALTER ROLE postgres PASSWORD {}",
-            super::pg_databases::quote_literal(password)
-        );
+        let sql = format!("ALTER ROLE postgres PASSWORD {}", quote_literal(password));
         sqlx::query(&sql)
             .execute(&mut conn)
             .await
@@ -370,6 +367,16 @@ pub(super) async fn stop(state: &StateDir, mode: StopMode) -> Result<()> {
         tracing::info!(pid, ?mode, "stopped PostgreSQL");
     }
     process::remove_file_if_exists(&state.pid_file("postgres"))
+}
+
+/// An SQL identifier, quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An SQL string literal, quoted.
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 #[cfg(test)]
