@@ -1,3 +1,6 @@
+//! Inventory's admin routes: products created, restocked and read by an operator (the
+//! platform's record routes, with inventory's caps), and the service's OpenAPI document.
+
 use crate::config::InventorySettings;
 use crate::error::InventoryError;
 use crate::stock::{self, Product, Restocked};

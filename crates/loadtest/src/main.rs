@@ -203,7 +203,8 @@ impl WhichDeadLetters {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    stack::raise_open_file_limit();
+    // Thousands of connections need thousands of descriptors; the services we start inherit it.
+    platform::fd_limit::raise_to_hard_limit();
     let cli = Cli::parse();
     match execute(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,

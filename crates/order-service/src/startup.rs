@@ -1,3 +1,6 @@
+//! The order service as a process: the intake's group-commit writers, its consumers of
+//! inventory's and payment's outcomes, the re-drive, and the order API, wired by the platform.
+
 use crate::config::Settings;
 use crate::events::OrderOutcomes;
 use crate::fair_use::BuyerRateLimit;

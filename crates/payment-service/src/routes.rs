@@ -1,3 +1,6 @@
+//! Payment's admin routes: accounts opened, topped up and read by an operator (the platform's
+//! record routes, with payment's cap on a balance), and the service's OpenAPI document.
+
 use crate::error::PaymentError;
 use crate::ledger::{self, Account, Deposited};
 use axum::extract::State;

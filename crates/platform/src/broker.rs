@@ -15,8 +15,9 @@ pub struct Topology {
     max_bytes: i64,
     /// Copies of each stream on a cluster (1 on a single server).
     replicas: usize,
-    /// The streams this service publishes to: the ones it creates (a consumer ensures the one
-    /// it reads). A service's NATS user may create and update only those.
+    /// The streams this service publishes to: the ones it creates (a consumer only looks up the
+    /// stream it reads, whose publisher creates it). A service's NATS user may create and update
+    /// only those.
     publishes: Vec<Source>,
 }
 

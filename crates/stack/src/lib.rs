@@ -386,22 +386,6 @@ pub async fn start_postgres(state: &StateDir) -> Result<()> {
     postgres::restart(state).await.map(|_| ())
 }
 
-/// Thousands of connections need thousands of descriptors; the services we start inherit it.
-pub fn raise_open_file_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The settings our PostgreSQL runs with (`ordersys.conf`), apart from starting and stopping it
-//! (`postgres.rs`): durability stays on whatever else is tuned.
+//! (`postgres`): durability stays on whatever else is tuned.
 
 use std::path::Path;
 

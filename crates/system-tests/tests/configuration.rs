@@ -3,9 +3,10 @@
 //! load-test CLI name are the settings' own (the table lists every one).
 
 use platform::config::{known_keys, variable_name, ServiceSettings, CONFIG_FILE_VARIABLE};
-use platform::testing::{fresh_database, nats_url, unique_token};
+use platform::testing::unique_token;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use system_tests::{fresh_database, nats_url};
 
 type Inventory = inventory_service::config::Settings;
 
@@ -120,7 +121,7 @@ async fn deployment_variables() -> Vec<(String, String)> {
             "APP_DATABASE__URL".into(),
             fresh_database("inventory").await,
         ),
-        ("APP_NATS__URL".into(), nats_url()),
+        ("APP_NATS__URL".into(), nats_url().await),
         ("APP_NATS__PREFIX".into(), format!("t{}", unique_token())),
         ("APP_NATS__STREAM_MAX_BYTES".into(), "-1".into()),
         ("APP_HTTP__PORT".into(), "0".into()),

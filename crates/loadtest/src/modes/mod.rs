@@ -1,2 +1,4 @@
+//! The load modes: what each adds to the one executor (`session`).
+
 pub mod capacity;
 pub mod run;
