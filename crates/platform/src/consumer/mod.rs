@@ -299,16 +299,23 @@ impl<H: EventHandler> EventConsumer<H> {
         batch_size: usize,
         messages: &mut Vec<jetstream::Message>,
     ) -> Result<(), ConsumerError> {
-        let mut fetched = consumer
-            .fetch()
-            .max_messages(batch_size - messages.len())
-            .messages()
+        // The broker answers a fetch at once; one that never answers (a paused or partitioned
+        // leader) must not hold the round: what came is kept, and the consumer attaches again.
+        let fetch = async {
+            let mut fetched = consumer
+                .fetch()
+                .max_messages(batch_size - messages.len())
+                .messages()
+                .await
+                .map_err(jetstream_error)?;
+            while let Some(message) = fetched.next().await {
+                messages.push(message.map_err(jetstream_error)?);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(FETCH_WAIT, fetch)
             .await
-            .map_err(jetstream_error)?;
-        while let Some(message) = fetched.next().await {
-            messages.push(message.map_err(jetstream_error)?);
-        }
-        Ok(())
+            .unwrap_or_else(|_| Err(jetstream_error("the broker did not answer a fetch")))
     }
 
     /// A sample of the durable consumer is due a second after the last one, and at the first
@@ -369,21 +376,26 @@ impl<H: EventHandler> EventConsumer<H> {
     /// one message, answered as soon as one arrives) and keeps it for the next round. Dropped
     /// at shutdown before a message came, nothing is lost: the pull request expires.
     async fn idle(&self) {
-        let Ok(consumer) = self.attached_consumer().await else {
-            return;
+        let wait = async {
+            let Ok(consumer) = self.attached_consumer().await else {
+                return;
+            };
+            let waiting = consumer
+                .batch()
+                .max_messages(1)
+                .expires(IDLE_WAIT)
+                .messages()
+                .await;
+            let Ok(mut waiting) = waiting else {
+                return;
+            };
+            if let Some(Ok(message)) = waiting.next().await {
+                self.stash().push(message);
+            }
         };
-        let waiting = consumer
-            .batch()
-            .max_messages(1)
-            .expires(IDLE_WAIT)
-            .messages()
-            .await;
-        let Ok(mut waiting) = waiting else {
-            return;
-        };
-        if let Some(Ok(message)) = waiting.next().await {
-            self.stash().push(message);
-        }
+        // The pull request's expiry is the server's to report; a server that cannot (paused,
+        // cut off) must not keep the consumer idle for good: the next round samples and fetches.
+        let _ = tokio::time::timeout(IDLE_WAIT + FETCH_WAIT, wait).await;
     }
 
     fn stash(&self) -> std::sync::MutexGuard<'_, Vec<jetstream::Message>> {
@@ -398,6 +410,9 @@ const SAMPLE_WAIT: Duration = Duration::from_secs(2);
 /// How long an idle consumer's pull request waits for a message: also how soon an idle consumer
 /// samples again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a fetch of what is waiting may go unanswered before the consumer gives up on it
+/// (and attaches again), and how much longer than its expiry an idle pull request may wait.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
 
 type Undecodable = (Vec<u8>, EnvelopeError);
 
