@@ -111,12 +111,7 @@ pub(super) async fn set_users(
     prefix: &str,
     deployment_users: Vec<NatsUser>,
 ) -> Result<()> {
-    let _lock = process::FileLock::acquire(
-        &nats_users::lock_path(state),
-        Duration::from_secs(30),
-        "another loadtest is changing the NATS users",
-    )
-    .await?;
+    let _lock = nats_users::lock(state).await?;
     let Some(cfg) = load_config(state) else {
         bail!("no nats-server was set up in {}", state.path().display());
     };

@@ -490,12 +490,7 @@ pub(super) async fn set_users(
     prefix: &str,
     deployment_users: Vec<NatsUser>,
 ) -> Result<()> {
-    let _lock = process::FileLock::acquire(
-        &nats_users::lock_path(state),
-        Duration::from_secs(30),
-        "another loadtest is changing the NATS users",
-    )
-    .await?;
+    let _lock = nats_users::lock(state).await?;
     let record = require_record(state)?;
     let users = nats_users::record_deployment(state, prefix, deployment_users)?;
     for node in &record.nodes {

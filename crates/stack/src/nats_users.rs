@@ -53,8 +53,18 @@ fn users_path(state: &StateDir) -> PathBuf {
     state.path().join("nats").join("users.json")
 }
 
-pub(super) fn lock_path(state: &StateDir) -> PathBuf {
+fn lock_path(state: &StateDir) -> PathBuf {
     state.path().join("nats").join("users.lock")
+}
+
+/// Held while a deployment's users are rewritten (one server or every node of a cluster).
+pub(super) async fn lock(state: &StateDir) -> Result<process::FileLock> {
+    process::FileLock::acquire(
+        &lock_path(state),
+        Duration::from_secs(30),
+        "another loadtest is changing the NATS users",
+    )
+    .await
 }
 
 /// The recorded users; a first call creates the administrator's password.
