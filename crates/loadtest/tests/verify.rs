@@ -49,20 +49,6 @@ fn admin_url() -> String {
     std::env::var("ORDERSYS_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
 }
 
-/// The admin URL with its database replaced by `db`.
-fn url_for(admin: &str, db: &str) -> String {
-    let (base, query) = match admin.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (admin, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{server}/{db}{query}")
-}
-
 /// The seeded world's fixed facts.
 const PRODUCT: i64 = 1;
 const PRICE: i64 = 250;
@@ -105,9 +91,9 @@ impl World {
         conn.close().await.ok();
 
         let dbs = Databases::connect(
-            &url_for(admin, &names[0]),
-            &url_for(admin, &names[1]),
-            &url_for(admin, &names[2]),
+            &stack::database_url(admin, &names[0]),
+            &stack::database_url(admin, &names[1]),
+            &stack::database_url(admin, &names[2]),
         )
         .await
         .expect("connect to the test databases");
