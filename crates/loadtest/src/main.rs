@@ -132,12 +132,12 @@ enum Command {
         /// List the open sagas older than `--older-than` instead, with their verdicts.
         #[arg(long)]
         stuck: bool,
-        /// With `--stuck`: only sagas placed longer ago than this.
-        #[arg(long, default_value = "30s", requires = "stuck")]
-        older_than: String,
-        /// With `--stuck`: at most this many, oldest first.
-        #[arg(long, default_value_t = 100, requires = "stuck")]
-        limit: u32,
+        /// With `--stuck`: only sagas placed longer ago than this (default 30s).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// With `--stuck`: at most this many, oldest first (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -314,16 +314,19 @@ async fn execute(command: Command) -> Result<bool> {
             limit,
             json,
         } => {
+            if order_id.is_some() && (older_than.is_some() || limit.is_some()) {
+                anyhow::bail!("--older-than and --limit go with --stuck");
+            }
             let credentials = deploy::recorded_credentials(&StateDir::locate()?)?;
             let admin = AdminClient::new(&credentials.admin_token)?;
             let endpoints = Endpoints::deployment();
             match order_id {
                 Some(order_id) if !stuck => saga::show(&admin, &endpoints, order_id, json).await,
                 _ => {
-                    let older_than = duration::parse(&older_than)?;
+                    let older_than = duration::parse(older_than.as_deref().unwrap_or("30s"))?;
+                    let limit = limit.unwrap_or(100).max(1);
                     let listed =
-                        saga::show_stuck(&admin, &endpoints, older_than, limit.max(1), json)
-                            .await?;
+                        saga::show_stuck(&admin, &endpoints, older_than, limit, json).await?;
                     Ok(listed == 0)
                 }
             }
