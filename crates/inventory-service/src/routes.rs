@@ -51,6 +51,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What inventory tells about an order's saga (`GET /admin/sagas/{order_id}`, admin listener):
+/// its reservation or rejection.
+pub struct Saga;
+
+impl platform::saga::SagaRecords for Saga {
+    fn records<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        order_id: uuid::Uuid,
+    ) -> platform::saga::BoxFuture<'a, Result<platform::saga::Records, sqlx::Error>> {
+        Box::pin(stock::saga_records(conn, order_id))
+    }
+}
+
 /// The longest product name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 

@@ -4,8 +4,9 @@
 use crate::config::Settings;
 use crate::events::StockKeeper;
 use crate::routes;
-use platform::app::{Application, StartupError};
+use platform::app::{Application, Routes, StartupError};
 use platform::contract::INVENTORY_SERVICE;
+use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     Application::consuming(
@@ -15,11 +16,13 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         |infra| StockKeeper {
             topology: infra.topology.clone(),
         },
-        |admin| {
-            routes::router(routes::AppState {
+        |admin| Routes {
+            public: routes::router(routes::AppState {
                 admin,
                 caps: settings.inventory,
-            })
+            }),
+            saga: Arc::new(routes::Saga),
+            admin: None,
         },
     )
     .await

@@ -379,6 +379,31 @@ pub async fn release_reservations(
     .await
 }
 
+/// Inventory's answer about one order, for its story (`GET /admin/sagas/{order_id}`): its
+/// reservation or its rejection, or neither when inventory was not asked yet.
+pub async fn saga_records(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<platform::saga::Records, sqlx::Error> {
+    let reservation = sqlx::query_as(
+        "SELECT product_id, quantity, amount_cents, status, reserved_at, released_at
+         FROM reservations WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let rejection = sqlx::query_as(
+        "SELECT product_id, reason, rejected_at FROM stock_rejections WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(platform::saga::Records::Inventory {
+        reservation,
+        rejection,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,9 @@ use anyhow::Result;
 use clap::{ArgGroup, Parser, Subcommand};
 
 use loadtest::chaos::network::{delayer, DelaySettings};
-use loadtest::commands::{self, dead_letters};
-use loadtest::deploy::admin::Resolution;
+use loadtest::commands::saga::story::Endpoints;
+use loadtest::commands::{self, dead_letters, saga};
+use loadtest::deploy::admin::{AdminClient, Resolution};
 use loadtest::deploy::{self, Credentials};
 use loadtest::modes;
 use loadtest::observe::baseline::{self, BaselineSettings};
@@ -117,6 +118,29 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// One order's whole story across the three services — status history, inventory's answer,
+    /// the charge, events still in an outbox, the events each consumer took, dead letters and
+    /// re-drives, in time order — with a verdict (final, waiting for which service since when,
+    /// stuck on which dead letter) and the command that would unstick it; `--stuck` gives the
+    /// verdict of every open saga older than a threshold. Exits non-zero when the saga is not
+    /// final (with `--stuck`: when there is one). Uses the running stack's admin credentials.
+    #[command(group(ArgGroup::new("which").required(true).args(["order_id", "stuck"])))]
+    Saga {
+        /// The order's id.
+        order_id: Option<uuid::Uuid>,
+        /// List the open sagas older than `--older-than` instead, with their verdicts.
+        #[arg(long)]
+        stuck: bool,
+        /// With `--stuck`: only sagas placed longer ago than this (default 30s).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// With `--stuck`: at most this many, oldest first (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print, with fresh random passwords, the PostgreSQL roles (SQL), NATS users (an
     /// `authorization` block with each service's permissions) and service environment of a
@@ -280,6 +304,30 @@ async fn execute(command: Command) -> Result<bool> {
                 }
                 DeadLetterAction::Discard(which) => {
                     which.resolve(&credentials, Resolution::Discard).await
+                }
+            }
+        }
+        Command::Saga {
+            order_id,
+            stuck,
+            older_than,
+            limit,
+            json,
+        } => {
+            if order_id.is_some() && (older_than.is_some() || limit.is_some()) {
+                anyhow::bail!("--older-than and --limit go with --stuck");
+            }
+            let credentials = deploy::recorded_credentials(&StateDir::locate()?)?;
+            let admin = AdminClient::new(&credentials.admin_token)?;
+            let endpoints = Endpoints::deployment();
+            match order_id {
+                Some(order_id) if !stuck => saga::show(&admin, &endpoints, order_id, json).await,
+                _ => {
+                    let older_than = duration::parse(older_than.as_deref().unwrap_or("30s"))?;
+                    let limit = limit.unwrap_or(100).max(1);
+                    let listed =
+                        saga::show_stuck(&admin, &endpoints, older_than, limit, json).await?;
+                    Ok(listed == 0)
                 }
             }
         }

@@ -304,3 +304,39 @@ pub async fn existing_orders(
         .fetch_all(conn)
         .await
 }
+
+/// The order as its story tells it (`GET /admin/sagas/{order_id}`), with whether its saga is
+/// open by the database's one rule (`order_saga_open`).
+pub async fn saga_record(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<platform::saga::OrderRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, product_id, quantity, status, failure_reason, amount_cents, created_at,
+                updated_at, finalized_at, stock_released_at, redrive_count, redriven_at,
+                order_saga_open(status, failure_reason, stock_released_at) AS open
+         FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Up to `limit` open sagas created more than `older_than` ago, oldest first (the `open_sagas`
+/// view, through the `orders_open` index).
+pub async fn open_sagas(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<platform::saga::OpenSaga>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id AS order_id, status, failure_reason, created_at, updated_at, redrive_count,
+                redriven_at
+         FROM open_sagas WHERE created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -7,7 +7,7 @@ use crate::fair_use::BuyerRateLimit;
 use crate::intake::{IntakeSettings, OrderIntake};
 use crate::redrive::Redrive;
 use crate::routes;
-use platform::app::{Application, Background, Infrastructure, StartupError};
+use platform::app::{Application, Background, Infrastructure, Routes, StartupError};
 use platform::contract::ORDER_SERVICE;
 use platform::retention::RetentionRule;
 use std::sync::Arc;
@@ -41,7 +41,11 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         infra.outbox_signal.clone(),
         settings.redrive,
     ));
-    let routes = routes::router(routes::AppState::new(&infra, settings, intake, rate_limit));
+    let routes = Routes {
+        public: routes::router(routes::AppState::new(&infra, settings, intake, rate_limit)),
+        saga: Arc::new(routes::Saga),
+        admin: Some(routes::admin_routes(infra.admin_state())),
+    };
     let background = Background {
         consumers,
         workers: vec![redrive],

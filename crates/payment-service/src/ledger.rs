@@ -266,6 +266,21 @@ pub async fn charge(
         .collect()
 }
 
+/// Payment's charge of one order, for its story (`GET /admin/sagas/{order_id}`); none when the
+/// order was not charged yet.
+pub async fn saga_records(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<platform::saga::Records, sqlx::Error> {
+    let charge = sqlx::query_as(
+        "SELECT amount_cents, status, failure_reason, created_at FROM charges WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(platform::saga::Records::Payment { charge })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

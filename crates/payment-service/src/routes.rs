@@ -49,6 +49,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What payment tells about an order's saga (`GET /admin/sagas/{order_id}`, admin listener):
+/// its charge.
+pub struct Saga;
+
+impl platform::saga::SagaRecords for Saga {
+    fn records<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        order_id: uuid::Uuid,
+    ) -> platform::saga::BoxFuture<'a, Result<platform::saga::Records, sqlx::Error>> {
+        Box::pin(ledger::saga_records(conn, order_id))
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {

@@ -4,8 +4,9 @@
 use crate::config::Settings;
 use crate::events::Cashier;
 use crate::routes;
-use platform::app::{Application, StartupError};
+use platform::app::{Application, Routes, StartupError};
 use platform::contract::PAYMENT_SERVICE;
+use std::sync::Arc;
 
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     Application::consuming(
@@ -16,11 +17,13 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
             topology: infra.topology.clone(),
             decline_rate: settings.payment.decline_rate,
         },
-        |admin| {
-            routes::router(routes::AppState {
+        |admin| Routes {
+            public: routes::router(routes::AppState {
                 admin,
                 caps: settings.payment.max_deposited_cents,
-            })
+            }),
+            saga: Arc::new(routes::Saga),
+            admin: None,
         },
     )
     .await

@@ -12,12 +12,15 @@ use crate::db::{self, Pools};
 use crate::desk::{self, DeadLetterDesk};
 use crate::events::Source;
 use crate::http::{self, Readiness};
+use crate::openapi::Document;
 use crate::outbox::{OutboxError, OutboxRelay, OutboxSignal};
 use crate::retention::{Retention, RetentionRule};
+use crate::saga::{self, SagaRecords};
 use crate::supervisor::{
     run_until_idle, RestartPolicy, Supervisor, Worker, WorkerError, WorkerStatus,
 };
 use async_nats::jetstream;
+use axum::routing::get;
 use axum::Router;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
@@ -26,6 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -168,6 +172,23 @@ impl Driver {
     }
 }
 
+/// A service's HTTP routes.
+pub struct Routes {
+    /// Its API on the public listener.
+    pub public: Router,
+    /// Its own rows about an order, for `GET /admin/sagas/{order_id}` on the admin listener
+    /// (every service has the route; the messaging rows are the platform's).
+    pub saga: Arc<dyn SagaRecords>,
+    /// Admin routes of its own, beside the dead-letter desk and the saga route.
+    pub admin: Option<AdminRoutes>,
+}
+
+/// A service's own admin routes (admin listener) and their part of the admin document.
+pub struct AdminRoutes {
+    pub router: Router,
+    pub document: utoipa::openapi::OpenApi,
+}
+
 /// What a service runs besides its HTTP routes; each worker is named once.
 #[derive(Default)]
 pub struct Background {
@@ -208,7 +229,7 @@ impl Application {
         migrator: Migrator,
         service: &ServiceSpec,
         handler: impl FnOnce(&Infrastructure) -> H,
-        routes: impl FnOnce(http::AdminState) -> Router,
+        routes: impl FnOnce(http::AdminState) -> Routes,
     ) -> Result<Self, StartupError> {
         let infra = Infrastructure::connect(settings, migrator, &[service.source]).await?;
         let handler = Arc::new(handler(&infra));
@@ -222,7 +243,7 @@ impl Application {
 
     pub async fn new(
         infra: &Infrastructure,
-        routes: Router,
+        routes: Routes,
         background: Background,
     ) -> Result<Self, StartupError> {
         let settings = &infra.settings;
@@ -278,11 +299,11 @@ impl Application {
             background.consumers.clone(),
             infra.outbox_signal.clone(),
         );
-        let admin_routes = desk::routes(desk, infra.admin_token());
+        let admin_routes = admin_routes(infra, desk, routes.saga, routes.admin);
         #[cfg(feature = "fault-injection")]
         let admin_routes = admin_routes.merge(http::fault_hooks::routes(infra.admin_token()));
         let max_body = settings.http.max_body_bytes;
-        let router = http::service_router(routes, readiness.clone(), max_body);
+        let router = http::service_router(routes.public, readiness.clone(), max_body);
         let admin_router = http::admin_router(admin_routes, readiness, max_body);
         Ok(Application {
             listener,
@@ -374,6 +395,29 @@ impl Application {
         tracing::info!("stopped");
         served.and(admin_served)
     }
+}
+
+/// The admin listener's routes every service has — the dead-letter desk, the saga route — with
+/// the service's own, and `/openapi.json` describing them all.
+fn admin_routes(
+    infra: &Infrastructure,
+    desk: DeadLetterDesk,
+    saga_records: Arc<dyn SagaRecords>,
+    own: Option<AdminRoutes>,
+) -> Router {
+    let mut document = desk::ApiDoc::openapi();
+    document.merge(saga::ApiDoc::openapi());
+    let mut router = desk::routes(desk, infra.admin_token()).merge(saga::routes(
+        infra.pools.http.clone(),
+        infra.admin_token(),
+        saga_records,
+    ));
+    if let Some(own) = own {
+        document.merge(own.document);
+        router = router.merge(own.router);
+    }
+    let document = Document::new(&document);
+    router.route("/openapi.json", get(move || async move { document }))
 }
 
 /// The listeners' connection caps: the configured ones, lowered if the file descriptor limit

@@ -53,6 +53,8 @@ pub mod openapi;
 pub mod records;
 // The operator's dead-letter desk: replay and discard, over HTTP.
 pub mod desk;
+// One order's story as a service tells it: its records and messaging rows, over HTTP.
+pub mod saga;
 // What every service process is made of, wired together.
 pub mod app;
 // Helpers for integration tests (never in a service build).

@@ -72,6 +72,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["consumer", "dead_letters", "http", "openapi", "outbox"],
     ),
     (
+        "saga",
+        &["dead_letters", "desk", "envelope", "http", "openapi"],
+    ),
+    (
         "app",
         &[
             "broker",
@@ -83,8 +87,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "events",
             "fd_limit",
             "http",
+            "openapi",
             "outbox",
             "retention",
+            "saga",
             "server",
             "supervisor",
         ],

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod dead_letters;
+pub mod saga;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! The services' admin API as the CLI uses it: seeding, dead letters (list, replay, discard) and
-//! fault hooks. Every call carries the deployment's admin token and `X-Operator: loadtest`, so
+//! The services' admin API as the CLI uses it: seeding, dead letters (list, replay, discard),
+//! one order's story and the open sagas, and fault hooks. Every call carries the deployment's admin token and `X-Operator: loadtest`, so
 //! the services' audit log says who acted.
 
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use platform::dead_letters::DeadLetter;
 use platform::desk::BulkOutcome;
+use platform::saga::{OpenSaga, SagaPart};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -111,6 +112,28 @@ impl AdminClient {
         serde_json::from_value(body).context("reading the outcome")
     }
 
+    /// What one service tells about one order (`GET /admin/sagas/{order_id}`).
+    pub async fn saga_part(&self, base_url: &str, order_id: uuid::Uuid) -> Result<SagaPart> {
+        let url = format!("{base_url}/admin/sagas/{order_id}");
+        let body = self.expect(Method::GET, &url, None).await?;
+        serde_json::from_value(body).with_context(|| format!("reading {url}"))
+    }
+
+    /// The order service's open sagas created longer ago than `older_than`, oldest first.
+    pub async fn open_sagas(
+        &self,
+        base_url: &str,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<Vec<OpenSaga>> {
+        let url = format!(
+            "{base_url}/admin/sagas?older_than={}&limit={limit}",
+            age_param(older_than)
+        );
+        let body = self.expect(Method::GET, &url, None).await?;
+        serde_json::from_value(body).with_context(|| format!("reading {url}"))
+    }
+
     /// Arms (`Some(product)`) or disarms the panic hook of a service built with the
     /// `fault-injection` feature.
     pub async fn set_panic_hook(&self, base_url: &str, product: Option<i64>) -> Result<()> {
@@ -132,6 +155,17 @@ impl AdminClient {
     }
 }
 
+/// An age as the open-sagas route takes it: at most 7 digits and a unit (milliseconds while they
+/// fit, else whole seconds, at most 115 days).
+fn age_param(age: Duration) -> String {
+    let millis = age.as_millis();
+    if millis <= 9_999_999 {
+        format!("{millis}ms")
+    } else {
+        format!("{}s", (millis / 1000).min(9_999_999))
+    }
+}
+
 /// Percent-encodes a query value (reasons hold spaces, colons, quotes).
 fn query_escape(text: &str) -> String {
     text.bytes()
@@ -147,6 +181,13 @@ fn query_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_fit_the_route() {
+        assert_eq!(age_param(Duration::from_secs(30)), "30000ms");
+        assert_eq!(age_param(Duration::from_secs(86_400)), "86400s");
+        assert_eq!(age_param(Duration::from_secs(u64::MAX)), "9999999s");
+    }
 
     #[test]
     fn query_values_are_escaped() {

@@ -1,7 +1,9 @@
-//! The order API's routes and the state they share; every order is written by the intake.
+//! The order API's routes and the state they share (every order is written by the intake), and
+//! the order service's admin routes (`sagas`).
 
 mod openapi;
 mod orders;
+mod sagas;
 
 use crate::config::Settings;
 use crate::fair_use::BuyerRateLimit;
@@ -15,6 +17,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 
 pub use openapi::ApiDoc;
+pub use sagas::{admin_routes, Saga};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -269,12 +269,17 @@ impl<H: EventHandler> EventConsumer<H> {
         let fresh: HashSet<Uuid> = if skip_inbox {
             ids.iter().copied().collect()
         } else {
+            // The order each event concerns goes with it: an order's story reads it
+            // (`crate::saga`).
+            let orders: Vec<Uuid> = batch.iter().map(|d| d.envelope.aggregate_id).collect();
             sqlx::query_scalar(
-                "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
+                "INSERT INTO inbox (consumer, message_id, aggregate_id)
+                 SELECT $1, unnest($2::uuid[]), unnest($3::uuid[])
                  ON CONFLICT DO NOTHING RETURNING message_id",
             )
             .bind(self.name())
             .bind(&ids)
+            .bind(&orders)
             .fetch_all(&mut **tx)
             .await?
             .into_iter()

@@ -1,5 +1,5 @@
-//! The dead-letter desk over HTTP (admin listener) and its OpenAPI document, written once for
-//! the three services.
+//! The dead-letter desk over HTTP (admin listener) and its part of the admin OpenAPI document
+//! (`crate::app` serves the whole), written once for the three services.
 
 use super::{Action, BulkFailure, BulkOutcome, DeadLetterDesk, DeskError};
 use super::{HandlerError, Resolution};
@@ -7,7 +7,7 @@ use crate::dead_letters::{DeadLetter, ListFilter};
 use crate::http::{
     database_problem, Admin, AdminToken, JsonBody, PathParam, PositiveId, Problem, QueryParams,
 };
-use crate::openapi::{Document, Shared};
+use crate::openapi::Shared;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -15,12 +15,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
-/// The admin listener's document: the dead-letter desk (every service has one).
+/// The admin listener's document: the dead-letter desk (every service has one); the app adds
+/// the saga route's part and the service's own admin routes.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Admin API",
-        description = "The operator's desk over a service's dead letters (admin listener)."
+        description = "The operator's desk over a service's dead letters, and its part of one order's story (admin listener)."
     ),
     paths(list_letters, list_actions, replay_one, discard_one, replay_matching, discard_matching),
     components(schemas(DeadLetter, Action, BulkOutcome, BulkFailure, Resolved, Matching)),
@@ -33,7 +34,6 @@ pub struct ApiDoc;
 struct DeskState {
     desk: DeadLetterDesk,
     admin: AdminToken,
-    document: Document,
 }
 
 impl FromRef<DeskState> for AdminToken {
@@ -380,17 +380,11 @@ async fn list_actions(
         .map_err(|e| database_problem(&e))
 }
 
-async fn serve_document(State(state): State<DeskState>) -> Document {
-    state.document
-}
-
-/// The admin routes over a service's dead letters (every service has them), and `/openapi.json`
-/// describing them: `GET /admin/dead-letters` (`?status=open|replayed|discarded|all&reason=…&limit=…`),
+/// The admin routes over a service's dead letters (every service has them): `GET /admin/dead-letters` (`?status=open|replayed|discarded|all&reason=…&limit=…`),
 /// `POST /admin/dead-letters/{id}/replay`, `POST /admin/dead-letters/{id}/discard`,
 /// `POST /admin/dead-letters/replay` and `…/discard` with `{"reason": "…"}` for every open one
 /// whose reason contains the text, and `GET /admin/dead-letters/actions`, the audit log.
 pub fn routes(desk: DeadLetterDesk, admin: AdminToken) -> Router {
-    let document = Document::new(&ApiDoc::openapi());
     Router::new()
         .route("/admin/dead-letters", get(list_letters))
         .route("/admin/dead-letters/actions", get(list_actions))
@@ -398,10 +392,5 @@ pub fn routes(desk: DeadLetterDesk, admin: AdminToken) -> Router {
         .route("/admin/dead-letters/discard", post(discard_matching))
         .route("/admin/dead-letters/{id}/replay", post(replay_one))
         .route("/admin/dead-letters/{id}/discard", post(discard_one))
-        .route("/openapi.json", get(serve_document))
-        .with_state(DeskState {
-            desk,
-            admin,
-            document,
-        })
+        .with_state(DeskState { desk, admin })
 }
