@@ -11,7 +11,7 @@ LOADTEST := target/$(if $(filter dev test,$(PROFILE)),debug,$(PROFILE))/loadtest
 # A scenario with a `panic` fault needs the services' fault hooks, which a normal build leaves out.
 FEATURES ?= $(if $(shell grep -qs 'kind *= *"panic"' $(SCENARIO) && echo yes),--features platform/fault-injection)
 
-.PHONY: build up down loadtest capacity verify infra-up infra-down status test
+.PHONY: build up down loadtest capacity verify infra-up infra-down status test alert-rules
 
 build:
 	cargo build --profile $(PROFILE) --workspace --bins $(FEATURES)
@@ -48,3 +48,7 @@ status: build
 # All tests against private PostgreSQL + NATS (installed if missing), then the short load-test scenarios.
 test:
 	scripts/test.sh
+
+# promtool's checks and unit tests of the Prometheus alert rules (ops/prometheus; part of `make test`).
+alert-rules:
+	scripts/alert-rules.sh

@@ -3,8 +3,9 @@
 #  1. build the workspace (services, CLI, tests) in the one dev profile, with the services' fault
 #     hooks (`platform/fault-injection`: the ci-heal scenario's panic fault arms them);
 #  2. install (if missing) and start private PostgreSQL and NATS instances (`loadtest infra-up`);
-#  3. run every test against them, then schemathesis against the services' OpenAPI documents
-#     (scripts/contract.sh);
+#  3. run every test against them, then promtool's checks and unit tests of the Prometheus
+#     alert rules (scripts/alert-rules.sh), then schemathesis against the services' OpenAPI
+#     documents (scripts/contract.sh);
 #  4. run the short load-test scenario end to end (same code path and checks as the seed run),
 #     then the short chaos scenario (faults during the load, same checks), then the short
 #     self-healing scenario (deleted consumer and stream, a panicking handler, poison), the
@@ -34,6 +35,11 @@ cargo test --workspace "${features[@]}" 2>&1 | tee "$test_log"
 totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
               END { printf "%d passed, %d failed", p, f }' "$test_log")
 rm -f "$test_log"
+
+if [ "${SKIP_ALERT_RULES:-0}" != "1" ]; then
+    # The Prometheus alert rules: promtool's checks and the rules' unit tests (ops/prometheus).
+    scripts/alert-rules.sh
+fi
 
 if [ "${SKIP_CONTRACT:-0}" != "1" ]; then
     # The OpenAPI documents against the running services: schemathesis, every check, 0 findings.

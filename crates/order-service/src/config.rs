@@ -113,3 +113,13 @@ impl Default for RedriveSettings {
         }
     }
 }
+
+impl RedriveSettings {
+    /// The age past which an open saga counts as overdue (`orders_open_sagas_overdue`): by then
+    /// the re-drive has asked again at every step of its backoff up to `max_pause` (with the
+    /// defaults 20 s, 40 s, … 320 s: five times in 10 min 20 s), so an order still open is one
+    /// the re-drive cannot finish by itself.
+    pub fn overdue_after(&self) -> Duration {
+        self.after.saturating_add(self.max_pause)
+    }
+}

@@ -35,12 +35,26 @@ pub enum Limited {
 }
 
 impl Limited {
+    pub const ALL: [Limited; 2] = [Limited::Rate, Limited::OpenOrders];
+
     pub fn count(self) {
+        self.counter().increment(1);
+    }
+
+    /// Registers each reason's series at 0, so that they exist (and an alert's `rate()` sees
+    /// the first refusal) before any buyer is refused.
+    pub fn register_all() {
+        for limited in Limited::ALL {
+            limited.counter().increment(0);
+        }
+    }
+
+    fn counter(self) -> metrics::Counter {
         let reason = match self {
             Limited::Rate => "rate",
             Limited::OpenOrders => "open_orders",
         };
-        metrics::counter!("orders_limited_total", "reason" => reason).increment(1);
+        metrics::counter!("orders_limited_total", "reason" => reason)
     }
 }
 

@@ -340,3 +340,24 @@ pub async fn open_sagas(
     .fetch_all(conn)
     .await
 }
+
+/// The open sagas, for the re-drive's gauges: the age in seconds of the oldest (0 when none is
+/// open), and how many began more than `overdue_after` ago, counted up to `cap`. Both walk the
+/// `orders_open` index only, the count only its overdue end (none while all is well).
+pub async fn open_saga_ages(
+    conn: &mut PgConnection,
+    overdue_after: std::time::Duration,
+    cap: i64,
+) -> Result<(f64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8,
+                (SELECT count(*) FROM (SELECT 1 FROM open_sagas
+                                       WHERE created_at < now() - make_interval(secs => $1)
+                                       LIMIT $2) AS overdue)
+         FROM open_sagas",
+    )
+    .bind(overdue_after.as_secs_f64())
+    .bind(cap)
+    .fetch_one(conn)
+    .await
+}

@@ -93,7 +93,24 @@ impl Redrive {
         );
         Ok(stalled.len())
     }
+
+    /// Gauges the open sagas: `orders_open_saga_oldest_age_seconds` and
+    /// `orders_open_sagas_overdue` (open for longer than the re-drive allows:
+    /// [`RedriveSettings::overdue_after`]), which the alert rules read. Every instance reports
+    /// the same database.
+    pub async fn gauge_open_sagas(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let (oldest, overdue) =
+            orders::open_saga_ages(&mut conn, self.settings.overdue_after(), OVERDUE_CAP).await?;
+        metrics::gauge!("orders_open_saga_oldest_age_seconds").set(oldest);
+        metrics::gauge!("orders_open_sagas_overdue").set(overdue as f64);
+        Ok(())
+    }
 }
+
+/// Overdue sagas are counted up to this many: enough to tell a few from a flood, and the count
+/// stays one short index walk however many there are.
+const OVERDUE_CAP: i64 = 10_000;
 
 /// A round re-drives one batch of the orders that are due; between rounds the re-drive waits its
 /// interval, also after a full batch: the rate is bounded (`RedriveSettings::batch_size`).
@@ -105,6 +122,7 @@ impl Worker for Redrive {
     fn round(&self) -> BoxFuture<'_, Result<Round, WorkerError>> {
         Box::pin(async move {
             let redriven = self.redrive_due().await?;
+            self.gauge_open_sagas().await?;
             self.status.progress();
             Ok(Round {
                 done: redriven,

@@ -3,7 +3,7 @@
 
 use crate::config::Settings;
 use crate::events::OrderOutcomes;
-use crate::fair_use::BuyerRateLimit;
+use crate::fair_use::{BuyerRateLimit, Limited};
 use crate::intake::{IntakeSettings, OrderIntake};
 use crate::redrive::Redrive;
 use crate::routes;
@@ -17,6 +17,8 @@ pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let infra =
         Infrastructure::connect(&settings.common, sqlx::migrate!(), &[ORDER_SERVICE.source])
             .await?;
+    // After `connect`, which installs the metrics recorder.
+    Limited::register_all();
     let handler = Arc::new(OrderOutcomes);
     let consumers = infra
         .consumers(ORDER_SERVICE.subscriptions, handler)

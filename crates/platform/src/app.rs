@@ -66,6 +66,9 @@ impl Infrastructure {
         migrator: Migrator,
         publishes: &[Source],
     ) -> Result<Self, StartupError> {
+        // The recorder first: a metric handle taken before it is installed (a worker's gauges,
+        // taken when the worker is built) would report to nothing for good.
+        let _ = http::metrics_handle();
         settings.validate().map_err(StartupError::Config)?;
         db::migrate(&settings.database, migrator).await?;
         let pools = db::connect(&settings.database).await?;

@@ -4,7 +4,7 @@
 //! (`crate::desk`), above the consumer.
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,4 +114,13 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<DeadLetter>,
     .bind(filter.limit.unwrap_or(1000).clamp(1, 10_000))
     .fetch_all(pool)
     .await
+}
+
+/// How many of `consumer`'s letters are open (waiting for an operator): what the consumer
+/// reports as `dead_letters_open`. Counted through the partial index of open letters.
+pub async fn count_open(conn: &mut PgConnection, consumer: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE status = 'open' AND consumer = $1")
+        .bind(consumer)
+        .fetch_one(conn)
+        .await
 }

@@ -102,6 +102,7 @@ struct StatusInner {
     progress_gauge: metrics::Gauge,
     backlog_gauge: metrics::Gauge,
     up_gauge: metrics::Gauge,
+    restarts_counter: metrics::Counter,
 }
 
 struct State {
@@ -141,6 +142,9 @@ impl WorkerStatus {
             progress_gauge: metrics::gauge!("worker_last_progress_timestamp_seconds", &labels),
             backlog_gauge: metrics::gauge!("worker_backlog", &labels),
             up_gauge: metrics::gauge!("worker_up", &labels),
+            // Registered now, so the series reads 0 from the start (an alert's `increase()`
+            // sees the first restart, and the metric exists before anything went wrong).
+            restarts_counter: metrics::counter!("worker_restarts_total", &labels),
             name,
             state: Mutex::new(State {
                 running: false,
@@ -252,7 +256,7 @@ impl WorkerStatus {
         state.restarts += 1;
         drop(state);
         self.0.up_gauge.set(0.0);
-        metrics::counter!("worker_restarts_total", "worker" => self.0.name.clone()).increment(1);
+        self.0.restarts_counter.increment(1);
     }
 
     /// Stopped at shutdown, after its last round.

@@ -66,6 +66,22 @@ async fn not_ready(system: &TestSystem, service: &Service) -> Option<Value> {
     .await
 }
 
+/// `service_ready` on the service's admin `/metrics`: what the `ServiceNotReady` alert reads.
+async fn service_ready_metric(system: &TestSystem, service: &Service) -> Option<f64> {
+    let page = system
+        .http
+        .get(format!("{}/metrics", service.admin_url))
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("the exposition");
+    page.lines()
+        .find_map(|line| line.strip_prefix("service_ready "))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
 async fn ready_again(system: &TestSystem, service: &Service) {
     let ready = eventually(NOTICE, || async {
         (system.ready(service).await.0 == 200).then_some(())
@@ -121,9 +137,18 @@ async fn a_read_only_orders_database_is_unavailable_not_an_error_and_ready_says_
         detail.contains("database") && detail.contains("read-only"),
         "/ready must name the read-only database: {body}"
     );
+    assert_eq!(
+        service_ready_metric(&system, &system.order).await,
+        Some(0.0),
+        "/metrics must say what /ready says"
+    );
 
     set_read_only(&system.order, false).await;
     ready_again(&system, &system.order).await;
+    assert_eq!(
+        service_ready_metric(&system, &system.order).await,
+        Some(1.0)
+    );
     let order = system.accepted_order(7, 1, 1).await;
     system.settle().await;
     assert_eq!(system.order(7, &order).await["status"], "COMPLETED");

@@ -129,6 +129,10 @@ impl OrderIntake {
                 }) as Arc<dyn Worker>
             })
             .collect();
+        // Registered at 0 now: the series exist before the first order is shed or refused, so
+        // an alert's `rate()` sees the first ones.
+        metrics::counter!("order_intake_shed_total").increment(0);
+        metrics::counter!("order_intake_refused_total").increment(0);
         let intake = OrderIntake {
             queue,
             deadline: settings.commit_deadline,

@@ -224,6 +224,10 @@ impl<H: EventHandler> EventConsumer<H> {
             sampled_at: std::sync::Mutex::default(),
             quiet: AtomicBool::new(false),
         };
+        // Registered at 0: a misrouted event is rare and alarming, and an alert's `increase()`
+        // sees the first one only if the series existed before it.
+        metrics::counter!("consumer_misrouted_total", "consumer" => consumer.name().to_owned())
+            .increment(0);
         // Not attached yet (the stream's publisher has not created it, or the broker is away):
         // the consumer reports down, `/ready` says so, and its worker keeps attaching.
         if let Err(error) = consumer.attached_consumer().await {
@@ -270,6 +274,7 @@ impl<H: EventHandler> EventConsumer<H> {
     pub async fn round(&self) -> Result<Round, ConsumerError> {
         let mut consumer = self.attached_consumer().await?;
         if self.sample_due() {
+            self.gauge_dead_letters().await;
             consumer = self.sample(consumer).await?;
         }
         let mut messages = std::mem::take(&mut *self.stash());
@@ -328,6 +333,26 @@ impl<H: EventHandler> EventConsumer<H> {
             *sampled = Some(Instant::now());
         }
         due
+    }
+
+    /// Gauges the consumer's open dead letters (`dead_letters_open`: each waits for an operator).
+    /// Bounded by [`DEAD_LETTERS_WAIT`] so that a busy pool never holds the round; a count
+    /// that fails or times out leaves the last value (the database's trouble shows in `/ready`).
+    async fn gauge_dead_letters(&self) {
+        let count = async {
+            let mut conn = self.pool.acquire().await?;
+            crate::dead_letters::count_open(&mut conn, self.name()).await
+        };
+        match tokio::time::timeout(DEAD_LETTERS_WAIT, count).await {
+            Ok(Ok(open)) => {
+                metrics::gauge!("dead_letters_open", "consumer" => self.name().to_owned())
+                    .set(open as f64);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(consumer = self.name(), %error, "cannot count open dead letters")
+            }
+            Err(_) => tracing::debug!(consumer = self.name(), "counting dead letters timed out"),
+        }
     }
 
     /// Samples the durable consumer: restores its settings if they drifted (a consumer created
@@ -407,6 +432,8 @@ impl<H: EventHandler> EventConsumer<H> {
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How long a sample may take before the round goes on without it.
 const SAMPLE_WAIT: Duration = Duration::from_secs(2);
+/// How long counting the open dead letters may take (a connection and one index scan).
+const DEAD_LETTERS_WAIT: Duration = Duration::from_millis(500);
 /// How long an idle consumer's pull request waits for a message: also how soon an idle consumer
 /// samples again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);

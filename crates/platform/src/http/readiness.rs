@@ -157,28 +157,7 @@ pub(crate) async fn ready_in_detail(State(readiness): State<Readiness>) -> Respo
 }
 
 async fn answer(readiness: &Readiness, detailed: bool) -> Response {
-    let workers: Vec<Unhealthy> = readiness
-        .workers
-        .iter()
-        .filter_map(|(w, supervised)| w.unhealthy(readiness.stall_after, *supervised))
-        .map(|mut unhealthy| {
-            if !detailed {
-                unhealthy.reason = std::mem::take(&mut unhealthy.summary);
-            }
-            unhealthy
-        })
-        .collect();
-    let mut problems: Vec<String> = workers
-        .iter()
-        .map(|u| format!("{}: {}", u.worker, u.reason))
-        .collect();
-    // The database verdict is one of a few fixed texts (`db_errors::unavailable_reason`).
-    if let Verdict::NotWritable(why) = readiness.database.verdict().await {
-        problems.push(why.to_owned());
-    }
-    if readiness.nats.connection_state() != async_nats::connection::State::Connected {
-        problems.push("broker unreachable".to_owned());
-    }
+    let (workers, problems) = readiness.check(detailed).await;
     if problems.is_empty() {
         return Json(serde_json::json!({ "status": "ready" })).into_response();
     }
@@ -187,4 +166,39 @@ async fn answer(readiness: &Readiness, detailed: bool) -> Response {
         workers,
     }
     .into_response()
+}
+
+impl Readiness {
+    /// The verdict `/ready` gives, as a yes or no: what `/metrics` reports as `service_ready`.
+    pub(crate) async fn is_ready(&self) -> bool {
+        self.check(false).await.1.is_empty()
+    }
+
+    /// The unhealthy workers (with the errors behind their reasons when `detailed`), and every
+    /// problem in words: none when ready.
+    async fn check(&self, detailed: bool) -> (Vec<Unhealthy>, Vec<String>) {
+        let workers: Vec<Unhealthy> = self
+            .workers
+            .iter()
+            .filter_map(|(w, supervised)| w.unhealthy(self.stall_after, *supervised))
+            .map(|mut unhealthy| {
+                if !detailed {
+                    unhealthy.reason = std::mem::take(&mut unhealthy.summary);
+                }
+                unhealthy
+            })
+            .collect();
+        let mut problems: Vec<String> = workers
+            .iter()
+            .map(|u| format!("{}: {}", u.worker, u.reason))
+            .collect();
+        // The database verdict is one of a few fixed texts (`db_errors::unavailable_reason`).
+        if let Verdict::NotWritable(why) = self.database.verdict().await {
+            problems.push(why.to_owned());
+        }
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            problems.push("broker unreachable".to_owned());
+        }
+        (workers, problems)
+    }
 }
