@@ -33,7 +33,7 @@ pub struct FairUseSettings {
     pub orders_per_second: u32,
     /// Orders a buyer may place at once, after a quiet spell (the bucket's size).
     pub burst: u32,
-    /// Orders of one buyer that may be open (not final: PENDING, RESERVED) at once; the next
+    /// Orders of one buyer that may be open (not final: PENDING) at once; the next
     /// one is refused.
     pub max_open_orders: u32,
     /// The rate limiter forgets buyers whose bucket is full again once per this many requests.

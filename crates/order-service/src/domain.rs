@@ -1,39 +1,37 @@
-//! The order's state machine. Events may arrive late, twice or out of order (they come from two
-//! streams); a status only ever moves forward, and a final status never changes.
+//! The order's state machine: `PENDING → COMPLETED | FAILED`. An order is pending until its
+//! outcome arrives — inventory's rejection or payment's answer, from two streams, so late, twice
+//! or in any order; the first outcome decides, and a final status never changes.
 
 use platform::events::FailureReason;
 use serde::{Deserialize, Serialize};
 
+/// `PENDING` until the order's outcome arrives, then `COMPLETED` or `FAILED`, which never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
-    /// Accepted; waiting for stock.
+    /// Accepted; waiting for its outcome (stock rejected, or payment's answer).
     Pending,
-    /// Stock deducted; waiting for payment.
-    Reserved,
     Completed,
     Failed,
 }
 
 impl OrderStatus {
+    pub const ALL: [OrderStatus; 3] = [
+        OrderStatus::Pending,
+        OrderStatus::Completed,
+        OrderStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Pending => "PENDING",
-            OrderStatus::Reserved => "RESERVED",
             OrderStatus::Completed => "COMPLETED",
             OrderStatus::Failed => "FAILED",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            OrderStatus::Pending,
-            OrderStatus::Reserved,
-            OrderStatus::Completed,
-            OrderStatus::Failed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
     pub fn is_final(self) -> bool {
@@ -41,7 +39,7 @@ impl OrderStatus {
     }
 }
 
-// Stored as TEXT (the `orders_status_check` constraint names the four values): read and
+// Stored as TEXT (the `orders_status_check` constraint names the three values): read and
 // written through the same names as in JSON.
 impl sqlx::Type<sqlx::Postgres> for OrderStatus {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
@@ -60,46 +58,48 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for OrderStatus {
     }
 }
 
-/// What the other services report about an order.
+/// What the other services report about an order: its outcome. (The stock reservation in
+/// between is payment's business; the order service does not hear it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    StockReserved { amount_cents: i64 },
     StockRejected(FailureReason),
-    PaymentCompleted { amount_cents: i64 },
-    PaymentFailed(FailureReason),
+    PaymentCompleted {
+        amount_cents: i64,
+    },
+    PaymentFailed {
+        reason: FailureReason,
+        amount_cents: i64,
+    },
 }
 
 impl Outcome {
-    /// The status this outcome leads to.
+    /// The status this outcome leads to: every outcome is final.
     pub fn target(self) -> OrderStatus {
         match self {
-            Outcome::StockReserved { .. } => OrderStatus::Reserved,
             Outcome::PaymentCompleted { .. } => OrderStatus::Completed,
-            Outcome::StockRejected(_) | Outcome::PaymentFailed(_) => OrderStatus::Failed,
+            Outcome::StockRejected(_) | Outcome::PaymentFailed { .. } => OrderStatus::Failed,
         }
     }
 
-    /// The statuses from which this outcome may move an order. A payment outcome may overtake
-    /// the stock reservation it depends on (different streams), so it also applies to PENDING.
+    /// The statuses from which this outcome may move an order: only a pending one (a final
+    /// status never changes, so a late or repeated outcome is ignored).
     pub fn allowed_from(self) -> &'static [OrderStatus] {
-        match self {
-            Outcome::StockReserved { .. } => &[OrderStatus::Pending],
-            _ => &[OrderStatus::Pending, OrderStatus::Reserved],
-        }
+        &[OrderStatus::Pending]
     }
 
     pub fn failure_reason(self) -> Option<FailureReason> {
         match self {
-            Outcome::StockRejected(reason) | Outcome::PaymentFailed(reason) => Some(reason),
-            _ => None,
+            Outcome::StockRejected(reason) | Outcome::PaymentFailed { reason, .. } => Some(reason),
+            Outcome::PaymentCompleted { .. } => None,
         }
     }
 
+    /// The amount payment charged or tried to charge: the reservation's (price × quantity).
     pub fn amount_cents(self) -> Option<i64> {
         match self {
-            Outcome::StockReserved { amount_cents }
-            | Outcome::PaymentCompleted { amount_cents } => Some(amount_cents),
-            _ => None,
+            Outcome::PaymentCompleted { amount_cents }
+            | Outcome::PaymentFailed { amount_cents, .. } => Some(amount_cents),
+            Outcome::StockRejected(_) => None,
         }
     }
 
@@ -118,70 +118,56 @@ mod tests {
 
     fn all_outcomes() -> Vec<Outcome> {
         vec![
-            Outcome::StockReserved { amount_cents: 10 },
             Outcome::StockRejected(FailureReason::OutOfStock),
             Outcome::PaymentCompleted { amount_cents: 10 },
-            Outcome::PaymentFailed(FailureReason::PaymentDeclined),
+            Outcome::PaymentFailed {
+                reason: FailureReason::PaymentDeclined,
+                amount_cents: 10,
+            },
         ]
     }
 
     #[test]
-    fn the_happy_path_moves_forward() {
-        let reserved = Outcome::StockReserved { amount_cents: 10 }.apply(Pending);
-        assert_eq!(reserved, Some(Reserved));
+    fn a_pending_order_moves_straight_to_its_outcome() {
         assert_eq!(
-            Outcome::PaymentCompleted { amount_cents: 10 }.apply(Reserved),
+            Outcome::PaymentCompleted { amount_cents: 10 }.apply(Pending),
             Some(Completed)
         );
+        assert_eq!(
+            Outcome::StockRejected(FailureReason::OutOfStock).apply(Pending),
+            Some(Failed)
+        );
+        let declined = Outcome::PaymentFailed {
+            reason: FailureReason::InsufficientFunds,
+            amount_cents: 10,
+        };
+        assert_eq!(declined.apply(Pending), Some(Failed));
+        assert_eq!(
+            declined.failure_reason(),
+            Some(FailureReason::InsufficientFunds)
+        );
+        assert_eq!(declined.amount_cents(), Some(10));
     }
 
     #[test]
-    fn final_statuses_never_change() {
+    fn every_outcome_is_final_and_final_statuses_never_change() {
         for outcome in all_outcomes() {
+            assert!(outcome.target().is_final(), "{outcome:?}");
             assert_eq!(outcome.apply(Completed), None);
             assert_eq!(outcome.apply(Failed), None);
         }
     }
 
+    /// Whatever order two contradicting outcomes arrive in (a replayed or forged one can only
+    /// come second), the first one decides and the second is ignored.
     #[test]
-    fn a_late_reservation_does_not_undo_a_payment_outcome() {
-        let done = Outcome::PaymentCompleted { amount_cents: 10 }
-            .apply(Pending)
-            .unwrap();
-        assert_eq!(done, Completed);
-        assert_eq!(
-            Outcome::StockReserved { amount_cents: 10 }.apply(done),
-            None
-        );
-    }
-
-    #[test]
-    fn every_order_of_outcomes_ends_in_a_final_status_that_never_moves_back() {
-        // All permutations of a payment path: the last applicable outcome wins only if forward.
-        let paths = [
-            vec![
-                Outcome::StockReserved { amount_cents: 1 },
-                Outcome::PaymentCompleted { amount_cents: 1 },
-            ],
-            vec![
-                Outcome::StockReserved { amount_cents: 1 },
-                Outcome::PaymentFailed(FailureReason::PaymentDeclined),
-            ],
-        ];
-        for path in paths {
-            for reversed in [false, true] {
-                let mut steps = path.clone();
-                if reversed {
-                    steps.reverse();
-                }
-                let mut status = Pending;
-                for outcome in &steps {
-                    if let Some(next) = outcome.apply(status) {
-                        assert!(!status.is_final(), "moved out of a final status");
-                        status = next;
-                    }
-                }
-                assert_eq!(status, path[1].target());
+    fn the_first_outcome_decides() {
+        let outcomes = all_outcomes();
+        for first in &outcomes {
+            for second in &outcomes {
+                let status = first.apply(Pending).expect("applies to a pending order");
+                assert_eq!(second.apply(status), None, "{first:?} then {second:?}");
+                assert_eq!(status, first.target());
             }
         }
     }
@@ -209,14 +195,16 @@ mod tests {
                     }
                 }
                 assert_eq!(fold(&sequence), fold(&first_arrivals), "{sequence:?}");
+                assert_eq!(fold(&sequence), sequence[0].target(), "{sequence:?}");
             }
         }
     }
 
     #[test]
     fn statuses_round_trip_through_their_names() {
-        for status in [Pending, Reserved, Completed, Failed] {
+        for status in OrderStatus::ALL {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
         }
+        assert_eq!(OrderStatus::parse("RESERVED"), None);
     }
 }

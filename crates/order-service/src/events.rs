@@ -1,5 +1,7 @@
-//! How the order service reacts to the outcome events of inventory and payment, and to
-//! inventory's confirmation that a failed payment's stock went back (which closes the saga).
+//! How the order service reacts to an order's outcome — inventory's rejection or payment's
+//! answer — and to inventory's confirmation that a failed payment's stock went back (which
+//! closes the saga). The stock reservation in between is not the order service's to hear (its
+//! consumers' filters leave it out; one that came anyway is refused on receipt).
 
 use crate::domain::{OrderStatus, Outcome};
 use crate::orders;
@@ -13,14 +15,14 @@ pub struct OrderOutcomes;
 
 fn outcome_of(event: &Event) -> Option<Outcome> {
     Some(match event {
-        Event::StockReserved(e) => Outcome::StockReserved {
-            amount_cents: e.amount_cents,
-        },
         Event::StockRejected(e) => Outcome::StockRejected(e.reason),
         Event::PaymentCompleted(e) => Outcome::PaymentCompleted {
             amount_cents: e.amount_cents,
         },
-        Event::PaymentFailed(e) => Outcome::PaymentFailed(e.reason),
+        Event::PaymentFailed(e) => Outcome::PaymentFailed {
+            reason: e.reason,
+            amount_cents: e.amount_cents,
+        },
         _ => return None,
     })
 }

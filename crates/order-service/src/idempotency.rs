@@ -37,7 +37,7 @@ pub async fn try_lock_counting_open_orders(
     let (locked, open_buyers, open_counts): (Vec<bool>, Vec<i64>, Vec<i64>) = sqlx::query_as(
         "WITH open AS (
              SELECT user_id, count(*) AS n FROM orders
-             WHERE user_id = ANY($3) AND status IN ('PENDING', 'RESERVED')
+             WHERE user_id = ANY($3) AND status = 'PENDING'
              GROUP BY user_id
          )
          SELECT ARRAY(SELECT pg_try_advisory_xact_lock(hashtextextended(k.user_id::text || ':' || k.key, 0))

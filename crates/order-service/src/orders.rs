@@ -14,10 +14,10 @@ pub struct Order {
     pub product_id: i64,
     pub quantity: i32,
     pub status: OrderStatus,
-    /// Set when the status is FAILED: OUT_OF_STOCK, UNKNOWN_PRODUCT, PAYMENT_DECLINED,
-    /// INSUFFICIENT_FUNDS or UNKNOWN_ACCOUNT.
+    /// Set when the status is FAILED: OUT_OF_STOCK, UNKNOWN_PRODUCT, AMOUNT_TOO_LARGE,
+    /// PAYMENT_DECLINED, INSUFFICIENT_FUNDS or UNKNOWN_ACCOUNT.
     pub failure_reason: Option<String>,
-    /// Known once stock is reserved.
+    /// Known once payment answered: the amount charged, or the one it failed to charge.
     pub amount_cents: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -117,7 +117,7 @@ pub async fn insert_orders(
     Ok(Written { orders, xid })
 }
 
-/// How many orders that are not final (`PENDING`, `RESERVED`) each of `buyers` has; buyers
+/// How many orders that are not final (`PENDING`) each of `buyers` has; buyers
 /// without any are left out. Reads the partial index `orders_unfinished_by_user`: a few entries
 /// per buyer (at most the open-orders cap and the orders written past it concurrently).
 pub async fn open_orders_by_buyer(
@@ -129,7 +129,7 @@ pub async fn open_orders_by_buyer(
     distinct.dedup();
     let rows: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT user_id, count(*) FROM orders
-         WHERE user_id = ANY($1) AND status IN ('PENDING', 'RESERVED')
+         WHERE user_id = ANY($1) AND status = 'PENDING'
          GROUP BY user_id",
     )
     // Planned for each call: a plan cached while the table was small could scan the table.

@@ -210,18 +210,16 @@ impl ServiceSpec {
     }
 }
 
-/// The order service: answers of inventory (reserved, rejected, released) and of payment.
+/// The order service: the outcomes of an order (inventory's rejection, payment's answer) and
+/// inventory's confirmation that a failed payment's stock went back. A reservation is payment's
+/// business: the order stays `PENDING` until its outcome arrives.
 pub const ORDER_SERVICE: ServiceSpec = ServiceSpec {
     name: "order-service",
     source: Source::Order,
     subscriptions: &[
         Subscription::new(
             "order-service-inventory",
-            &[
-                EventType::StockReserved,
-                EventType::StockRejected,
-                EventType::StockReleased,
-            ],
+            &[EventType::StockRejected, EventType::StockReleased],
         ),
         Subscription::new(
             "order-service-payment",
@@ -359,6 +357,29 @@ mod tests {
                 "{event_type:?} is consumed by its own publisher"
             );
         }
+    }
+
+    /// The seed's flow (issue 24): the order service hears only an order's outcome; the stock
+    /// reservation travels to payment alone.
+    #[test]
+    fn a_reservation_goes_to_payment_only() {
+        let takers: Vec<&str> = SERVICES
+            .iter()
+            .filter(|service| {
+                service
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.takes(EventType::StockReserved))
+            })
+            .map(|service| service.name)
+            .collect();
+        assert_eq!(takers, vec!["payment-service"]);
+        let inventory_answers: Vec<&str> =
+            ORDER_SERVICE.subscriptions[0].subject_suffixes().collect();
+        assert_eq!(
+            inventory_answers,
+            vec!["inventory.stock_rejected", "inventory.stock_released"]
+        );
     }
 
     #[test]

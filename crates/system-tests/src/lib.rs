@@ -80,6 +80,9 @@ pub struct Options {
     /// The NATS server or cluster (URLs separated by commas) instead of the tests' own
     /// ([`servers`]).
     pub nats_url: Option<String>,
+    /// The orders database to start the order service on (one a test prepared, e.g. migrated
+    /// to an older version) instead of a fresh one.
+    pub order_database: Option<String>,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             workers: false,
             extra: "",
             nats_url: None,
+            order_database: None,
         }
     }
 }
@@ -206,7 +210,10 @@ impl TestSystem {
             None => nats_url().await,
         };
         check_sections(options.extra);
-        let order_db = fresh_database("orders").await;
+        let order_db = match options.order_database.clone() {
+            Some(url) => url,
+            None => fresh_database("orders").await,
+        };
         let inventory_db = fresh_database("inventory").await;
         let payment_db = fresh_database("payments").await;
 

@@ -10,7 +10,7 @@ use system_tests::{Options, TestSystem};
 /// inventory confirms its stock went back.
 fn expected_open(status: &str, reason: Option<FailureReason>, released: bool) -> bool {
     match (status, reason) {
-        ("PENDING" | "RESERVED", _) => true,
+        ("PENDING", _) => true,
         (
             "FAILED",
             Some(
@@ -27,7 +27,7 @@ fn expected_open(status: &str, reason: Option<FailureReason>, released: bool) ->
 async fn the_saga_rule_covers_every_status_and_reason() {
     let system = TestSystem::start(Options::default()).await;
     // Every (status, reason) an order row can hold: a reason exactly when FAILED.
-    let rows = ["PENDING", "RESERVED", "COMPLETED"]
+    let rows = ["PENDING", "COMPLETED"]
         .map(|status| (status, None))
         .into_iter()
         .chain(FailureReason::ALL.map(|reason| ("FAILED", Some(reason))));
@@ -53,7 +53,7 @@ async fn the_saga_rule_covers_every_status_and_reason() {
             }
         }
     }
-    assert_eq!(asked, (3 + FailureReason::ALL.len()) * 2);
+    assert_eq!(asked, (2 + FailureReason::ALL.len()) * 2);
 }
 
 /// The rule is an inlined SQL function, so the view's filter and the index's predicate are the

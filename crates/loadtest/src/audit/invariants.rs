@@ -382,30 +382,26 @@ impl<'a> Rows<'a> {
         Check::new(CHECK_ORPHANS, passed, detail)
     }
 
-    /// Check 5a: No order left PENDING or RESERVED, and no saga left open: every order whose
-    /// payment failed had inventory confirm that its stock went back. Once the system is quiet
-    /// such an order is a lost one, so each is named by its id (up to
-    /// [`MAX_OPEN_ORDERS_NAMED`] of each kind, with the total).
+    /// Check 5a: No order left PENDING, and no saga left open: every order whose payment failed
+    /// had inventory confirm that its stock went back. Once the system is quiet such an order
+    /// is a lost one, so each is named by its id (up to [`MAX_OPEN_ORDERS_NAMED`] of each kind,
+    /// with the total).
     pub(super) fn orders_final(&self) -> Check {
         let mut pending = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
-        let mut reserved = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
         let mut unconfirmed = Offenders::naming(MAX_OPEN_ORDERS_NAMED);
         for o in self.orders {
             match o.status.as_str() {
                 "PENDING" => pending.add(o.id),
-                "RESERVED" => reserved.add(o.id),
                 _ if o.saga_open => unconfirmed.add(o.id),
                 _ => {}
             }
         }
-        let passed = pending.is_empty() && reserved.is_empty() && unconfirmed.is_empty();
+        let passed = pending.is_empty() && unconfirmed.is_empty();
         let detail = format!(
-            "{} orders: {} PENDING{}, {} RESERVED{}, {} payment failures without a confirmed stock release{}",
+            "{} orders: {} PENDING{}, {} payment failures without a confirmed stock release{}",
             self.orders.len(),
             pending.count,
             pending.named(),
-            reserved.count,
-            reserved.named(),
             unconfirmed.count,
             unconfirmed.named(),
         );

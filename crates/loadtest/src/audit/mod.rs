@@ -17,7 +17,7 @@
 //! | `money conserved` | per account and in total: balance + Σ SUCCEEDED charges == deposited |
 //! | `released reservations` | each RELEASED reservation belongs to an order FAILED for a payment reason with a FAILED charge, released once |
 //! | `orphans` | reservations or charges whose order does not exist in the orders DB |
-//! | `orders final` | no order left PENDING or RESERVED (each such order named, up to 20 of each kind) |
+//! | `orders final` | no order left PENDING, no failed payment without a confirmed stock release (each such order named, up to 20 of each kind) |
 //! | `outbox drained` | no outbox row left in any of the three DBs |
 //! | `dead letters` | dead-letter records in the three DBs (expected zero) |
 //! | `http p95` | p95 HTTP response time < threshold (or "not measured") |

@@ -73,7 +73,7 @@ async fn real_orders(context: &FaultContext) -> Result<(OrderFacts, OrderFacts)>
     // An order still on its way is most likely one not answered yet: the newest open one.
     let open_now: Option<(Uuid, i64, i64, i32, Option<i64>, String)> = sqlx::query_as(
         "SELECT id, user_id, product_id, quantity, amount_cents, status FROM orders
-         WHERE status IN ('PENDING', 'RESERVED') ORDER BY created_at DESC LIMIT 1",
+         WHERE status = 'PENDING' ORDER BY created_at DESC LIMIT 1",
     )
     .fetch_optional(&mut orders)
     .await

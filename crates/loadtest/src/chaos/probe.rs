@@ -31,7 +31,8 @@ pub struct Health {
     pub outbox: i64,
     /// Messages not yet delivered plus delivered and unacknowledged, over every consumer.
     pub consumer_backlog: u64,
-    /// Age of the oldest PENDING or RESERVED order (0 when there is none).
+    /// Age of the oldest open saga: an order PENDING, or failed in payment without a confirmed
+    /// stock release (0 when there is none).
     pub oldest_unfinished_s: f64,
 }
 

@@ -58,11 +58,11 @@ impl Databases {
 /// A cheap snapshot of how far a run has got, for polling during the run and the drain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Orders PENDING or RESERVED.
+    /// Orders not final (PENDING).
     pub non_final_orders: i64,
     /// Outbox rows not yet published, summed over the three DBs.
     pub outbox_backlog: i64,
-    /// "PENDING", "RESERVED", "COMPLETED", "FAILED:OUT_OF_STOCK", … → count.
+    /// "PENDING", "COMPLETED", "FAILED:OUT_OF_STOCK", … → count.
     pub orders_by_status: BTreeMap<String, i64>,
     /// Product id → units on hand.
     pub stock: BTreeMap<i64, i64>,
@@ -78,7 +78,7 @@ pub enum Scope {
     AllOrders,
     /// Only the non-final orders, through the `orders_open` partial index, so a sample stays
     /// cheap on a table of millions of rows (capacity runs); `orders_by_status` then holds
-    /// PENDING and RESERVED only.
+    /// PENDING only.
     OpenOrders,
 }
 
@@ -96,7 +96,7 @@ pub async fn progress(dbs: &Databases, scope: Scope) -> anyhow::Result<Progress>
         }
         Scope::OpenOrders => {
             "SELECT status, NULL::text, count(*) FROM orders \
-             WHERE status IN ('PENDING', 'RESERVED') GROUP BY status"
+             WHERE status = 'PENDING' GROUP BY status"
         }
     };
     let (by_status, stock, outbox_backlog, dead_o, dead_i, dead_p) = tokio::try_join!(
@@ -120,7 +120,7 @@ pub async fn progress(dbs: &Databases, scope: Scope) -> anyhow::Result<Progress>
     let mut orders_by_status = BTreeMap::new();
     let mut non_final_orders = 0;
     for (status, reason, n) in by_status {
-        if status == "PENDING" || status == "RESERVED" {
+        if status == "PENDING" {
             non_final_orders += n;
         }
         let key = match reason {
