@@ -6,6 +6,7 @@
 //! A mode says what differs through [`Mode`]: what it runs while the load runs (the capacity
 //! controller), which part of the run the HTTP checks judge, and what it adds to the report.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::IsTerminal as _;
 use std::ops::Range;
@@ -27,11 +28,13 @@ use crate::loadgen::stats::RunStats;
 use crate::loadgen::{self, LoadPlan, LoadState};
 use crate::observe::database::{self, Databases, Scope};
 use crate::observe::monitor::{self, MonitorContext, Phase, Samples};
+use crate::observe::traces::TraceSink;
 use crate::observe::{SystemProbe, SystemState};
 use crate::plan::scenario::Topology;
 use crate::plan::schedule::Schedule;
 use crate::plan::{duration, RunPlan};
 use crate::report::build::{build_report, ReportInputs};
+use crate::report::hops::{self, FinalOrder, WhereTimeGoes};
 use crate::report::Report;
 use crate::seed;
 use stack::{Infra, StateDir};
@@ -215,6 +218,15 @@ async fn run<M: Mode>(
     hosts: Option<&stack::hosts::Hosts>,
 ) -> Result<Report> {
     let scenario = &plan.scenario;
+    // The services trace a share of the orders to a receiver of ours, for "Where the time
+    // goes". Hosts in network namespaces cannot reach the CLI's loopback: not traced.
+    let traces = match hosts {
+        None => {
+            let ratio = scenario.traces.ratio(plan.schedule.expected_requests());
+            Some(TraceSink::start(ratio).await?)
+        }
+        Some(_) => None,
+    };
     let Deployed {
         started_at,
         deployment,
@@ -223,7 +235,7 @@ async fn run<M: Mode>(
         probe,
         load_plan,
         buyer_token,
-    } = deploy_run(plan, state, infra, hosts).await?;
+    } = deploy_run(plan, state, infra, hosts, traces.as_ref()).await?;
     let admin = AdminClient::new(&deployment.credentials.admin_token)?;
     chaos::preflight(state, &plan.faults, &specs, &admin, deployment.nats_users).await?;
     let load_state = LoadState::new(&load_plan);
@@ -383,6 +395,7 @@ async fn run<M: Mode>(
     let audit = audit::audit(dbs, Some(&http)).await?;
     let final_progress = database::progress(dbs, Scope::AllOrders).await?;
     let e2e = database::e2e_latencies(dbs).await?;
+    let where_time_goes = where_time_goes(traces.as_ref(), dbs).await?;
 
     let mut checks = checks(audit, &drained, drain_timeout);
     let requests = std::mem::take(
@@ -413,6 +426,7 @@ async fn run<M: Mode>(
     if let Some((records, _)) = fault_outcome {
         report.faults = records;
     }
+    report.where_time_goes = Some(where_time_goes);
     let finished = mode
         .finish(
             Finished {
@@ -448,6 +462,25 @@ async fn run<M: Mode>(
     println!("{}", report.terminal_summary());
     println!("  report: {}\n          {}", json.display(), html.display());
     Ok(report)
+}
+
+/// "Where the time goes", from the spans the run's receiver got (the last ones awaited) and
+/// the final orders.
+async fn where_time_goes(traces: Option<&TraceSink>, dbs: &Databases) -> Result<WhereTimeGoes> {
+    let Some(traces) = traces else {
+        return Ok(WhereTimeGoes {
+            note: "not traced: the hosts topology's services cannot reach the CLI's OTLP receiver"
+                .into(),
+            ..WhereTimeGoes::default()
+        });
+    };
+    let spans = traces.settled_spans(Duration::from_secs(15)).await;
+    let orders: HashMap<String, FinalOrder> = database::final_orders(dbs)
+        .await?
+        .into_iter()
+        .map(|(id, status, e2e_ms)| (id.to_string(), FinalOrder { status, e2e_ms }))
+        .collect();
+    Ok(hops::where_time_goes(&spans, &orders, traces.ratio))
 }
 
 /// The drained check first, then the audit's.
@@ -493,6 +526,7 @@ async fn deploy_run(
     state: &StateDir,
     infra: &Infra,
     hosts: Option<&stack::hosts::Hosts>,
+    traces: Option<&TraceSink>,
 ) -> Result<Deployed> {
     let scenario = &plan.scenario;
     let started_at = Utc::now();
@@ -515,7 +549,11 @@ async fn deploy_run(
         placement: hosts.map(|h| h.network.clone()),
         stream_replicas: hosts.map_or(1, |h| h.nats_nodes),
     };
-    let specs = deploy::instance_specs(&deployment, &plan.replication);
+    let mut replication = plan.replication.clone();
+    if let Some(traces) = traces {
+        replication.extra_env.extend(traces.env());
+    }
+    let specs = deploy::instance_specs(&deployment, &replication);
     let order_urls = deploy::order_urls(&specs);
     if plan.replication.replicas > 1 || hosts.is_some() {
         println!(
@@ -524,7 +562,7 @@ async fn deploy_run(
             order_urls.join(", ")
         );
     }
-    let services = deploy::start_instances(state, &deployment, &plan.replication).await?;
+    let services = deploy::start_instances(state, &deployment, &replication).await?;
     if hosts.is_some() {
         for line in deploy::describe_streams(&infra.nats_url, &prefix).await? {
             println!("  {line}");

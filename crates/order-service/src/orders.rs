@@ -53,6 +53,8 @@ pub struct OrderToWrite<'a> {
     pub id: Uuid,
     pub order: NewOrder,
     pub key: Option<&'a str>,
+    /// The context of the request that placed it: a re-drive's span links to it.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What [`insert_orders`] wrote: the orders, in the order given, and the id of the writing
@@ -84,9 +86,10 @@ pub async fn insert_orders(
         .unzip();
     let rows: Vec<WrittenRow> = sqlx::query_as(&format!(
         "WITH new AS (
-             INSERT INTO orders (id, user_id, product_id, quantity, status)
-             SELECT o.id, o.user_id, o.product_id, o.quantity, 'PENDING'
-             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) AS o(id, user_id, product_id, quantity)
+             INSERT INTO orders (id, user_id, product_id, quantity, status, traceparent)
+             SELECT o.id, o.user_id, o.product_id, o.quantity, 'PENDING', o.traceparent
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[], $7::text[])
+                  AS o(id, user_id, product_id, quantity, traceparent)
              RETURNING {COLUMNS}
          ), keys AS (
              INSERT INTO idempotency_keys (user_id, key, product_id, quantity, order_id)
@@ -97,10 +100,16 @@ pub async fn insert_orders(
     ))
     .bind(&ids)
     .bind(orders.iter().map(|o| o.order.user_id).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.order.product_id).collect::<Vec<_>>())
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.order.product_id)
+            .collect::<Vec<_>>(),
+    )
     .bind(orders.iter().map(|o| o.order.quantity).collect::<Vec<_>>())
     .bind(&keyed_ids)
     .bind(&keys)
+    .bind(orders.iter().map(|o| o.traceparent).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
     let xid = rows
@@ -241,12 +250,15 @@ pub async fn mark_stock_released(
 }
 
 /// An open order to ask about again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Stalled {
     pub id: Uuid,
     pub user_id: i64,
     pub product_id: i64,
     pub quantity: i32,
+    /// The context of the request that placed it (`None` if it had none).
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` open orders that have waited longer than their pause: `after` since the
@@ -269,7 +281,7 @@ pub async fn claim_stalled(
     // `open_sagas` is the orders_open index's predicate (migration open_sagas), so only open
     // orders are visited, oldest first, up to the oldest waiting event (an index condition);
     // each candidate is then looked up in the outbox through outbox_by_order.
-    let stalled: Vec<Stalled> = sqlx::query_as(
+    let mut stalled: Vec<Stalled> = sqlx::query_as(
         "SELECT id, user_id, product_id, quantity FROM open_sagas AS orders
          WHERE GREATEST(updated_at, redriven_at)
                < now() - make_interval(secs => LEAST($1 * power(2, LEAST(redrive_count, 20)), $2))
@@ -284,12 +296,19 @@ pub async fn claim_stalled(
     .await?;
     if !stalled.is_empty() {
         let ids: Vec<Uuid> = stalled.iter().map(|o| o.id).collect();
-        sqlx::query(
-            "UPDATE orders SET redrive_count = redrive_count + 1, redriven_at = now() WHERE id = ANY($1)",
+        // The first contexts come back with the update, for the re-drive's links.
+        let traces: std::collections::HashMap<Uuid, Option<String>> = sqlx::query_as(
+            "UPDATE orders SET redrive_count = redrive_count + 1, redriven_at = now()
+             WHERE id = ANY($1) RETURNING id, traceparent",
         )
         .bind(&ids)
-        .execute(conn)
-        .await?;
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .collect();
+        for order in &mut stalled {
+            order.traceparent = traces.get(&order.id).cloned().flatten();
+        }
     }
     Ok(stalled)
 }

@@ -18,8 +18,10 @@ use platform::envelope::TraceContext;
 use platform::events::Event;
 use platform::outbox::{self, OutboxError, OutboxSignal};
 use platform::supervisor::{Round, Worker, WorkerError, WorkerStatus};
+use platform::telemetry::spans::{self, Link};
 use sqlx::PgPool;
 use std::time::Duration;
+use tracing::Span;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
@@ -67,19 +69,33 @@ impl Redrive {
         if stalled.is_empty() {
             return Ok(0);
         }
-        let trace = TraceContext {
-            request_id: Some("redrive".into()),
-            traceparent: None,
-        };
-        let events: Vec<(Event, TraceContext)> = stalled
+        // Each question starts a new trace, linked to the order's first one: the answers it
+        // brings travel in the new trace, and the first one stays as it was.
+        let questions: Vec<Span> = stalled
             .iter()
             .map(|order| {
+                spans::linked(
+                    "redrive",
+                    "producer",
+                    [Link::Traceparent(order.traceparent.as_deref())],
+                )
+            })
+            .collect();
+        let events: Vec<(Event, TraceContext)> = stalled
+            .iter()
+            .zip(&questions)
+            .map(|(order, question)| {
                 let asked = orders::NewOrder {
                     user_id: order.user_id,
                     product_id: order.product_id,
                     quantity: order.quantity,
                 };
-                (orders::order_created(order.id, asked), trace.clone())
+                let trace = TraceContext {
+                    request_id: Some("redrive".into()),
+                    traceparent: spans::traceparent(question),
+                };
+                spans::attribute(question, "order_id", order.id);
+                (orders::order_created(order.id, asked), trace)
             })
             .collect();
         outbox::enqueue_all(&mut tx, &self.topology, &events).await?;

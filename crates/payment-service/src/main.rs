@@ -4,7 +4,7 @@ use platform::config::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _logs = platform::telemetry::init("info,sqlx=warn,async_nats=warn");
+    let _logs = platform::telemetry::init("payment-service", "info,sqlx=warn,async_nats=warn");
     let settings = Settings::load()?;
     let app = build(&settings).await?;
     tracing::info!(port = app.port(), "payment service listening");

@@ -9,6 +9,7 @@ use crate::config::OutboxSettings;
 use crate::envelope::{EnvelopeError, TraceContext};
 use crate::events::Event;
 use crate::supervisor::{Round, Worker, WorkerError, WorkerStatus};
+use crate::telemetry::{self, spans, spans::Link};
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::future::{try_join_all, BoxFuture};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -159,11 +160,31 @@ impl OutboxRelay {
             return Ok(0);
         }
         let messages = pack_messages(&rows, self.events_per_message);
+        // Traced, each event's context (written with its row) goes along in the message's
+        // headers, and the publish is a producer span linked to every one of them.
+        let contexts: Vec<Option<String>> = if telemetry::traces_enabled() {
+            rows.iter()
+                .map(|row| envelope_traceparent(&row.3))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let span = spans::linked(
+            "outbox publish",
+            "producer",
+            contexts.iter().map(|cx| Link::Traceparent(cx.as_deref())),
+        );
         let mut acks = Vec::with_capacity(messages.len());
         for message in &messages {
-            let publish = PublishMessage::build()
-                .payload(message.payload.clone().into())
-                .message_id(&message.message_id);
+            let mut publish = PublishMessage::build().payload(message.payload.clone().into());
+            if !contexts.is_empty() {
+                let mut headers = async_nats::HeaderMap::new();
+                for cx in message.rows.iter().filter_map(|&i| contexts[i].as_deref()) {
+                    headers.append(spans::TRACEPARENT, cx);
+                }
+                publish = publish.headers(headers);
+            }
+            let publish = publish.message_id(&message.message_id);
             let ack = self
                 .jetstream
                 .send_publish(message.subject.clone(), publish)
@@ -177,6 +198,8 @@ impl OutboxRelay {
         let acked = try_join_all(acks)
             .await
             .map_err(|e| OutboxError::Publish(e.to_string()))?;
+        // The broker holds them: the publish is over.
+        drop(span);
         let duplicates = acked.iter().filter(|a| a.duplicate).count();
         let seqs: Vec<i64> = rows.iter().map(|(seq, ..)| *seq).collect();
         sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
@@ -311,6 +334,21 @@ struct PackedMessage {
     subject: String,
     message_id: String,
     payload: Vec<u8>,
+    /// The claimed rows it carries, by index, in order.
+    rows: Vec<usize>,
+}
+
+/// The `traceparent` an envelope was written with (the context of the change it announces),
+/// read without decoding the rest.
+fn envelope_traceparent(envelope: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Traced {
+        #[serde(default)]
+        trace: TraceContext,
+    }
+    serde_json::from_slice::<Traced>(envelope)
+        .ok()
+        .and_then(|traced| traced.trace.traceparent)
 }
 
 /// Packs claimed rows into broker messages of at most `per_message` events each, one subject
@@ -322,17 +360,18 @@ struct PackedMessage {
 /// events. A claim packed differently gets other ids and is published again; the inbox absorbs
 /// the events delivered twice.
 fn pack_messages(rows: &[OutboxRow], per_message: usize) -> Vec<PackedMessage> {
-    let mut by_subject: Vec<(&str, Vec<&OutboxRow>)> = Vec::new();
-    for row in rows {
+    let mut by_subject: Vec<(&str, Vec<(usize, &OutboxRow)>)> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
         match by_subject.iter_mut().find(|(subject, _)| *subject == row.2) {
-            Some((_, group)) => group.push(row),
-            None => by_subject.push((&row.2, vec![row])),
+            Some((_, group)) => group.push((index, row)),
+            None => by_subject.push((&row.2, vec![(index, row)])),
         }
     }
     let mut messages = Vec::new();
     for (subject, group) in by_subject {
-        for chunk in group.chunks(per_message.max(1)) {
-            let (message_id, payload) = if let [(_, id, _, envelope)] = chunk {
+        for indexed in group.chunks(per_message.max(1)) {
+            let chunk: Vec<&OutboxRow> = indexed.iter().map(|(_, row)| *row).collect();
+            let (message_id, payload) = if let [(_, id, _, envelope)] = chunk[..] {
                 (id.to_string(), envelope.clone())
             } else {
                 let size = chunk.iter().map(|r| r.3.len() + 1).sum::<usize>() + 1;
@@ -352,6 +391,7 @@ fn pack_messages(rows: &[OutboxRow], per_message: usize) -> Vec<PackedMessage> {
                 subject: subject.to_owned(),
                 message_id,
                 payload,
+                rows: indexed.iter().map(|(index, _)| *index).collect(),
             });
         }
     }

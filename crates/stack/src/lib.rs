@@ -25,6 +25,7 @@ mod nats;
 pub mod nats_cluster;
 mod nats_users;
 pub mod netns;
+pub mod otlp;
 mod pg_databases;
 mod pg_roles;
 mod pg_settings;

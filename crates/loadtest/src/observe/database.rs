@@ -172,6 +172,19 @@ pub async fn e2e_latencies(dbs: &Databases) -> anyhow::Result<Vec<(DateTime<Utc>
     .await?)
 }
 
+/// Every final order: its id, its status as `orders_by_status` keys it (`FAILED:<reason>`), and
+/// its end-to-end latency (created → final) in ms.
+pub async fn final_orders(dbs: &Databases) -> anyhow::Result<Vec<(uuid::Uuid, String, f64)>> {
+    sqlx::query_as(
+        "SELECT id, status || COALESCE(':' || failure_reason, ''), \
+                (EXTRACT(EPOCH FROM (finalized_at - created_at)) * 1000)::float8 \
+         FROM orders WHERE finalized_at IS NOT NULL",
+    )
+    .fetch_all(&dbs.orders)
+    .await
+    .context("reading the final orders")
+}
+
 /// (created_at, finalized_at, COMPLETED?) of every final order.
 pub async fn finalized_orders(
     dbs: &Databases,

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod database;
 pub mod monitor;
 pub mod procfs;
+pub mod traces;
 
 use anyhow::Result;
 

@@ -65,6 +65,29 @@ pub struct Scenario {
     /// Only in a capacity plan: the steps, from which `load.stages` is generated.
     #[serde(default)]
     pub capacity: Option<CapacitySettings>,
+    /// How many of the run's orders the services trace ("Where the time goes").
+    #[serde(default)]
+    pub traces: TraceSettings,
+}
+
+/// The run's traces: the share of orders sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSettings {
+    /// 0..=1; unset: enough for [`TraceSettings::ENOUGH_ORDERS`] sampled orders, not every one.
+    pub sample_ratio: Option<f64>,
+}
+
+impl TraceSettings {
+    /// Sampled orders a run aims for when the scenario does not say.
+    pub const ENOUGH_ORDERS: f64 = 5_000.0;
+
+    /// The ratio for a run that plans `orders` requests.
+    pub fn ratio(&self, orders: f64) -> f64 {
+        self.sample_ratio
+            .unwrap_or_else(|| Self::ENOUGH_ORDERS / orders.max(1.0))
+            .clamp(0.0, 1.0)
+    }
 }
 
 /// How the run deploys the services (see `deploy::Replication` and `faults`).
@@ -392,6 +415,12 @@ impl Scenario {
             (0.0..=1.0).contains(&decline),
             format!("payment.decline_rate must be within 0..=1 (got {decline})"),
         );
+        if let Some(ratio) = self.traces.sample_ratio {
+            require(
+                (0.0..=1.0).contains(&ratio),
+                format!("traces.sample_ratio must be within 0..=1 (got {ratio})"),
+            );
+        }
         let max_error = self.checks.max_error_rate;
         require(
             (0.0..=1.0).contains(&max_error),

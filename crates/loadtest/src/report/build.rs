@@ -136,6 +136,7 @@ pub fn build_report(inputs: ReportInputs<'_>) -> Report {
         faults: Vec::new(),
         processes: samples.processes,
         cost: Some(cost),
+        where_time_goes: None,
         capacity: None,
     }
 }

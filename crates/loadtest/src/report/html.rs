@@ -38,6 +38,9 @@ impl Report {
         }
         html.push_str("</section>\n");
         html.push_str(&self.latency_html());
+        if let Some(section) = &self.where_time_goes {
+            html.push_str(&section.html());
+        }
         html.push_str(&counts_table_html(
             "HTTP outcomes",
             "outcome",

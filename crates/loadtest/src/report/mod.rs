@@ -14,6 +14,8 @@ pub use crate::observe::monitor::{ProcessSample, ProcessUsage};
 pub mod build;
 mod capacity;
 pub mod cost;
+pub mod hops;
+mod hops_view;
 mod html;
 pub mod svg;
 mod text;
@@ -55,6 +57,9 @@ pub struct Report {
     /// CPU of each process per order over the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<OrderCost>,
+    /// Where an order's time goes, hop by hop, from the sampled orders' traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub where_time_goes: Option<hops::WhereTimeGoes>,
     /// A capacity run's steps and verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySummary>,
@@ -195,6 +200,7 @@ mod tests {
                 note: "restarted".into(),
             }],
             capacity: None,
+            where_time_goes: None,
             processes: vec![ProcessUsage {
                 name: "order-service".into(),
                 peak_rss_mib: 120.5,

@@ -46,6 +46,9 @@ impl Report {
                 ),
             ));
         }
+        if let Some(section) = &self.where_time_goes {
+            metrics.extend(section.text_lines());
+        }
 
         let check_label = |c: &Check| format!("{} {}", if c.passed { "✓" } else { "✗" }, c.name);
         let width = metrics

@@ -21,8 +21,10 @@ use platform::broker::Topology;
 use platform::envelope::TraceContext;
 use platform::events::Event;
 use platform::outbox;
+use platform::telemetry::spans::{self, Link};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
+use tracing::Instrument;
 
 /// Where and under which cap a batch is written.
 pub(super) struct Target<'a> {
@@ -95,7 +97,16 @@ pub(super) async fn write(target: &Target<'_>, batch: &[Request]) -> Attempt {
         xid: None,
         failure: None,
     };
-    if let Err(error) = transaction(target, batch, &mut attempt).await {
+    // The commit serves many orders: a span of its own, linked to each request's span.
+    let span = spans::linked(
+        "intake commit",
+        "internal",
+        batch
+            .iter()
+            .map(|request| Link::Traceparent(request.trace.traceparent.as_deref())),
+    );
+    let written = transaction(target, batch, &mut attempt).instrument(span);
+    if let Err(error) = written.await {
         attempt.failure = Some(error);
     }
     attempt
@@ -123,6 +134,7 @@ async fn transaction(
             id: batch[i].id,
             order: batch[i].order,
             key: batch[i].key.as_deref(),
+            traceparent: batch[i].trace.traceparent.as_deref(),
         })
         .collect();
     let written = orders::insert_orders(&mut tx, &rows).await?;

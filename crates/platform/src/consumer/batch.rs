@@ -11,12 +11,13 @@ use crate::dead_letters::{self, DeadLetterKind};
 use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::supervisor::panic_message;
+use crate::telemetry::spans::{self, Link};
 use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt;
 use sqlx::{Postgres, Transaction};
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 /// An event as it came in.
@@ -25,6 +26,8 @@ pub(super) struct Decoded {
     pub(super) message: usize,
     pub(super) envelope: Envelope,
     pub(super) event: Event,
+    /// Its handling, traced: a consumer span whose parent is the event's context.
+    pub(super) span: Span,
 }
 
 /// A delivery without its payload: the durable consumer was switched to headers only (a change
@@ -56,18 +59,23 @@ impl<H: EventHandler> EventConsumer<H> {
             let stream = message.info().ok().map(|info| info.stream);
             for decoded in decode_message(&message.payload) {
                 match decoded {
-                    Ok((envelope, event)) => match self.admit(message, stream, &envelope, &event) {
-                        Ok(()) => items.push(Decoded {
-                            message: index,
-                            envelope,
-                            event,
-                        }),
-                        Err(reason) => {
-                            if !self.misrouted(message, &envelope, reason).await {
-                                retry.insert(index);
+                    Ok((envelope, event)) => {
+                        let span = self.span_of(&envelope);
+                        match self.admit(message, stream, &envelope, &event) {
+                            Ok(()) => items.push(Decoded {
+                                message: index,
+                                envelope,
+                                event,
+                                span,
+                            }),
+                            Err(reason) => {
+                                spans::event(&span, "misrouted", vec![("reason", reason.clone())]);
+                                if !self.misrouted(message, &envelope, reason).await {
+                                    retry.insert(index);
+                                }
                             }
                         }
-                    },
+                    }
                     Err((bytes, error)) => {
                         let letter = dead_letters::NewDeadLetter {
                             kind: DeadLetterKind::Undecodable,
@@ -231,6 +239,14 @@ impl<H: EventHandler> EventConsumer<H> {
             "{} (after {deliveries} deliveries): {error}",
             item.envelope.event_type
         );
+        spans::event(
+            &item.span,
+            "dead-lettered",
+            vec![
+                ("kind", kind.as_str().to_owned()),
+                ("reason", reason.clone()),
+            ],
+        );
         let bytes = item.envelope.encode().unwrap_or_default();
         let letter = dead_letters::NewDeadLetter {
             kind,
@@ -243,10 +259,31 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
+    /// The consumer span of an event (none when traces are off).
+    fn span_of(&self, envelope: &Envelope) -> Span {
+        spans::consumer(
+            self.name(),
+            &envelope.event_type,
+            envelope.aggregate_id,
+            envelope.trace.traceparent.as_deref(),
+        )
+    }
+
     async fn apply(&self, batch: &[Decoded]) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await?;
-        self.apply_in(&mut tx, batch).await?;
-        tx.commit().await?;
+        // The transaction serves every event of the batch: a span linked to each one's.
+        let span = spans::linked(
+            "consumer transaction",
+            "internal",
+            batch.iter().map(|item| Link::Span(&item.span)),
+        );
+        spans::attribute(&span, "consumer", self.name());
+        let transaction = async {
+            let mut tx = self.pool.begin().await?;
+            self.apply_in(&mut tx, batch).await?;
+            tx.commit().await?;
+            Ok::<(), HandlerError>(())
+        };
+        transaction.instrument(span).await?;
         if self.handler.writes_outbox() {
             self.signal.notify();
         }
@@ -295,8 +332,13 @@ impl<H: EventHandler> EventConsumer<H> {
                 tracing::debug!(consumer = self.name(), event_id = %id, "duplicate event ignored");
                 continue;
             }
+            let mut envelope = item.envelope.clone();
+            // Traced, what the handler writes continues this event's consumer span.
+            if let Some(traceparent) = spans::traceparent(&item.span) {
+                envelope.trace.traceparent = Some(traceparent);
+            }
             incoming.push(Incoming {
-                envelope: item.envelope.clone(),
+                envelope,
                 event: item.event.clone(),
             });
         }
@@ -381,10 +423,13 @@ impl<H: EventHandler> EventConsumer<H> {
             self.receipt
                 .check(subject, None, &envelope, &event)
                 .map_err(ReplayError::Misrouted)?;
+            let span = self.span_of(&envelope);
+            spans::event(&span, "replayed", vec![("subject", subject.to_owned())]);
             items.push(Decoded {
                 message: 0,
                 envelope,
                 event,
+                span,
             });
         }
         Ok(self.apply_in(tx, &items).await?)

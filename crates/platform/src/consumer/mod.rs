@@ -42,7 +42,8 @@ mod receipt;
 
 pub use crate::contract::Subscription;
 
-/// An event this consumer has not processed before, with the envelope it came in.
+/// An event this consumer has not processed before, with the envelope it came in (traced, its
+/// `trace.traceparent` is this consumer's span for the event: what the handler's replies continue).
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub envelope: Envelope,

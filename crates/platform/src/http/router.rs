@@ -5,6 +5,7 @@
 
 use super::{readiness, Problem, Readiness};
 use crate::envelope::TraceContext;
+use crate::telemetry::spans;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -34,14 +35,24 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let method = req.method().to_string();
+    // Traced, the request's own server span is the context its effects continue (an order's
+    // events carry it); untraced, the client's `traceparent` is passed on as it came.
+    let traced = spans::server(&method, &route, &request_id, traceparent.as_deref());
+    let (span, traceparent) = if traced.is_none() {
+        let span = tracing::info_span!("http", %method, %route, %request_id);
+        (span, traceparent)
+    } else {
+        let own = spans::traceparent(&traced);
+        (traced, own)
+    };
     req.extensions_mut().insert(TraceContext {
         request_id: Some(request_id.clone()),
         traceparent,
     });
-    let span = tracing::info_span!("http", %method, %route, %request_id);
     let started = Instant::now();
-    let mut response = next.run(req).instrument(span).await;
+    let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16().to_string();
+    span.record("http.response.status_code", response.status().as_u16());
     metrics::histogram!("http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);

@@ -1,4 +1,5 @@
-//! Structured logs with `tracing`: one line per significant event, JSON when `LOG_FORMAT=json`.
+//! Structured logs: one line per significant event, JSON when `LOG_FORMAT=json` (each line then
+//! carries its spans' fields, among them the `trace_id` and `span_id` of a traced span).
 //!
 //! Lines are formatted on the thread that logs and written by one writer thread, which drains
 //! what has queued up and writes it with one system call: at thousands of orders per second a
@@ -7,22 +8,14 @@
 
 use std::io::{BufWriter, IsTerminal};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{fmt, EnvFilter};
-
-/// Keeps the log writer running; dropping it writes out the lines still queued.
-#[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
-}
+use tracing_subscriber::registry::Registry;
+use tracing_subscriber::{fmt, Layer};
 
 /// Lines queued for the writer thread before loggers wait for it.
 const QUEUED_LINES: usize = 64 * 1024;
 
-/// Installs the global subscriber once; later calls (several services in one test process) are
-/// no-ops. Hold the returned guard until the process ends.
-pub fn init(default_filter: &str) -> LogGuard {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+/// The layer that writes log lines, and the guard of its writer thread.
+pub(super) fn lines() -> (Box<dyn Layer<Registry> + Send + Sync>, WorkerGuard) {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
     // Colours only for a person at a terminal, not in log files.
     let ansi = std::io::stdout().is_terminal();
@@ -31,35 +24,27 @@ pub fn init(default_filter: &str) -> LogGuard {
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let result = if json {
-        fmt()
-            .with_env_filter(filter)
+    let layer = if json {
+        fmt::layer()
             .with_writer(writer)
             .json()
             .with_current_span(true)
-            .try_init()
+            .boxed()
     } else {
-        fmt()
-            .with_env_filter(filter)
+        fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
             .compact()
-            .try_init()
+            .boxed()
     };
-    if result.is_ok() {
-        log_panics();
-    }
-    // An Err only means a subscriber was already installed (and has its own writer).
-    LogGuard {
-        _writer: result.is_ok().then_some(guard),
-    }
+    (layer, guard)
 }
 
 /// Panics go to the structured log as one line (workers contain and survive them; an operator
 /// finds them with the other errors). The default hook, which prints a backtrace and loads the
 /// debug info to do so (a large resident cost: docs/performance.md), still runs when
 /// `RUST_BACKTRACE` asks for one.
-fn log_panics() {
+pub(super) fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let location = info
