@@ -15,7 +15,7 @@ use system_tests::{fresh_database, Options, TestSystem};
 use uuid::Uuid;
 
 /// The migration that dropped `RESERVED` (`order-service/migrations`).
-const PENDING_UNTIL_FINAL: i64 = 20261214002400;
+const PENDING_UNTIL_FINAL: i64 = 20261207000700;
 
 /// The filter subjects of durable consumer `durable` on the stream of `source`, sorted.
 async fn filters(system: &TestSystem, source: Source, durable: &str) -> Vec<String> {
