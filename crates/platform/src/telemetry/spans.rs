@@ -10,9 +10,9 @@
 //! publish, a consumer's batch transaction, a re-drive — start traces of their own, linked to
 //! every order's span they serve (a parent for one would be wrong for the others).
 
-use super::traces::{enabled, TARGET};
+use super::traces::{enabled, samples_from_outside, TARGET};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::Empty;
@@ -89,8 +89,25 @@ fn with_parent(span: Span, parent: Option<SpanContext>) -> Span {
     span
 }
 
+/// The client's span as our parent: its trace id and span id, so the client's trace shows our
+/// spans, with our sampling decision in place of the flag it sent.
+fn from_outside(client: SpanContext, sampled: bool) -> SpanContext {
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    SpanContext::new(
+        client.trace_id(),
+        client.span_id(),
+        flags,
+        true,
+        client.trace_state().clone(),
+    )
+}
+
 /// An HTTP request's server span, named by its route (`POST /orders`), continuing the client's
-/// `traceparent` if it sent a valid one.
+/// `traceparent` if it sent a valid one — in the client's trace, sampled as we decide.
 pub fn server(method: &str, route: &str, request_id: &str, client: Option<&str>) -> Span {
     if !enabled() {
         return Span::none();
@@ -107,7 +124,11 @@ pub fn server(method: &str, route: &str, request_id: &str, client: Option<&str>)
         trace_id = Empty,
         span_id = Empty,
     );
-    started(with_parent(span, remote(client)))
+    let parent = remote(client).map(|cx| {
+        let sampled = samples_from_outside(cx.trace_id());
+        from_outside(cx, sampled)
+    });
+    started(with_parent(span, parent))
 }
 
 /// A consumer's handling of one event: parent is the event's context (its `traceparent`).
@@ -218,6 +239,19 @@ mod tests {
         .is_none());
         assert!(remote(Some("garbage")).is_none());
         assert!(remote(None).is_none());
+    }
+
+    #[test]
+    fn a_client_keeps_its_trace_but_not_its_sampling_flag() {
+        let sent = remote(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ))
+        .unwrap();
+        let ours = from_outside(sent.clone(), false);
+        assert_eq!(ours.trace_id(), sent.trace_id());
+        assert_eq!(ours.span_id(), sent.span_id());
+        assert!(!ours.is_sampled() && ours.is_remote());
+        assert!(from_outside(sent, true).is_sampled());
     }
 
     #[test]

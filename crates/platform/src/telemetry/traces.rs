@@ -15,6 +15,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, ShouldSample};
 use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use tracing::Subscriber;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{filter, Layer};
@@ -24,6 +25,23 @@ use tracing_subscriber::{filter, Layer};
 pub(super) const TARGET: &str = "ordersys::trace";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The configured sampler's decision for a trace no hop of ours has decided yet (the root of a
+/// parent-based sampler): what a client's `traceparent` is judged by (`spans::server`).
+static ROOT: OnceLock<Sampler> = OnceLock::new();
+
+/// Whether this process samples a trace that arrives from outside with `trace_id`: our
+/// sampler's decision, not the flag the client sent (a client could otherwise have every one of
+/// its orders traced through all three services). `false` while traces are off.
+pub(super) fn samples_from_outside(trace_id: TraceId) -> bool {
+    ROOT.get()
+        .is_some_and(|root| decides_to_sample(root, trace_id))
+}
+
+fn decides_to_sample(root: &Sampler, trace_id: TraceId) -> bool {
+    let result = root.should_sample(None, trace_id, "", &SpanKind::Server, &[], &[]);
+    result.decision == SamplingDecision::RecordAndSample
+}
 
 /// Whether this process exports traces: the spans of `spans.rs` are made only then.
 pub fn enabled() -> bool {
@@ -101,33 +119,44 @@ impl Traces {
 
 /// The sampler `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name (default
 /// `parentbased_always_on`, as the specification says).
+/// Also keeps the sampler's root for [`samples_from_outside`].
 fn sampler_from_env() -> Result<Sampler, TracesError> {
     let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
     let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
-    sampler(name.trim(), arg.as_deref())
+    let (sampler, root) = sampler(name.trim(), arg.as_deref())?;
+    // Set once per process: a second provider (several services in one test process) samples
+    // with the same variables.
+    let _ = ROOT.set(root);
+    Ok(sampler)
 }
 
-fn sampler(name: &str, arg: Option<&str>) -> Result<Sampler, TracesError> {
+/// The sampler the variables name, and its root (the decision for a trace without a parent).
+fn sampler(name: &str, arg: Option<&str>) -> Result<(Sampler, Sampler), TracesError> {
     let ratio = || {
         arg.and_then(|a| a.trim().parse::<f64>().ok())
             .filter(|r| (0.0..=1.0).contains(r))
             .unwrap_or(1.0)
     };
-    let parent_based = |root| Sampler::ParentBased(Box::new(root));
-    Ok(match name {
-        "" | "parentbased_always_on" => parent_based(Sampler::AlwaysOn),
-        "parentbased_always_off" => parent_based(Sampler::AlwaysOff),
-        "parentbased_traceidratio" => parent_based(Sampler::TraceIdRatioBased(ratio())),
-        "always_on" => Sampler::AlwaysOn,
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio()),
+    let (root, parent_based) = match name {
+        "" | "parentbased_always_on" => (Sampler::AlwaysOn, true),
+        "parentbased_always_off" => (Sampler::AlwaysOff, true),
+        "parentbased_traceidratio" => (Sampler::TraceIdRatioBased(ratio()), true),
+        "always_on" => (Sampler::AlwaysOn, false),
+        "always_off" => (Sampler::AlwaysOff, false),
+        "traceidratio" => (Sampler::TraceIdRatioBased(ratio()), false),
         other => {
             return Err(TracesError::Sampler(
                 "OTEL_TRACES_SAMPLER",
                 other.to_owned(),
             ))
         }
-    })
+    };
+    let sampler = if parent_based {
+        Sampler::ParentBased(Box::new(root.clone()))
+    } else {
+        root.clone()
+    };
+    Ok((sampler, root))
 }
 
 /// A span that starts a trace of its own but is linked to sampled spans (a relay's publish, a
@@ -196,13 +225,27 @@ mod tests {
 
     #[test]
     fn a_root_linked_to_a_sampled_span_is_sampled_whatever_the_ratio() {
-        let never = LinkAware(sampler("parentbased_traceidratio", Some("0")).unwrap());
+        let never = LinkAware(sampler("parentbased_traceidratio", Some("0")).unwrap().0);
         assert_eq!(
             decide(&never, &[link(false), link(true)]),
             SamplingDecision::RecordAndSample
         );
         assert_eq!(decide(&never, &[link(false)]), SamplingDecision::Drop);
         assert_eq!(decide(&never, &[]), SamplingDecision::Drop);
+    }
+
+    #[test]
+    fn a_trace_from_outside_is_judged_by_our_root_not_by_its_flag() {
+        let (_, never) = sampler("parentbased_traceidratio", Some("0")).unwrap();
+        let (_, always) = sampler("parentbased_always_on", None).unwrap();
+        let (_, half) = sampler("parentbased_traceidratio", Some("0.5")).unwrap();
+        assert!(!decides_to_sample(&never, TraceId::from(7u128)));
+        assert!(decides_to_sample(&always, TraceId::from(7u128)));
+        // The ratio is applied to the trace id: the same id, the same answer everywhere.
+        let low = TraceId::from(1u128);
+        let high = TraceId::from(u128::from(u64::MAX));
+        assert!(decides_to_sample(&half, low));
+        assert!(!decides_to_sample(&half, high));
     }
 
     #[test]
